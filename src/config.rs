@@ -1,0 +1,335 @@
+//! Node configuration: raftnode's knobs and the `raft::Config` built from them.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// When the node takes a snapshot of its state machine and compacts its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Take a snapshot once this many entries were applied since the last one.
+    /// `0` disables automatic snapshots ([`crate::Node::snapshot_now`] still works).
+    pub every_applied: u64,
+    /// Entries kept in the log behind the snapshot index, so that a follower only a
+    /// little behind catches up from the log instead of a full snapshot.
+    pub trailing_entries: u64,
+    /// How long a leader waits for the transport to report on a `MsgSnapshot` it sent
+    /// before it reports a failure itself (so the follower is never stuck paused).
+    pub report_timeout: Duration,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            every_applied: 10_000,
+            trailing_entries: 1_000,
+            report_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Configuration of one node.
+///
+/// Build it with [`Config::new`] and adjust fields; [`Config::validate`] (called by
+/// [`crate::Node::start`]) names the field and the limit of anything out of range.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// let mut config = raftnode::Config::new(1);
+/// config.tick_interval = Duration::from_millis(50);
+/// config.validate()?;
+/// # Ok::<(), raftnode::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id: non-zero, unique in the cluster, never reused after removal.
+    pub id: u64,
+    /// Voters of a new cluster. On first start (empty `LogStore`) a node whose list is
+    /// non-empty bootstraps the group with these voters; a node started with an empty
+    /// list waits to be added by a leader. Ignored when the store already holds state.
+    pub initial_voters: Vec<u64>,
+    /// Ticks without hearing from a leader before a follower campaigns. raft-rs draws the
+    /// real timeout from `[election_ticks, 2 * election_ticks)`.
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats. Must be smaller than `election_ticks`.
+    pub heartbeat_ticks: usize,
+    /// Wall-clock length of one tick.
+    pub tick_interval: Duration,
+    /// Most bytes of entries in one append message.
+    pub max_size_per_msg: u64,
+    /// Most append messages in flight to one follower.
+    pub max_inflight_msgs: usize,
+    /// A leader that has not heard from a quorum for an election timeout steps down.
+    pub check_quorum: bool,
+    /// A node asks for votes in a pre-vote round first, so a partitioned node does not
+    /// disrupt the cluster when it returns.
+    pub pre_vote: bool,
+    /// Serve [`crate::ReadConsistency::Lease`] reads from the leader's lease.
+    /// Requires `check_quorum`; correct only while clocks advance at similar rates.
+    pub lease_reads: bool,
+    /// Most bytes of proposed-but-uncommitted entries a leader holds; beyond it proposals
+    /// are dropped. `0` means no limit.
+    pub max_uncommitted_bytes: u64,
+    /// Most bytes of committed entries handed to the state machine per Ready.
+    pub max_committed_bytes_per_ready: u64,
+    /// Largest command accepted by `propose`.
+    pub max_proposal_bytes: usize,
+    /// Capacity of the queue of client requests (proposals, reads, admin calls).
+    pub max_pending_requests: usize,
+    /// Capacity of the queue of messages from peers; when full, messages are dropped
+    /// (raft retransmits).
+    pub max_pending_messages: usize,
+    /// Most queued inputs the driver takes before it handles a Ready; all proposals
+    /// taken in one round travel in one `MsgPropose`.
+    pub max_batch: usize,
+    /// Snapshot and compaction policy.
+    pub snapshot: SnapshotPolicy,
+    /// How long graceful shutdown waits for leadership to move before stopping anyway.
+    pub shutdown_transfer_timeout: Duration,
+    /// Log a warning when this many elections start without a leader lasting for an
+    /// election timeout in between.
+    pub election_storm_threshold: u64,
+    /// Pin raft-rs's randomized election timeout range `[min, max)` in ticks; `None`
+    /// keeps raft-rs's default `[election_ticks, 2 * election_ticks)`.
+    pub election_tick_range: Option<(usize, usize)>,
+}
+
+impl Config {
+    /// A configuration with the defaults below for node `id`.
+    ///
+    /// | knob | default |
+    /// |---|---|
+    /// | `election_ticks` / `heartbeat_ticks` | 10 / 2 |
+    /// | `tick_interval` | 100 ms |
+    /// | `max_size_per_msg` | 1 MiB |
+    /// | `max_inflight_msgs` | 256 |
+    /// | `check_quorum`, `pre_vote` | on |
+    /// | `lease_reads` | off |
+    /// | `max_uncommitted_bytes` | 256 MiB |
+    /// | `max_committed_bytes_per_ready` | 16 MiB |
+    /// | `max_proposal_bytes` | 1 MiB |
+    /// | `max_pending_requests` / `max_pending_messages` | 65 536 / 65 536 |
+    /// | `max_batch` | 4 096 |
+    pub fn new(id: u64) -> Self {
+        Config {
+            id,
+            initial_voters: Vec::new(),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            tick_interval: Duration::from_millis(100),
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            lease_reads: false,
+            max_uncommitted_bytes: 256 << 20,
+            max_committed_bytes_per_ready: 16 << 20,
+            max_proposal_bytes: 1 << 20,
+            max_pending_requests: 65_536,
+            max_pending_messages: 65_536,
+            max_batch: 4_096,
+            snapshot: SnapshotPolicy::default(),
+            shutdown_transfer_timeout: Duration::from_secs(2),
+            election_storm_threshold: 5,
+            election_tick_range: None,
+        }
+    }
+
+    /// Checks every field and their relations.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first field out of range and its limit.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::new(
+                "id",
+                "node id 0 is reserved; use 1 or more",
+            ));
+        }
+        if self.initial_voters.contains(&0) {
+            return Err(ConfigError::new(
+                "initial_voters",
+                "node id 0 is reserved and cannot be a voter",
+            ));
+        }
+        let mut voters = self.initial_voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        if voters.len() != self.initial_voters.len() {
+            return Err(ConfigError::new(
+                "initial_voters",
+                format!("{:?} lists a node twice", self.initial_voters),
+            ));
+        }
+        if self.heartbeat_ticks == 0 {
+            return Err(ConfigError::new("heartbeat_ticks", "must be at least 1"));
+        }
+        if self.heartbeat_ticks >= self.election_ticks {
+            return Err(ConfigError::new(
+                "heartbeat_ticks",
+                format!(
+                    "heartbeat_ticks ({}) must be smaller than election_ticks ({})",
+                    self.heartbeat_ticks, self.election_ticks
+                ),
+            ));
+        }
+        if self.tick_interval < Duration::from_millis(1) {
+            return Err(ConfigError::new(
+                "tick_interval",
+                format!("{:?} is below the 1 ms minimum", self.tick_interval),
+            ));
+        }
+        if self.tick_interval > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "tick_interval",
+                format!("{:?} is above the 60 s maximum", self.tick_interval),
+            ));
+        }
+        if self.max_size_per_msg == 0 {
+            return Err(ConfigError::new("max_size_per_msg", "must be at least 1"));
+        }
+        if self.max_inflight_msgs == 0 {
+            return Err(ConfigError::new("max_inflight_msgs", "must be at least 1"));
+        }
+        if self.lease_reads && !self.check_quorum {
+            return Err(ConfigError::new(
+                "lease_reads",
+                "lease reads need check_quorum = true (a leader must step down when it loses its quorum)",
+            ));
+        }
+        if self.max_committed_bytes_per_ready == 0 {
+            return Err(ConfigError::new(
+                "max_committed_bytes_per_ready",
+                "must be at least 1",
+            ));
+        }
+        if self.max_proposal_bytes == 0 {
+            return Err(ConfigError::new("max_proposal_bytes", "must be at least 1"));
+        }
+        if self.max_uncommitted_bytes != 0
+            && (self.max_proposal_bytes as u64) > self.max_uncommitted_bytes
+        {
+            return Err(ConfigError::new(
+                "max_proposal_bytes",
+                format!(
+                    "max_proposal_bytes ({}) exceeds max_uncommitted_bytes ({})",
+                    self.max_proposal_bytes, self.max_uncommitted_bytes
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("max_pending_requests", self.max_pending_requests),
+            ("max_pending_messages", self.max_pending_messages),
+            ("max_batch", self.max_batch),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(field, "must be at least 1"));
+            }
+            if value > 1 << 24 {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{value} is above the limit of {}", 1 << 24),
+                ));
+            }
+        }
+        if self.snapshot.every_applied != 0 && self.snapshot.report_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "snapshot.report_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.election_storm_threshold == 0 {
+            return Err(ConfigError::new(
+                "election_storm_threshold",
+                "must be at least 1",
+            ));
+        }
+        if let Some((min, max)) = self.election_tick_range {
+            if min < self.election_ticks || max <= min {
+                return Err(ConfigError::new(
+                    "election_tick_range",
+                    format!(
+                        "({min}, {max}) must satisfy election_ticks ({}) <= min < max",
+                        self.election_ticks
+                    ),
+                ));
+            }
+        }
+        self.to_raft(0).validate().map_err(|e| {
+            ConfigError::new("election_ticks", format!("raft-rs refused the config: {e}"))
+        })
+    }
+
+    /// The `raft::Config` this configuration gives, starting from `applied`.
+    pub(crate) fn to_raft(&self, applied: u64) -> raft::Config {
+        let (min_election_tick, max_election_tick) = self.election_tick_range.unwrap_or((0, 0));
+        raft::Config {
+            id: self.id,
+            election_tick: self.election_ticks,
+            heartbeat_tick: self.heartbeat_ticks,
+            applied,
+            max_size_per_msg: self.max_size_per_msg,
+            max_inflight_msgs: self.max_inflight_msgs,
+            check_quorum: self.check_quorum,
+            pre_vote: self.pre_vote,
+            min_election_tick,
+            max_election_tick,
+            read_only_option: if self.lease_reads {
+                raft::ReadOnlyOption::LeaseBased
+            } else {
+                raft::ReadOnlyOption::Safe
+            },
+            max_uncommitted_size: if self.max_uncommitted_bytes == 0 {
+                raft::NO_LIMIT
+            } else {
+                self.max_uncommitted_bytes
+            },
+            max_committed_size_per_ready: self.max_committed_bytes_per_ready,
+            ..raft::Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::new(1).validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_field_and_limit() {
+        let mut c = Config::new(1);
+        c.heartbeat_ticks = 10;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "heartbeat_ticks");
+        assert!(e
+            .to_string()
+            .contains("heartbeat_ticks (10) must be smaller than election_ticks (10)"));
+
+        let e = Config::new(0).validate().unwrap_err();
+        assert_eq!(e.field, "id");
+
+        let mut c = Config::new(1);
+        c.lease_reads = true;
+        c.check_quorum = false;
+        assert_eq!(c.validate().unwrap_err().field, "lease_reads");
+
+        let mut c = Config::new(1);
+        c.initial_voters = vec![1, 2, 2];
+        assert_eq!(c.validate().unwrap_err().field, "initial_voters");
+
+        let mut c = Config::new(1);
+        c.max_batch = 0;
+        assert_eq!(c.validate().unwrap_err().field, "max_batch");
+
+        let mut c = Config::new(1);
+        c.election_tick_range = Some((5, 4));
+        assert_eq!(c.validate().unwrap_err().field, "election_tick_range");
+    }
+}

@@ -1,0 +1,364 @@
+//! The Ready loop: one function that handles one `Ready` in the mandated order.
+//!
+//! This module is free of threads, channels and clocks. It takes the `RawNode` (which
+//! owns the `LogStore`), the `StateMachine` and an [`Outbox`], and does one Ready. The
+//! runtime thread and the deterministic simulator both call it, so what the simulator
+//! checks is the code that ships. The numbered steps below match `docs/ready-loop.md`.
+
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
+};
+use raft::{RawNode, ReadState, SoftState};
+
+use crate::error::{StateMachineError, StopReason, StorageError};
+use crate::log_store::LogStore;
+use crate::proposals::AppliedAs;
+use crate::snapshot_codec;
+use crate::state_machine::StateMachine;
+
+/// Where the driver puts what leaves a Ready: messages, applied results, read states.
+///
+/// The runtime sends messages through the `Transport` and resolves waiters; the
+/// simulator queues them in its virtual network.
+pub(crate) trait Outbox<R> {
+    /// Step 4: messages that may leave now. Called after the Ready's writes were synced.
+    fn send(&mut self, messages: Vec<Message>);
+    /// Step 5: the entry at `index` of `term` was applied.
+    fn applied(&mut self, index: u64, term: u64, applied: AppliedAs<'_, R>);
+    /// A conf change entry was applied; `cs` is the ConfState after it.
+    fn conf_changed(&mut self, index: u64, changes: &ConfChangeV2, cs: &ConfState);
+    /// A snapshot from the leader was installed and the state machine restored at `index`.
+    fn snapshot_restored(&mut self, index: u64);
+    /// Read index confirmations (ReadIndex); serve each once applied >= its index.
+    fn read_states(&mut self, states: Vec<ReadState>);
+    /// The role or leader changed.
+    fn soft_state(&mut self, ss: &SoftState);
+    /// Where the driver logs what it decides on its own.
+    fn logger(&self) -> &slog::Logger;
+}
+
+/// A fault that stops the node.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DriverError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("state machine: {0}")]
+    StateMachine(#[from] StateMachineError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("corrupt committed entry at index {index}: {detail}")]
+    CorruptEntry { index: u64, detail: String },
+}
+
+impl DriverError {
+    pub(crate) fn stop_reason(&self) -> StopReason {
+        match self {
+            DriverError::Storage(e) => StopReason::Storage(e.to_string()),
+            DriverError::StateMachine(e) => StopReason::StateMachine(e.to_string()),
+            DriverError::Raft(e) => StopReason::Raft(e.clone()),
+            e @ DriverError::CorruptEntry { .. } => StopReason::Storage(e.to_string()),
+        }
+    }
+}
+
+/// Counters the driver keeps; read by `Node::status` and the benchmarks.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DriverStats {
+    pub readies: u64,
+    pub syncs: u64,
+    pub entries_appended: u64,
+    pub entries_applied: u64,
+    pub snapshots_restored: u64,
+}
+
+/// Test-only switches that re-introduce classic Ready-loop bugs, so the simulator can
+/// prove it catches them. All off in normal builds.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Faults {
+    /// Send persisted messages before syncing (votes and acks ahead of durability).
+    pub send_before_sync: bool,
+}
+
+/// Handles every pending Ready (raft paginates committed entries): loops while
+/// `has_ready`. Returns how many Readies were handled.
+///
+/// # Errors
+///
+/// A [`DriverError`] means the node must stop: a write or sync failed, a snapshot could
+/// not be restored, or a committed entry is corrupt.
+pub(crate) fn drive<S, M, O>(
+    raw: &mut RawNode<S>,
+    sm: &mut M,
+    out: &mut O,
+    stats: &mut DriverStats,
+    faults: Faults,
+) -> Result<usize, DriverError>
+where
+    S: LogStore,
+    M: StateMachine,
+    O: Outbox<M::Response>,
+{
+    let mut handled = 0;
+    while raw.has_ready() {
+        handle_ready(raw, sm, out, stats, faults)?;
+        handled += 1;
+    }
+    Ok(handled)
+}
+
+/// Handles one Ready: snapshot → append → HardState (+ sync) → send → apply → advance →
+/// LightReady. See `docs/ready-loop.md` for why each step sits where it does.
+pub(crate) fn handle_ready<S, M, O>(
+    raw: &mut RawNode<S>,
+    sm: &mut M,
+    out: &mut O,
+    stats: &mut DriverStats,
+    faults: Faults,
+) -> Result<(), DriverError>
+where
+    S: LogStore,
+    M: StateMachine,
+    O: Outbox<M::Response>,
+{
+    let mut rd = raw.ready();
+    stats.readies += 1;
+    let mut applied = raw.raft.raft_log.applied;
+
+    if let Some(ss) = rd.ss() {
+        out.soft_state(ss);
+    }
+
+    // 1. Snapshot. Install it in the log store before any entry (it replaces the log),
+    //    then restore the state machine from it. A crash between the two is repaired at
+    //    start: the state machine is behind the store's snapshot and is restored again.
+    if !rd.snapshot().is_empty() {
+        let snapshot = rd.snapshot().clone();
+        let index = snapshot.get_metadata().index;
+        raw.mut_store().apply_snapshot(snapshot.clone())?;
+        restore_state_machine(sm, &snapshot)?;
+        applied = index;
+        stats.snapshots_restored += 1;
+        out.snapshot_restored(index);
+    }
+
+    // 2. Append. `append` drops any stored suffix the new entries conflict with.
+    if !rd.entries().is_empty() {
+        stats.entries_appended += rd.entries().len() as u64;
+        raw.mut_store().append(rd.entries())?;
+    }
+
+    // 3. HardState (term, vote, commit), then one sync for everything this Ready wrote.
+    if let Some(hs) = rd.hs() {
+        raw.mut_store().set_hard_state(hs)?;
+    }
+    if faults.send_before_sync && !rd.persisted_messages().is_empty() {
+        out.send(rd.take_persisted_messages());
+    }
+    if rd.must_sync() {
+        raw.mut_store().sync()?;
+        stats.syncs += 1;
+    }
+
+    // 4. Send. `messages` (leader only) could have left before the sync; persisted
+    //    messages (votes, append acks) must not: they promise what is now durable.
+    if !rd.messages().is_empty() {
+        out.send(rd.take_messages());
+    }
+    if !rd.persisted_messages().is_empty() {
+        out.send(rd.take_persisted_messages());
+    }
+    if !rd.read_states().is_empty() {
+        out.read_states(rd.take_read_states());
+    }
+
+    // 5. Apply committed entries, before `advance` (ERRATA 2).
+    let committed = rd.take_committed_entries();
+    apply_entries(raw, sm, out, committed, &mut applied, stats)?;
+
+    // 6. Advance: the Ready's writes are persisted; applying is reported separately.
+    let mut light = raw.advance_append(rd);
+
+    // 7. LightReady, in full (ERRATA 3): persist its commit index, send its messages,
+    //    apply its committed entries, then report the applied index.
+    if light.commit_index().is_some() {
+        let hs = raw.raft.hard_state();
+        raw.mut_store().set_hard_state(&hs)?;
+    }
+    if !light.messages().is_empty() {
+        out.send(light.take_messages());
+    }
+    let committed = light.take_committed_entries();
+    apply_entries(raw, sm, out, committed, &mut applied, stats)?;
+    raw.advance_apply_to(applied);
+    Ok(())
+}
+
+fn apply_entries<S, M, O>(
+    raw: &mut RawNode<S>,
+    sm: &mut M,
+    out: &mut O,
+    entries: Vec<Entry>,
+    applied: &mut u64,
+    stats: &mut DriverStats,
+) -> Result<(), DriverError>
+where
+    S: LogStore,
+    M: StateMachine,
+    O: Outbox<M::Response>,
+{
+    for entry in entries {
+        let (index, term) = (entry.index, entry.term);
+        if index <= *applied {
+            // Defensive: raft never hands an applied entry twice; never apply one twice.
+            continue;
+        }
+        // Dispatch on the type first (ERRATA 8): a leave-joint ConfChangeV2 has empty data.
+        match entry.get_entry_type() {
+            EntryType::EntryNormal if entry.data.is_empty() => {
+                sm.apply_noop(index);
+                out.applied(index, term, AppliedAs::Empty);
+            }
+            EntryType::EntryNormal => {
+                let response = sm.apply(index, &entry.data);
+                out.applied(index, term, AppliedAs::Command(response));
+            }
+            EntryType::EntryConfChange => {
+                let mut cc = ConfChange::default();
+                cc.merge_from_bytes(&entry.data)
+                    .map_err(|e| corrupt(index, format!("ConfChange: {e}")))?;
+                apply_conf_change(raw, sm, out, index, term, &v1_to_v2(&cc))?;
+            }
+            EntryType::EntryConfChangeV2 => {
+                let mut cc = ConfChangeV2::default();
+                cc.merge_from_bytes(&entry.data)
+                    .map_err(|e| corrupt(index, format!("ConfChangeV2: {e}")))?;
+                apply_conf_change(raw, sm, out, index, term, &cc)?;
+            }
+        }
+        *applied = index;
+        stats.entries_applied += 1;
+    }
+    Ok(())
+}
+
+/// Applies a conf change (V1 converted to V2, as raft-rs does itself) and persists the
+/// ConfState it gives (ERRATA 10).
+fn apply_conf_change<S, M, O>(
+    raw: &mut RawNode<S>,
+    sm: &mut M,
+    out: &mut O,
+    index: u64,
+    term: u64,
+    changes: &ConfChangeV2,
+) -> Result<(), DriverError>
+where
+    S: LogStore,
+    M: StateMachine,
+    O: Outbox<M::Response>,
+{
+    match raw.apply_conf_change(changes) {
+        Ok(cs) => {
+            raw.mut_store().set_conf_state(&cs)?;
+            // A membership change must not be lost behind a state machine that already
+            // counts its index as applied: make the ConfState durable now (rare, cheap).
+            raw.mut_store().sync()?;
+            sm.apply_noop(index);
+            out.conf_changed(index, changes, &cs);
+            out.applied(index, term, AppliedAs::ConfChange(&cs));
+        }
+        Err(e) => {
+            // Every replica fails the same way on the same entry: treat it as a no-op.
+            slog::warn!(out.logger(), "conf change refused at apply"; "index" => index, "error" => %e);
+            sm.apply_noop(index);
+            out.applied(index, term, AppliedAs::Empty);
+        }
+    }
+    Ok(())
+}
+
+fn corrupt(index: u64, detail: String) -> DriverError {
+    DriverError::CorruptEntry { index, detail }
+}
+
+/// Restores the state machine from a snapshot's (possibly compressed) data.
+pub(crate) fn restore_state_machine<M: StateMachine>(
+    sm: &mut M,
+    snapshot: &Snapshot,
+) -> Result<(), DriverError> {
+    let index = snapshot.get_metadata().index;
+    let data = snapshot_codec::decode(&snapshot.data).map_err(|detail| {
+        DriverError::StateMachine(StateMachineError::new(format!(
+            "snapshot at index {index} is unreadable: {detail}"
+        )))
+    })?;
+    sm.restore(index, &data)?;
+    Ok(())
+}
+
+/// Takes a snapshot of the state machine at its applied index, stores it, and compacts
+/// the log to keep `trailing_entries` entries behind it. Returns the snapshot's index,
+/// or `None` when nothing new was applied since the stored snapshot.
+pub(crate) fn take_snapshot<S, M>(
+    raw: &mut RawNode<S>,
+    sm: &M,
+    trailing_entries: u64,
+) -> Result<Option<u64>, DriverError>
+where
+    S: LogStore,
+    M: StateMachine,
+{
+    let applied = raw.raft.raft_log.applied;
+    let stored = raw
+        .store()
+        .snapshot(0, 0)
+        .map(|s| s.get_metadata().index)
+        .unwrap_or(0);
+    if applied == 0 || applied <= stored {
+        return Ok(None);
+    }
+    debug_assert_eq!(sm.applied_index(), applied);
+    let term = raw
+        .raft
+        .raft_log
+        .term(applied)
+        .map_err(|e| DriverError::Raft(format!("term of applied index {applied}: {e}")))?;
+    let data = snapshot_codec::encode(sm.snapshot()?);
+    let mut snapshot = Snapshot::default();
+    snapshot.data = data;
+    let meta = snapshot.mut_metadata();
+    meta.index = applied;
+    meta.term = term;
+    // raft's configuration is the one every applied conf change produced: the ConfState
+    // at `applied` (ERRATA 5, 14).
+    meta.set_conf_state(raw.raft.prs().conf().to_conf_state());
+    raw.mut_store().store_snapshot(snapshot)?;
+    let compact_to = (applied + 1).saturating_sub(trailing_entries);
+    let first = raw
+        .store()
+        .first_index()
+        .map_err(|e| DriverError::Raft(e.to_string()))?;
+    if compact_to > first {
+        raw.mut_store().compact(compact_to)?;
+    }
+    Ok(Some(applied))
+}
+
+/// Describes a V1 change in V2 form, so observers see one shape.
+fn v1_to_v2(cc: &ConfChange) -> ConfChangeV2 {
+    let mut single = raft::eraftpb::ConfChangeSingle::default();
+    single.set_change_type(cc.get_change_type());
+    single.node_id = cc.node_id;
+    let mut v2 = ConfChangeV2::default();
+    v2.mut_changes().push(single);
+    v2.context = cc.context.clone();
+    v2
+}
+
+/// Returns true when `change_type` adds the node (as voter or learner).
+pub(crate) fn is_addition(change_type: ConfChangeType) -> bool {
+    matches!(
+        change_type,
+        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+    )
+}

@@ -1,0 +1,108 @@
+//! # raftnode
+//!
+//! An embeddable Raft consensus library on TiKV's [raft-rs](https://docs.rs/raft/0.7):
+//! implement [`StateMachine`] for your service, pick a [`LogStore`] and a [`Transport`]
+//! (or use the ones in the box), start a [`Node`] per replica, and get a replicated,
+//! fault-tolerant service. The library drives raft-rs's `RawNode` and its Ready loop
+//! itself, in the order raft needs (snapshot, append, HardState, send, apply), so you
+//! never touch `Ready` or `LightReady`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use raftnode::{ChannelNetwork, Config, MemLogStore, Node, StateMachine, StateMachineError};
+//!
+//! /// A replicated counter: every command adds its length.
+//! #[derive(Default)]
+//! struct Counter { total: u64, applied: u64 }
+//!
+//! impl StateMachine for Counter {
+//!     type Response = u64;
+//!     fn apply(&mut self, index: u64, command: &[u8]) -> u64 {
+//!         self.total += command.len() as u64;
+//!         self.applied = index;
+//!         self.total
+//!     }
+//!     fn apply_noop(&mut self, index: u64) { self.applied = index; }
+//!     fn applied_index(&self) -> u64 { self.applied }
+//!     fn snapshot(&self) -> Result<bytes::Bytes, StateMachineError> {
+//!         Ok(self.total.to_le_bytes().to_vec().into())
+//!     }
+//!     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
+//!         self.total = u64::from_le_bytes(data.try_into().map_err(StateMachineError::new)?);
+//!         self.applied = index;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let network = ChannelNetwork::new();
+//! let logger = raftnode::discard_logger();
+//! let mut nodes = Vec::new();
+//! for id in 1..=3 {
+//!     let mut config = Config::new(id);
+//!     config.initial_voters = vec![1, 2, 3];
+//!     config.tick_interval = Duration::from_millis(10);
+//!     nodes.push(Node::start(config, MemLogStore::new(), Counter::default(), network.transport(id), &logger)?);
+//! }
+//! let leader = nodes[0].wait_for_leader(Duration::from_secs(10))?;
+//! let leader = &nodes[leader as usize - 1];
+//! assert_eq!(leader.propose(b"abc".to_vec())?.wait()?, 3);
+//! for node in &nodes { node.shutdown(); }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Map
+//!
+//! - [`StateMachine`], [`LogStore`], [`Transport`]: the three traits, each with its
+//!   correctness obligations.
+//! - [`Node`]: propose, read, change membership, transfer leadership, status.
+//! - [`Config`]: every knob, validated.
+//! - In the box: [`MemLogStore`] (not durable), [`ChannelNetwork`] (in-process, with
+//!   fault injection).
+//! - `driver.rs` (private): the Ready loop, step by step as `docs/ready-loop.md` says.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod config;
+mod driver;
+mod error;
+mod log_store;
+mod mailbox;
+mod membership;
+mod node;
+mod proposals;
+mod runtime;
+mod snapshot_codec;
+mod state_machine;
+mod status;
+mod storage;
+mod transport;
+mod transports;
+mod validate;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::{Config, SnapshotPolicy};
+pub use error::{
+    ConfigError, MembershipError, ProposeError, ReadError, StartError, StateMachineError,
+    StopReason, StorageError, TransportError,
+};
+pub use log_store::LogStore;
+pub use mailbox::{DeliverError, Mailbox};
+pub use membership::MembershipChange;
+pub use node::{discard_logger, Node, ReadConsistency};
+pub use proposals::ProposalHandle;
+pub use state_machine::StateMachine;
+pub use status::{MetricsSnapshot, PeerProgress, Role, Status};
+pub use storage::MemLogStore;
+pub use transport::Transport;
+pub use transports::{ChannelNetwork, ChannelTransport, NetworkStats};
+
+/// raft-rs types that appear in this crate's API.
+pub mod raft_types {
+    pub use raft::eraftpb::{
+        ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot,
+    };
+    pub use raft::SnapshotStatus;
+}

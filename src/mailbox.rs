@@ -1,0 +1,91 @@
+//! `Mailbox`: the handle a transport uses to hand incoming messages to its node.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Sender, TrySendError};
+use raft::eraftpb::Message;
+use raft::SnapshotStatus;
+
+/// What a transport hands the driver.
+pub(crate) enum PeerInput {
+    Message(Message),
+    Unreachable(u64),
+    Snapshot(u64, SnapshotStatus),
+}
+
+/// Why [`Mailbox::deliver`] did not queue a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliverError {
+    /// The node's message queue (`Config::max_pending_messages`) is full; the message was
+    /// dropped and counted. Raft retransmits.
+    #[error("message queue full; message dropped")]
+    Full,
+    /// The node has stopped.
+    #[error("node stopped")]
+    Stopped,
+}
+
+/// The inbound side of a node, given to its [`crate::Transport`] in `start`.
+///
+/// Cheap to clone; every method is non-blocking and safe to call from any thread.
+#[derive(Clone)]
+pub struct Mailbox {
+    id: u64,
+    tx: Sender<PeerInput>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").field("id", &self.id).finish()
+    }
+}
+
+impl Mailbox {
+    pub(crate) fn new(id: u64, tx: Sender<PeerInput>, dropped: Arc<AtomicU64>) -> Self {
+        Mailbox { id, tx, dropped }
+    }
+
+    /// The id of the node this mailbox belongs to.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Queues a message from a peer for the driver to `step`.
+    ///
+    /// The driver drops (and logs at debug level) messages whose `to` is not this node,
+    /// local message types, and messages from peers raft does not know.
+    ///
+    /// # Errors
+    ///
+    /// [`DeliverError::Full`] when the queue is full (the message is dropped and counted in
+    /// `Metrics::messages_dropped`), [`DeliverError::Stopped`] when the node stopped.
+    pub fn deliver(&self, message: Message) -> Result<(), DeliverError> {
+        self.push(PeerInput::Message(message))
+    }
+
+    /// Tells raft that the last send to `peer` failed, so the leader stops pipelining
+    /// to it and probes instead. Best effort: dropped if the queue is full.
+    pub fn report_unreachable(&self, peer: u64) {
+        let _ = self.push(PeerInput::Unreachable(peer));
+    }
+
+    /// Tells raft whether the `MsgSnapshot` sent to `peer` arrived. Must be called once
+    /// for every `MsgSnapshot` a transport handles (ERRATA 13).
+    pub fn report_snapshot(&self, peer: u64, status: SnapshotStatus) {
+        let _ = self.push(PeerInput::Snapshot(peer, status));
+    }
+
+    fn push(&self, input: PeerInput) -> Result<(), DeliverError> {
+        match self.tx.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(DeliverError::Full)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(DeliverError::Stopped),
+        }
+    }
+}

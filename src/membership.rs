@@ -1,0 +1,143 @@
+//! Membership changes: building and validating `ConfChangeV2`s.
+
+use bytes::Bytes;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
+
+use crate::error::MembershipError;
+
+/// One change to the group's membership, for [`crate::Node::change_membership`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add a node as a voter, or promote a learner to voter.
+    AddVoter(u64),
+    /// Add a node as a learner (receives the log, does not vote).
+    AddLearner(u64),
+    /// Remove a voter or a learner.
+    Remove(u64),
+}
+
+impl MembershipChange {
+    fn to_single(self) -> ConfChangeSingle {
+        let (change_type, id) = match self {
+            MembershipChange::AddVoter(id) => (ConfChangeType::AddNode, id),
+            MembershipChange::AddLearner(id) => (ConfChangeType::AddLearnerNode, id),
+            MembershipChange::Remove(id) => (ConfChangeType::RemoveNode, id),
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = id;
+        single
+    }
+}
+
+/// Builds the `ConfChangeV2` for `changes`; several changes enter a joint configuration
+/// that raft leaves automatically once it is committed.
+pub(crate) fn build(changes: &[MembershipChange], context: Bytes) -> ConfChangeV2 {
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(
+        changes
+            .iter()
+            .map(|c| c.to_single())
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    cc.context = context;
+    cc
+}
+
+/// Checks `cc` against the current configuration, so mistakes are reported as clear
+/// errors instead of being refused by raft at apply time.
+pub(crate) fn validate_change(cc: &ConfChangeV2, conf: &ConfState) -> Result<(), MembershipError> {
+    let invalid = |s: String| Err(MembershipError::Invalid(s));
+    if cc.changes.is_empty() {
+        if conf.voters_outgoing.is_empty() {
+            return invalid(
+                "an empty change leaves a joint configuration, and the group is not in one".into(),
+            );
+        }
+        return Ok(());
+    }
+    let mut voters: Vec<u64> = conf.voters.clone();
+    let mut learners: Vec<u64> = conf.learners.clone();
+    let mut seen = Vec::new();
+    for change in cc.get_changes() {
+        let id = change.node_id;
+        if id == 0 {
+            return invalid("node id 0 is reserved".into());
+        }
+        if seen.contains(&id) {
+            return invalid(format!("node {id} appears twice in one change"));
+        }
+        seen.push(id);
+        match change.get_change_type() {
+            ConfChangeType::AddNode => {
+                if voters.contains(&id) {
+                    return invalid(format!("node {id} is already a voter"));
+                }
+                learners.retain(|l| *l != id);
+                voters.push(id);
+            }
+            ConfChangeType::AddLearnerNode => {
+                if learners.contains(&id) {
+                    return invalid(format!("node {id} is already a learner"));
+                }
+                if voters.contains(&id) {
+                    return invalid(format!(
+                        "node {id} is a voter; remove it before adding it as a learner"
+                    ));
+                }
+                learners.push(id);
+            }
+            ConfChangeType::RemoveNode => {
+                if !voters.contains(&id) && !learners.contains(&id) {
+                    return invalid(format!("node {id} is not a member"));
+                }
+                voters.retain(|v| *v != id);
+                learners.retain(|l| *l != id);
+            }
+        }
+    }
+    if voters.is_empty() {
+        return invalid("the change would remove the last voter".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(voters: &[u64], learners: &[u64]) -> ConfState {
+        let mut cs = ConfState::default();
+        cs.voters = voters.to_vec();
+        cs.learners = learners.to_vec();
+        cs
+    }
+
+    fn check(changes: &[MembershipChange], cs: &ConfState) -> Result<(), MembershipError> {
+        validate_change(&build(changes, Bytes::new()), cs)
+    }
+
+    #[test]
+    fn clear_errors_for_bad_changes() {
+        use MembershipChange::*;
+        let cs = conf(&[1, 2, 3], &[4]);
+        assert!(check(&[AddVoter(5)], &cs).is_ok());
+        assert!(check(&[AddVoter(4)], &cs).is_ok(), "promotion");
+        assert!(
+            matches!(check(&[AddVoter(2)], &cs), Err(MembershipError::Invalid(m)) if m.contains("already a voter"))
+        );
+        assert!(
+            matches!(check(&[Remove(9)], &cs), Err(MembershipError::Invalid(m)) if m.contains("not a member"))
+        );
+        assert!(matches!(
+            check(&[AddVoter(0)], &cs),
+            Err(MembershipError::Invalid(_))
+        ));
+        assert!(
+            matches!(check(&[Remove(1)], &conf(&[1], &[])), Err(MembershipError::Invalid(m)) if m.contains("last voter"))
+        );
+        assert!(matches!(check(&[], &cs), Err(MembershipError::Invalid(_))));
+        assert!(check(&[AddVoter(5), Remove(1)], &cs).is_ok());
+    }
+}

@@ -1,0 +1,623 @@
+//! `Node`: the handle users hold to propose, read, change membership and watch status.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use parking_lot::Mutex;
+use raft::eraftpb::{ConfState, HardState};
+use raft::RawNode;
+use slog::{info, o, Logger};
+
+use crate::config::Config;
+use crate::driver;
+use crate::error::{
+    MembershipError, ProposeError, ReadError, StartError, StopReason, StorageError,
+};
+use crate::log_store::LogStore;
+use crate::mailbox::Mailbox;
+use crate::membership::{self, MembershipChange};
+use crate::proposals::{slot, ProposalHandle, StoppedError};
+use crate::runtime::{Request, Runtime};
+use crate::state_machine::StateMachine;
+use crate::status::{Metrics, Status};
+use crate::transport::Transport;
+
+/// How fresh a read must be. See `docs/reads.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReadConsistency {
+    /// Sees every write acknowledged before the read began, on any node. Costs one
+    /// heartbeat round trip to a quorum (ReadIndex), no log write.
+    Linearizable,
+    /// Like `Linearizable` but trusts the leader's lease instead of asking a quorum;
+    /// leader only, needs `Config::lease_reads`. Wrong if clocks drift badly.
+    Lease,
+    /// This node's current state, possibly behind the leader. No coordination.
+    Stale,
+}
+
+/// State shared by the handles and the driver thread.
+pub(crate) struct Shared {
+    pub metrics: Metrics,
+    pub messages_dropped: Arc<AtomicU64>,
+    pub stop_reason: Mutex<Option<StopReason>>,
+    pub leader: AtomicU64,
+}
+
+struct Inner<M: StateMachine> {
+    id: u64,
+    req_tx: Sender<Request<M>>,
+    mailbox: Mailbox,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    max_proposal_bytes: usize,
+    logger: Logger,
+}
+
+/// A running Raft node: a handle to its driver thread.
+///
+/// Cheap to clone; every clone talks to the same node. The node stops on
+/// [`Node::shutdown`], when the last handle is dropped, or on a fatal storage error;
+/// every call after that returns a `Stopped` error.
+///
+/// # Examples
+///
+/// A single-node cluster in memory:
+///
+/// ```
+/// use std::time::Duration;
+/// use raftnode::{Config, ChannelNetwork, MemLogStore, Node, ReadConsistency};
+/// # use raftnode::{StateMachine, StateMachineError};
+/// # #[derive(Default)] struct Sum { total: u64, applied: u64 }
+/// # impl StateMachine for Sum {
+/// #     type Response = u64;
+/// #     fn apply(&mut self, i: u64, c: &[u8]) -> u64 { self.total += c.len() as u64; self.applied = i; self.total }
+/// #     fn apply_noop(&mut self, i: u64) { self.applied = i; }
+/// #     fn applied_index(&self) -> u64 { self.applied }
+/// #     fn snapshot(&self) -> Result<bytes::Bytes, StateMachineError> { Ok(self.total.to_le_bytes().to_vec().into()) }
+/// #     fn restore(&mut self, i: u64, d: &[u8]) -> Result<(), StateMachineError> {
+/// #         self.total = u64::from_le_bytes(d.try_into().map_err(StateMachineError::new)?); self.applied = i; Ok(()) }
+/// # }
+/// let mut config = Config::new(1);
+/// config.initial_voters = vec![1];
+/// config.tick_interval = Duration::from_millis(10);
+/// let network = ChannelNetwork::new();
+/// let logger = raftnode::discard_logger();
+/// let node = Node::start(config, MemLogStore::new(), Sum::default(), network.transport(1), &logger)?;
+/// node.wait_for_leader(Duration::from_secs(5))?;
+/// let total = node.propose(b"hello".to_vec())?.wait()?;
+/// assert_eq!(total, 5);
+/// let seen = node.read(ReadConsistency::Linearizable, Duration::from_secs(5), |sm| sm.total)?;
+/// assert_eq!(seen, 5);
+/// node.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Node<M: StateMachine> {
+    inner: Arc<Inner<M>>,
+}
+
+impl<M: StateMachine> Clone for Node<M> {
+    fn clone(&self) -> Self {
+        Node {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<M: StateMachine> std::fmt::Debug for Node<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: StateMachine> Node<M> {
+    /// Starts a node on `store`, `state_machine` and `transport`, with its driver thread.
+    ///
+    /// On first start (the store holds no state) a node whose `config.initial_voters` is
+    /// non-empty bootstraps the group; otherwise it restarts from what the store holds,
+    /// resuming after the state machine's durable [`StateMachine::applied_index`]. A state
+    /// machine behind the store's snapshot is restored from it first.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] when the config is invalid, the store cannot be read or written, the
+    /// state machine cannot be restored, the state machine claims entries the log does not
+    /// hold, raft refuses the stored state, or the transport cannot start.
+    pub fn start<S: LogStore, T: Transport>(
+        config: Config,
+        mut store: S,
+        mut state_machine: M,
+        mut transport: T,
+        logger: &Logger,
+    ) -> Result<Self, StartError> {
+        config.validate()?;
+        let logger = logger.new(o!("raft_id" => config.id));
+        bootstrap_if_new(&config, &mut store, &logger)?;
+        let applied = recover_applied(&mut store, &mut state_machine, &logger)?;
+        let raw = RawNode::new(&config.to_raft(applied), store, &logger)
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let (peer_tx, peer_rx) = bounded(config.max_pending_messages);
+        let (req_tx, req_rx) = bounded(config.max_pending_requests);
+        let shared = Arc::new(Shared {
+            metrics: Metrics::default(),
+            messages_dropped: Arc::new(AtomicU64::new(0)),
+            stop_reason: Mutex::new(None),
+            leader: AtomicU64::new(0),
+        });
+        let mailbox = Mailbox::new(config.id, peer_tx, shared.messages_dropped.clone());
+        transport.start(mailbox.clone())?;
+
+        let id = config.id;
+        let max_proposal_bytes = config.max_proposal_bytes;
+        let runtime = Runtime::new(
+            raw,
+            state_machine,
+            Box::new(transport),
+            config,
+            peer_rx,
+            req_rx,
+            shared.clone(),
+            logger.clone(),
+        );
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("raftnode-{id}"))
+            .spawn(move || {
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.run()));
+                let reason = outcome.unwrap_or_else(|payload| {
+                    let text = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic payload".into());
+                    StopReason::Panic(text)
+                });
+                thread_shared.stop_reason.lock().get_or_insert(reason);
+            })
+            .map_err(StartError::Spawn)?;
+        info!(logger, "node started"; "applied" => applied);
+        Ok(Node {
+            inner: Arc::new(Inner {
+                id,
+                req_tx,
+                mailbox,
+                shared,
+                thread: Mutex::new(Some(thread)),
+                max_proposal_bytes,
+                logger,
+            }),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The node's inbound handle, the one its transport received in `start`.
+    pub fn mailbox(&self) -> Mailbox {
+        self.inner.mailbox.clone()
+    }
+
+    /// Proposes `command`; the returned handle resolves with the state machine's
+    /// response once the command is applied on this node.
+    ///
+    /// `Ok` means only that the command was queued. The proposal is never forwarded: on
+    /// a follower the handle resolves to [`ProposeError::NotLeader`] with the leader's id.
+    /// Commands queued together travel in one raft message and share one fsync.
+    ///
+    /// # Errors
+    ///
+    /// Immediately: [`ProposeError::Empty`], [`ProposeError::TooLarge`],
+    /// [`ProposeError::Busy`] (queue full), [`ProposeError::Stopped`]. Through the
+    /// handle: see [`ProposeError`].
+    pub fn propose(
+        &self,
+        command: impl Into<Bytes>,
+    ) -> Result<ProposalHandle<M::Response>, ProposeError> {
+        let command = command.into();
+        if command.is_empty() {
+            return Err(ProposeError::Empty);
+        }
+        if command.len() > self.inner.max_proposal_bytes {
+            return Err(ProposeError::TooLarge {
+                size: command.len(),
+                limit: self.inner.max_proposal_bytes,
+            });
+        }
+        let (handle, done) = slot();
+        self.submit(Request::Propose(command, done))?;
+        Ok(ProposalHandle::new(handle))
+    }
+
+    /// Runs `query` against the state machine at the given consistency and returns its
+    /// result. The query runs on the driver thread: keep it short.
+    ///
+    /// Works on followers too for `Linearizable` (the leader confirms the read index)
+    /// and `Stale`. See `docs/reads.md` for what each level guarantees.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::ZeroDeadline`] for a zero `timeout`; [`ReadError::Timeout`] when no
+    /// quorum confirmed the read in time (no leader, partitioned leader);
+    /// [`ReadError::NotLeader`] / [`ReadError::LeaseNotEnabled`] for lease reads;
+    /// [`ReadError::Busy`], [`ReadError::Stopped`].
+    pub fn read<T, F>(
+        &self,
+        consistency: ReadConsistency,
+        timeout: Duration,
+        query: F,
+    ) -> Result<T, ReadError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&M) -> T + Send + 'static,
+    {
+        if timeout.is_zero() {
+            return Err(ReadError::ZeroDeadline);
+        }
+        let deadline = Instant::now() + timeout;
+        let (handle, done) = slot::<T, ReadError>();
+        let query = Box::new(move |sm: Result<&M, ReadError>| done.complete(sm.map(query)));
+        self.submit(Request::Read {
+            consistency,
+            deadline,
+            query,
+        })?;
+        handle.wait_deadline(Some(deadline))
+    }
+
+    /// Reads this node's current state without any coordination: possibly stale.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Busy`], [`ReadError::Stopped`].
+    pub fn read_stale<T, F>(&self, query: F) -> Result<T, ReadError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&M) -> T + Send + 'static,
+    {
+        self.read(ReadConsistency::Stale, Duration::from_secs(3600), query)
+    }
+
+    /// Adds `id` as a voter (or promotes the learner `id`). `context` travels with the
+    /// change to every member's transport (`Transport::add_peer`): put the new member's
+    /// address there. Returns the ConfState once the change is applied on this node.
+    ///
+    /// Prefer [`Node::add_learner`] then [`Node::promote`] for a node that starts empty,
+    /// so it catches up before it counts towards the quorum.
+    ///
+    /// # Errors
+    ///
+    /// See [`Node::change_membership`].
+    pub fn add_voter(
+        &self,
+        id: u64,
+        context: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<ConfState, MembershipError> {
+        self.change(&[MembershipChange::AddVoter(id)], context.into(), timeout)
+    }
+
+    /// Adds `id` as a learner: it receives the log but does not vote.
+    ///
+    /// # Errors
+    ///
+    /// See [`Node::change_membership`].
+    pub fn add_learner(
+        &self,
+        id: u64,
+        context: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<ConfState, MembershipError> {
+        self.change(&[MembershipChange::AddLearner(id)], context.into(), timeout)
+    }
+
+    /// Promotes the learner `id` to voter.
+    ///
+    /// # Errors
+    ///
+    /// See [`Node::change_membership`]; [`MembershipError::Invalid`] when `id` is not a
+    /// learner.
+    pub fn promote(&self, id: u64, timeout: Duration) -> Result<ConfState, MembershipError> {
+        let status = self.status().map_err(|_| MembershipError::Stopped)?;
+        if !status.learners.contains(&id) {
+            return Err(MembershipError::Invalid(format!(
+                "node {id} is not a learner"
+            )));
+        }
+        self.change(&[MembershipChange::AddVoter(id)], Bytes::new(), timeout)
+    }
+
+    /// Removes the voter or learner `id`. A removed node stops campaigning and reports
+    /// `removed` in its [`Status`]; node ids are never reused.
+    ///
+    /// # Errors
+    ///
+    /// See [`Node::change_membership`].
+    pub fn remove(&self, id: u64, timeout: Duration) -> Result<ConfState, MembershipError> {
+        self.change(&[MembershipChange::Remove(id)], Bytes::new(), timeout)
+    }
+
+    /// Applies several changes at once through joint consensus (ConfChangeV2); the group
+    /// leaves the joint configuration automatically once it is committed. Proposed on
+    /// the leader; returns once the change is applied on this node.
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::NotLeader`]; [`MembershipError::Invalid`] (adding a member,
+    /// removing a non-member, removing the last voter, id 0, duplicates);
+    /// [`MembershipError::Rejected`] (another change pending, or the group is still
+    /// joint); [`MembershipError::OutcomeUnknown`], [`MembershipError::Timeout`],
+    /// [`MembershipError::Busy`], [`MembershipError::Stopped`].
+    pub fn change_membership(
+        &self,
+        changes: &[MembershipChange],
+        context: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<ConfState, MembershipError> {
+        if changes.is_empty() {
+            return Err(MembershipError::Invalid("no changes given".into()));
+        }
+        self.change(changes, context.into(), timeout)
+    }
+
+    fn change(
+        &self,
+        changes: &[MembershipChange],
+        context: Bytes,
+        timeout: Duration,
+    ) -> Result<ConfState, MembershipError> {
+        let (handle, done) = slot();
+        self.submit(Request::ConfChange(
+            membership::build(changes, context),
+            done,
+        ))?;
+        handle.wait_deadline(Some(Instant::now() + timeout))
+    }
+
+    /// Moves leadership to `to` and returns once `to` leads (as this node sees it).
+    ///
+    /// A lagging `to` is first caught up by the leader; the transfer is retried until
+    /// the deadline.
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::NotLeader`] on a follower; [`MembershipError::Invalid`] when
+    /// `to` is not a voter; [`MembershipError::Timeout`] after `timeout`;
+    /// [`MembershipError::Busy`], [`MembershipError::Stopped`].
+    pub fn transfer_leader(&self, to: u64, timeout: Duration) -> Result<(), MembershipError> {
+        let (handle, done) = slot();
+        let deadline = Instant::now() + timeout;
+        self.submit(Request::TransferLeader { to, deadline, done })?;
+        handle.wait_deadline(Some(deadline + Duration::from_millis(50)))
+    }
+
+    /// A point-in-time view of the node: role, term, leader, indexes, membership,
+    /// per-peer progress (leader only) and metrics.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Busy`], [`ReadError::Stopped`], or [`ReadError::Timeout`] if the driver
+    /// does not answer within 10 s.
+    pub fn status(&self) -> Result<Status, ReadError> {
+        let (handle, done) = slot();
+        self.submit(Request::Status(done))?;
+        handle.wait_deadline(Some(Instant::now() + Duration::from_secs(10)))
+    }
+
+    /// Takes a snapshot of the state machine now and compacts the log behind it.
+    /// Returns its index, or `None` if nothing was applied since the last one.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Stopped`] (also when the snapshot failed: the node stops),
+    /// [`ReadError::Busy`], [`ReadError::Timeout`] after 60 s.
+    pub fn snapshot_now(&self) -> Result<Option<u64>, ReadError> {
+        let (handle, done) = slot();
+        self.submit(Request::SnapshotNow(done))?;
+        handle.wait_deadline(Some(Instant::now() + Duration::from_secs(60)))
+    }
+
+    /// Starts an election on this node now (tests and operators; normally elections
+    /// start on their own).
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Busy`], [`ReadError::Stopped`].
+    pub fn campaign(&self) -> Result<(), ReadError> {
+        self.submit(Request::Campaign)
+    }
+
+    /// The leader this node last heard of. Cheap: no round trip to the driver.
+    pub fn leader(&self) -> Option<u64> {
+        match self.inner.shared.leader.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Blocks until this node knows a leader, and returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Timeout`] when no leader is known after `timeout`;
+    /// [`ReadError::Stopped`].
+    pub fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ReadError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_stopped() {
+                return Err(ReadError::Stopped);
+            }
+            if let Some(leader) = self.leader() {
+                return Ok(leader);
+            }
+            if Instant::now() >= deadline {
+                return Err(ReadError::Timeout);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Why the node stopped, or `None` while it runs.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.inner.shared.stop_reason.lock().clone()
+    }
+
+    /// Whether the node has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.shared.stop_reason.lock().is_some()
+    }
+
+    /// Stops the node gracefully: if it leads, it first hands leadership to the most
+    /// up-to-date voter (up to `Config::shutdown_transfer_timeout`), then stops the
+    /// driver thread and joins it. Every pending caller gets a `Stopped` error.
+    /// Returns why the node stopped (`Shutdown`, or an earlier fatal error).
+    /// Idempotent; other handles see `Stopped` afterwards.
+    pub fn shutdown(&self) -> StopReason {
+        self.inner.stop(true)
+    }
+
+    /// Stops the node at once, without handing over leadership (a crash, for tests).
+    pub fn kill(&self) -> StopReason {
+        self.inner.stop(false)
+    }
+
+    fn submit<E: StoppedError + BusyError>(&self, request: Request<M>) -> Result<(), E> {
+        match self.inner.req_tx.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(E::busy()),
+            Err(TrySendError::Disconnected(_)) => Err(E::stopped()),
+        }
+    }
+}
+
+/// Errors that have a "queue full" value.
+pub(crate) trait BusyError {
+    fn busy() -> Self;
+}
+
+impl BusyError for ProposeError {
+    fn busy() -> Self {
+        ProposeError::Busy
+    }
+}
+impl BusyError for ReadError {
+    fn busy() -> Self {
+        ReadError::Busy
+    }
+}
+impl BusyError for MembershipError {
+    fn busy() -> Self {
+        MembershipError::Busy
+    }
+}
+
+impl<M: StateMachine> Inner<M> {
+    fn stop(&self, graceful: bool) -> StopReason {
+        let thread = self.thread.lock().take();
+        if let Some(thread) = thread {
+            if thread.thread().id() == std::thread::current().id() {
+                // Called from inside the state machine: the driver exits after this turn.
+                let _ = self.req_tx.try_send(Request::Shutdown { graceful: false });
+                *self.thread.lock() = Some(thread);
+                return StopReason::Shutdown;
+            }
+            let _ = self
+                .req_tx
+                .send_timeout(Request::Shutdown { graceful }, Duration::from_secs(5));
+            let _ = thread.join();
+            info!(self.logger, "driver thread joined");
+        }
+        self.shared
+            .stop_reason
+            .lock()
+            .clone()
+            .unwrap_or(StopReason::Shutdown)
+    }
+}
+
+impl<M: StateMachine> Drop for Inner<M> {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+/// A logger that drops everything, for tests and examples.
+pub fn discard_logger() -> Logger {
+    Logger::root(slog::Discard, o!())
+}
+
+/// On first start, writes the initial ConfState when `initial_voters` is set.
+fn bootstrap_if_new<S: LogStore>(
+    config: &Config,
+    store: &mut S,
+    logger: &Logger,
+) -> Result<(), StartError> {
+    let state = store.initial_state().map_err(raft_to_storage)?;
+    let is_new = state.hard_state == HardState::default()
+        && state.conf_state.voters.is_empty()
+        && state.conf_state.learners.is_empty()
+        && store.last_index().map_err(raft_to_storage)? == 0;
+    if is_new && !config.initial_voters.is_empty() {
+        let mut cs = ConfState::default();
+        cs.voters = config.initial_voters.clone();
+        store.set_conf_state(&cs)?;
+        store.sync()?;
+        info!(logger, "bootstrapped a new group"; "voters" => ?cs.voters);
+    }
+    Ok(())
+}
+
+/// Brings the state machine up to the store's snapshot if it is behind it, and returns
+/// the applied index raft resumes from (ERRATA 16).
+fn recover_applied<S: LogStore, M: StateMachine>(
+    store: &mut S,
+    sm: &mut M,
+    logger: &Logger,
+) -> Result<u64, StartError> {
+    let first = store.first_index().map_err(raft_to_storage)?;
+    let last = store.last_index().map_err(raft_to_storage)?;
+    if sm.applied_index() + 1 < first {
+        let snapshot = store.snapshot(0, 0).map_err(raft_to_storage)?;
+        info!(logger, "restoring state machine from the stored snapshot";
+            "state_machine_applied" => sm.applied_index(), "snapshot_index" => snapshot.get_metadata().index);
+        driver::restore_state_machine(sm, &snapshot).map_err(|e| match e {
+            driver::DriverError::StateMachine(e) => StartError::StateMachine(e),
+            other => StartError::Raft(other.to_string()),
+        })?;
+    }
+    let applied = sm.applied_index();
+    if applied > last {
+        return Err(StartError::Storage(StorageError::Invalid {
+            op: "start",
+            detail: format!(
+                "the state machine has applied index {applied} but the log ends at {last}: \
+                 the log store lost entries the state machine saw (wrong data directory?)"
+            ),
+        }));
+    }
+    // Commit index writes are not synced on their own; the state machine only applies
+    // committed entries, so its applied index is a commit index we may trust.
+    let mut hs = store.initial_state().map_err(raft_to_storage)?.hard_state;
+    if hs.commit < applied {
+        hs.commit = applied;
+        store.set_hard_state(&hs)?;
+        store.sync()?;
+    }
+    Ok(applied)
+}
+
+fn raft_to_storage(e: raft::Error) -> StorageError {
+    StorageError::Engine {
+        op: "read",
+        detail: e.to_string(),
+    }
+}

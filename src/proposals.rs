@@ -1,0 +1,380 @@
+//! Pending proposals: one waiter per `(index, term)`, resolved when that index is applied.
+//!
+//! A [`ProposalHandle`] and its [`Completer`] share one slot. The driver keeps the
+//! completers in log order; applying index `i` resolves the waiter at `i` with the state
+//! machine's response if the applied entry has the waiter's term, and with `Dropped` if
+//! it has another term (a new leader overwrote it). A completer dropped unresolved (the
+//! driver stopped or panicked) resolves its handle with `Stopped`, so no caller hangs.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{MembershipError, ProposeError, ReadError};
+
+/// An error type that has a "the node stopped" value, for completers dropped unresolved.
+pub(crate) trait StoppedError {
+    fn stopped() -> Self;
+    fn timeout() -> Self;
+}
+
+impl StoppedError for ProposeError {
+    fn stopped() -> Self {
+        ProposeError::Stopped
+    }
+    fn timeout() -> Self {
+        ProposeError::Timeout
+    }
+}
+
+impl StoppedError for ReadError {
+    fn stopped() -> Self {
+        ReadError::Stopped
+    }
+    fn timeout() -> Self {
+        ReadError::Timeout
+    }
+}
+
+impl StoppedError for MembershipError {
+    fn stopped() -> Self {
+        MembershipError::Stopped
+    }
+    fn timeout() -> Self {
+        MembershipError::Timeout
+    }
+}
+
+enum State<T> {
+    Pending(Option<Waker>),
+    Done(T),
+    Taken,
+}
+
+struct Slot<T> {
+    state: Mutex<State<T>>,
+    ready: Condvar,
+}
+
+/// Creates a connected handle/completer pair.
+pub(crate) fn slot<T, E: StoppedError>() -> (Handle<T, E>, Completer<T, E>) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new(State::Pending(None)),
+        ready: Condvar::new(),
+    });
+    (
+        Handle { slot: slot.clone() },
+        Completer { slot: Some(slot) },
+    )
+}
+
+/// The resolving side of a slot, held by the driver.
+pub(crate) struct Completer<T, E: StoppedError> {
+    slot: Option<Arc<Slot<Result<T, E>>>>,
+}
+
+impl<T, E: StoppedError> Completer<T, E> {
+    /// Resolves the handle. Later calls and the drop do nothing.
+    pub(crate) fn complete(mut self, value: Result<T, E>) {
+        if let Some(slot) = self.slot.take() {
+            fill(&slot, value);
+        }
+    }
+}
+
+impl<T, E: StoppedError> Drop for Completer<T, E> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            fill(&slot, Err(E::stopped()));
+        }
+    }
+}
+
+fn fill<T>(slot: &Slot<T>, value: T) {
+    let waker = {
+        let mut state = slot.state.lock();
+        match std::mem::replace(&mut *state, State::Done(value)) {
+            State::Pending(waker) => waker,
+            // Already resolved: keep the first outcome.
+            other => {
+                *state = other;
+                return;
+            }
+        }
+    };
+    slot.ready.notify_all();
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// The waiting side of a slot.
+pub(crate) struct Handle<T, E: StoppedError> {
+    slot: Arc<Slot<Result<T, E>>>,
+}
+
+impl<T, E: StoppedError> Handle<T, E> {
+    pub(crate) fn wait_deadline(&self, deadline: Option<Instant>) -> Result<T, E> {
+        let mut state = self.slot.state.lock();
+        loop {
+            match std::mem::replace(&mut *state, State::Taken) {
+                State::Done(value) => return value,
+                State::Taken => return Err(E::stopped()),
+                pending @ State::Pending(_) => {
+                    *state = pending;
+                    match deadline {
+                        None => self.slot.ready.wait(&mut state),
+                        Some(d) => {
+                            if self.slot.ready.wait_until(&mut state, d).timed_out() {
+                                if let State::Done(_) = &*state {
+                                    continue;
+                                }
+                                return Err(E::timeout());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn try_take(&self) -> Option<Result<T, E>> {
+        let mut state = self.slot.state.lock();
+        match std::mem::replace(&mut *state, State::Taken) {
+            State::Done(value) => Some(value),
+            State::Taken => Some(Err(E::stopped())),
+            pending => {
+                *state = pending;
+                None
+            }
+        }
+    }
+
+    fn poll_slot(&self, cx: &mut Context<'_>) -> Poll<Result<T, E>> {
+        let mut state = self.slot.state.lock();
+        match std::mem::replace(&mut *state, State::Taken) {
+            State::Done(value) => Poll::Ready(value),
+            State::Taken => Poll::Ready(Err(E::stopped())),
+            State::Pending(old) => {
+                let waker = match old {
+                    Some(w) if w.will_wake(cx.waker()) => w,
+                    _ => cx.waker().clone(),
+                };
+                *state = State::Pending(Some(waker));
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The outcome of a proposal: block on it, poll it, or `.await` it.
+///
+/// Resolves once the command is applied on the node it was proposed to, with the state
+/// machine's response, or with a [`ProposeError`] saying what happened. Dropping the
+/// handle does not cancel the proposal.
+///
+/// # Examples
+///
+/// ```
+/// # use std::time::Duration;
+/// # fn demo<M: raftnode::StateMachine>(node: &raftnode::Node<M>) -> Result<(), raftnode::ProposeError> {
+/// // Block for the outcome:
+/// let response = node.propose(b"set x 1".to_vec())?.wait_timeout(Duration::from_secs(5))?;
+/// // Or await it from async code: `node.propose(cmd)?.await?`
+/// # let _ = response; Ok(()) }
+/// ```
+#[must_use = "a proposal's outcome is only known by waiting on its handle"]
+pub struct ProposalHandle<R> {
+    inner: Handle<R, ProposeError>,
+}
+
+impl<R> ProposalHandle<R> {
+    pub(crate) fn new(inner: Handle<R, ProposeError>) -> Self {
+        ProposalHandle { inner }
+    }
+
+    /// Blocks until the proposal is applied here or fails.
+    ///
+    /// # Errors
+    ///
+    /// Any [`ProposeError`] but `Timeout`, `Busy`, `TooLarge` and `Empty`.
+    pub fn wait(self) -> Result<R, ProposeError> {
+        self.inner.wait_deadline(None)
+    }
+
+    /// Blocks for at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`ProposeError::Timeout`] when the outcome is still unknown after `timeout` (the
+    /// proposal may still be applied), else as [`ProposalHandle::wait`].
+    pub fn wait_timeout(self, timeout: Duration) -> Result<R, ProposeError> {
+        self.inner.wait_deadline(Some(Instant::now() + timeout))
+    }
+
+    /// Returns the outcome if it is known, without blocking. After it returned `Some`,
+    /// later calls return `Some(Err(Stopped))`.
+    pub fn try_take(&self) -> Option<Result<R, ProposeError>> {
+        self.inner.try_take()
+    }
+}
+
+impl<R> Future for ProposalHandle<R> {
+    type Output = Result<R, ProposeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.poll_slot(cx)
+    }
+}
+
+impl<R> std::fmt::Debug for ProposalHandle<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProposalHandle").finish_non_exhaustive()
+    }
+}
+
+/// What a waiter expects at its index.
+pub(crate) enum Waiter<R> {
+    /// A normal command; resolved with the state machine's response.
+    Command(Completer<R, ProposeError>),
+    /// A conf change; resolved with the ConfState after it, or `Rejected` when raft
+    /// turned it into an empty entry (ERRATA 9).
+    ConfChange(Completer<raft::eraftpb::ConfState, MembershipError>),
+}
+
+/// Waiters in log order.
+pub(crate) struct Pending<R> {
+    queue: VecDeque<(u64, u64, Waiter<R>)>,
+}
+
+/// What was applied at an index, for [`Pending::resolve`].
+pub(crate) enum AppliedAs<'a, R> {
+    Command(R),
+    ConfChange(&'a raft::eraftpb::ConfState),
+    /// An empty normal entry: a leader's no-op or a rejected conf change.
+    Empty,
+}
+
+impl<R> Default for Pending<R> {
+    fn default() -> Self {
+        Pending {
+            queue: VecDeque::new(),
+        }
+    }
+}
+
+impl<R> Pending<R> {
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Registers a waiter; indexes must be increasing.
+    pub(crate) fn push(&mut self, index: u64, term: u64, waiter: Waiter<R>) {
+        debug_assert!(self.queue.back().is_none_or(|(i, _, _)| *i < index));
+        self.queue.push_back((index, term, waiter));
+    }
+
+    /// Returns true when some waiter is at `index` or below.
+    #[inline]
+    pub(crate) fn wants(&self, index: u64) -> bool {
+        self.queue.front().is_some_and(|(i, _, _)| *i <= index)
+    }
+
+    /// Resolves the waiter at `index` with what was applied there in `term`, and fails
+    /// any waiter below `index` (its entry can no longer be applied).
+    pub(crate) fn resolve(&mut self, index: u64, term: u64, applied: AppliedAs<'_, R>) {
+        while let Some((i, _, _)) = self.queue.front() {
+            if *i > index {
+                return;
+            }
+            let (i, t, waiter) = self.queue.pop_front().expect("front exists");
+            if i < index {
+                fail_dropped(waiter);
+                continue;
+            }
+            if t != term {
+                fail_dropped(waiter);
+                return;
+            }
+            match (waiter, applied) {
+                (Waiter::Command(c), AppliedAs::Command(r)) => c.complete(Ok(r)),
+                (Waiter::ConfChange(c), AppliedAs::ConfChange(cs)) => c.complete(Ok(cs.clone())),
+                (Waiter::ConfChange(c), AppliedAs::Empty) => {
+                    c.complete(Err(MembershipError::Rejected(
+                        "raft refused the change (another change pending or wrong joint state)"
+                            .into(),
+                    )))
+                }
+                (waiter, _) => fail_dropped(waiter),
+            }
+            return;
+        }
+    }
+
+    /// Fails every waiter: leadership was lost, so their outcome is unknown.
+    pub(crate) fn fail_all_unknown(&mut self) {
+        for (index, term, waiter) in self.queue.drain(..) {
+            match waiter {
+                Waiter::Command(c) => c.complete(Err(ProposeError::OutcomeUnknown { index, term })),
+                Waiter::ConfChange(c) => c.complete(Err(MembershipError::OutcomeUnknown { index })),
+            }
+        }
+    }
+}
+
+fn fail_dropped<R>(waiter: Waiter<R>) {
+    match waiter {
+        Waiter::Command(c) => c.complete(Err(ProposeError::Dropped)),
+        Waiter::ConfChange(c) => c.complete(Err(MembershipError::Rejected(
+            "the entry was overwritten by a new leader".into(),
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_completer_resolves_stopped() {
+        let (h, c) = slot::<u32, ProposeError>();
+        drop(c);
+        assert_eq!(h.wait_deadline(None), Err(ProposeError::Stopped));
+    }
+
+    #[test]
+    fn wait_timeout_reports_timeout_then_value() {
+        let (h, c) = slot::<u32, ProposeError>();
+        let d = Instant::now() + Duration::from_millis(5);
+        assert_eq!(h.wait_deadline(Some(d)), Err(ProposeError::Timeout));
+        c.complete(Ok(7));
+        assert_eq!(h.wait_deadline(None), Ok(7));
+    }
+
+    #[test]
+    fn resolve_matches_index_and_term() {
+        let mut p: Pending<u32> = Pending::default();
+        let (h1, c1) = slot();
+        let (h2, c2) = slot();
+        let (h3, c3) = slot();
+        p.push(5, 2, Waiter::Command(c1));
+        p.push(6, 2, Waiter::Command(c2));
+        p.push(7, 2, Waiter::Command(c3));
+        p.resolve(5, 2, AppliedAs::Command(50));
+        // Index 6 was overwritten by term 3: the waiter must never see success.
+        p.resolve(6, 3, AppliedAs::Command(60));
+        assert_eq!(h1.try_take(), Some(Ok(50)));
+        assert_eq!(h2.try_take(), Some(Err(ProposeError::Dropped)));
+        assert!(h3.try_take().is_none());
+        p.fail_all_unknown();
+        assert_eq!(
+            h3.try_take(),
+            Some(Err(ProposeError::OutcomeUnknown { index: 7, term: 2 }))
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! The `StateMachine` trait: the host application's domain logic.
+
+use bytes::Bytes;
+
+use crate::error::StateMachineError;
+
+/// The replicated state: commands come in committed, in log order, exactly once.
+///
+/// The driver thread owns the state machine; every method is called from that one thread,
+/// so implementations need no locking of their own. Reads from other threads go through
+/// [`crate::Node::read`], which runs a closure on the driver thread.
+///
+/// # Correctness
+///
+/// Every replica applies the same commands in the same order, so `apply` must be
+/// deterministic: no clocks, no randomness, no iteration over `HashMap` order, no reads of
+/// local files that differ between nodes. Errors that depend only on the command (a key
+/// that does not exist, say) belong in the `Response`, not in a panic.
+///
+/// # Examples
+///
+/// ```
+/// use raftnode::{StateMachine, StateMachineError};
+///
+/// #[derive(Default)]
+/// struct Counter { total: u64, applied: u64 }
+///
+/// impl StateMachine for Counter {
+///     type Response = u64;
+///     fn apply(&mut self, index: u64, command: &[u8]) -> u64 {
+///         self.total += command.len() as u64;
+///         self.applied = index;
+///         self.total
+///     }
+///     fn apply_noop(&mut self, index: u64) { self.applied = index; }
+///     fn applied_index(&self) -> u64 { self.applied }
+///     fn snapshot(&self) -> Result<bytes::Bytes, StateMachineError> {
+///         Ok(bytes::Bytes::copy_from_slice(&self.total.to_le_bytes()))
+///     }
+///     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
+///         let raw: [u8; 8] = data.try_into().map_err(StateMachineError::new)?;
+///         self.total = u64::from_le_bytes(raw);
+///         self.applied = index;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait StateMachine: Send + 'static {
+    /// What a proposer receives once its command is applied on the node it proposed to.
+    type Response: Send + 'static;
+
+    /// Applies the committed command at `index` and returns the proposer's response.
+    ///
+    /// # Correctness
+    ///
+    /// - Called once per committed non-empty command, in strictly increasing `index`
+    ///   order, never for an index at or below [`Self::applied_index`] as it stood when
+    ///   the node started or after the last [`Self::restore`].
+    /// - After it returns, `applied_index()` must be `index`.
+    /// - Must be deterministic (see the trait docs). It must not panic on any command a
+    ///   client can propose: a panic stops the node.
+    /// - A durable state machine that persists its state must persist `index` atomically
+    ///   with the effect of the command (same write batch or same file), so that after a
+    ///   crash either both or neither survived. That is what makes apply exactly-once
+    ///   across restarts.
+    fn apply(&mut self, index: u64, command: &[u8]) -> Self::Response;
+
+    /// Records that the entry at `index` carried no command: a new leader's empty entry,
+    /// a membership change, or a conf change raft rejected.
+    ///
+    /// # Correctness
+    ///
+    /// After it returns, `applied_index()` must be `index`. Persisting that index is
+    /// optional (re-applying such entries after a restart is harmless), but it must never
+    /// move backwards.
+    fn apply_noop(&mut self, index: u64);
+
+    /// The index of the last entry whose effect survives a restart of this state machine.
+    ///
+    /// # Correctness
+    ///
+    /// - Called when the node starts; raft resumes applying right after it, so it must
+    ///   never be ahead of what is durable (an in-memory state machine that starts empty
+    ///   returns 0, and the node then restores it from the log store's snapshot).
+    /// - Between restarts it equals the index passed to the last `apply`, `apply_noop` or
+    ///   `restore`.
+    fn applied_index(&self) -> u64;
+
+    /// Serializes the whole state as of [`Self::applied_index`].
+    ///
+    /// The driver takes snapshots under [`crate::SnapshotPolicy`] and on
+    /// [`crate::Node::snapshot_now`], stores them in the `LogStore` (with the applied index
+    /// and `ConfState`) and then compacts the log behind them.
+    ///
+    /// # Errors
+    ///
+    /// A [`StateMachineError`] stops the node: a node that cannot snapshot cannot compact.
+    ///
+    /// # Correctness
+    ///
+    /// The bytes must restore, through [`Self::restore`], a state equal to the current
+    /// one on any replica. Called on the driver thread: a large state blocks the node
+    /// while it serializes (see `docs/snapshots.md`).
+    fn snapshot(&self) -> Result<Bytes, StateMachineError>;
+
+    /// Replaces the whole state with the snapshot `data` taken at `index`.
+    ///
+    /// Called when a leader sends a snapshot to a lagging follower, and at start when the
+    /// state machine is behind the log store's snapshot.
+    ///
+    /// # Errors
+    ///
+    /// A [`StateMachineError`] stops the node.
+    ///
+    /// # Correctness
+    ///
+    /// After it returns, the state equals the snapshot's and `applied_index()` is `index`
+    /// (which is always greater than the current applied index). A durable state machine
+    /// persists both atomically before returning.
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError>;
+}

@@ -1,0 +1,161 @@
+//! `Status` and `Metrics`: what a node reports about itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The raft role of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asking for pre-votes before a real election (`pre_vote` on).
+    PreCandidate,
+    /// Asking for votes.
+    Candidate,
+    /// Leads the group.
+    Leader,
+}
+
+impl From<raft::StateRole> for Role {
+    fn from(r: raft::StateRole) -> Self {
+        match r {
+            raft::StateRole::Follower => Role::Follower,
+            raft::StateRole::PreCandidate => Role::PreCandidate,
+            raft::StateRole::Candidate => Role::Candidate,
+            raft::StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// How far the leader has replicated to one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The peer's id.
+    pub id: u64,
+    /// Highest index known to be in the peer's log.
+    pub matched: u64,
+    /// Next index the leader will send.
+    pub next_index: u64,
+    /// raft-rs's progress state: `Probe`, `Replicate` or `Snapshot`.
+    pub state: String,
+    /// Whether the peer is a learner.
+    pub is_learner: bool,
+    /// Whether the leader heard from it in the last election timeout.
+    pub recent_active: bool,
+}
+
+/// A point-in-time view of a node, from [`crate::Node::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node's id.
+    pub id: u64,
+    /// Current role.
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// Highest index known committed.
+    pub commit: u64,
+    /// Highest index applied to the state machine.
+    pub applied: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// First index still in the log (earlier ones were compacted).
+    pub first_index: u64,
+    /// Index of the latest stored snapshot (0: none).
+    pub snapshot_index: u64,
+    /// Voters (both halves while in a joint configuration).
+    pub voters: Vec<u64>,
+    /// Voters of the outgoing half of a joint configuration; empty when not joint.
+    pub voters_outgoing: Vec<u64>,
+    /// Learners.
+    pub learners: Vec<u64>,
+    /// Per-peer replication progress; only on the leader, else empty.
+    pub progress: Vec<PeerProgress>,
+    /// True when this node was removed from the group by a membership change.
+    pub removed: bool,
+    /// Counters since the node started.
+    pub metrics: MetricsSnapshot,
+}
+
+/// Counters a node keeps; cheap atomics shared with its handles.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub proposals: AtomicU64,
+    pub proposals_failed: AtomicU64,
+    pub messages_dropped: AtomicU64,
+    pub elections_started: AtomicU64,
+    pub elections_won: AtomicU64,
+    pub elections_lost: AtomicU64,
+    pub leader_changes: AtomicU64,
+    pub snapshots_taken: AtomicU64,
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_restored: AtomicU64,
+    pub step_errors: AtomicU64,
+    pub reads_served: AtomicU64,
+}
+
+/// Counters since the node started.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Commands proposed on this node while it led.
+    pub proposals: u64,
+    /// Proposals that ended in an error.
+    pub proposals_failed: u64,
+    /// Incoming messages dropped because the message queue was full.
+    pub messages_dropped: u64,
+    /// Elections (pre-vote or vote) this node started.
+    pub elections_started: u64,
+    /// Elections this node won.
+    pub elections_won: u64,
+    /// Elections this node started and did not win.
+    pub elections_lost: u64,
+    /// Times the known leader changed.
+    pub leader_changes: u64,
+    /// Snapshots this node took of its state machine.
+    pub snapshots_taken: u64,
+    /// `MsgSnapshot`s this node sent.
+    pub snapshots_sent: u64,
+    /// Snapshots received from a leader and restored.
+    pub snapshots_restored: u64,
+    /// Messages raft refused (unknown peer, local type, invalid).
+    pub step_errors: u64,
+    /// Reads served (all consistency levels).
+    pub reads_served: u64,
+    /// Readies handled.
+    pub readies: u64,
+    /// Log store syncs.
+    pub syncs: u64,
+    /// Entries appended to the log store.
+    pub entries_appended: u64,
+    /// Entries applied.
+    pub entries_applied: u64,
+}
+
+impl Metrics {
+    pub(crate) fn snapshot(&self, driver: &crate::driver::DriverStats) -> MetricsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            proposals: get(&self.proposals),
+            proposals_failed: get(&self.proposals_failed),
+            messages_dropped: get(&self.messages_dropped),
+            elections_started: get(&self.elections_started),
+            elections_won: get(&self.elections_won),
+            elections_lost: get(&self.elections_lost),
+            leader_changes: get(&self.leader_changes),
+            snapshots_taken: get(&self.snapshots_taken),
+            snapshots_sent: get(&self.snapshots_sent),
+            snapshots_restored: get(&self.snapshots_restored),
+            step_errors: get(&self.step_errors),
+            reads_served: get(&self.reads_served),
+            readies: driver.readies,
+            syncs: driver.syncs,
+            entries_appended: driver.entries_appended,
+            entries_applied: driver.entries_applied,
+        }
+    }
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}

@@ -1,0 +1,293 @@
+//! Shared test helpers: a KV state machine that counts applies, and a cluster harness on
+//! the in-process network. Every wait has a deadline; nothing sleeps for a fixed time
+//! and hopes.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use raftnode::{
+    ChannelNetwork, Config, MemLogStore, Node, ReadConsistency, Role, StateMachine,
+    StateMachineError, Status,
+};
+
+/// Generous for a loaded 2-core machine; only failures wait this long.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A KV state whose contents outlive a node restart, like a perfectly durable state
+/// machine: a restarted node resumes at `applied`, so a second apply of any index is
+/// a real double apply.
+#[derive(Default, Debug)]
+pub struct KvState {
+    pub map: BTreeMap<String, String>,
+    pub applied: u64,
+    /// Commands in the order applied, for "identical on every node" checks.
+    pub log: Vec<(u64, Vec<u8>)>,
+    /// index -> number of times applied; any value above 1 is a double apply.
+    pub applies: BTreeMap<u64, u32>,
+    pub restores: u64,
+}
+
+/// A KV map. Commands: `put k v`, `del k`. Response: the previous value.
+#[derive(Default, Clone)]
+pub struct Kv {
+    pub state: Arc<Mutex<KvState>>,
+}
+
+pub fn put(k: &str, v: &str) -> Vec<u8> {
+    format!("put {k} {v}").into_bytes()
+}
+
+impl StateMachine for Kv {
+    type Response = Option<String>;
+
+    fn apply(&mut self, index: u64, command: &[u8]) -> Option<String> {
+        let mut s = self.state.lock();
+        assert!(
+            index > s.applied,
+            "apply out of order: {index} after {}",
+            s.applied
+        );
+        *s.applies.entry(index).or_default() += 1;
+        s.applied = index;
+        s.log.push((index, command.to_vec()));
+        let text = String::from_utf8_lossy(command);
+        let mut parts = text.splitn(3, ' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("put"), Some(k), Some(v)) => s.map.insert(k.to_string(), v.to_string()),
+            (Some("del"), Some(k), None) => s.map.remove(k),
+            _ => None,
+        }
+    }
+
+    fn apply_noop(&mut self, index: u64) {
+        let mut s = self.state.lock();
+        assert!(
+            index > s.applied,
+            "noop out of order: {index} after {}",
+            s.applied
+        );
+        *s.applies.entry(index).or_default() += 1;
+        s.applied = index;
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.state.lock().applied
+    }
+
+    fn snapshot(&self) -> Result<bytes::Bytes, StateMachineError> {
+        let s = self.state.lock();
+        let mut out = String::new();
+        for (k, v) in &s.map {
+            out.push_str(k);
+            out.push('\t');
+            out.push_str(v);
+            out.push('\n');
+        }
+        Ok(out.into_bytes().into())
+    }
+
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
+        let text = std::str::from_utf8(data).map_err(StateMachineError::new)?;
+        let mut s = self.state.lock();
+        s.map.clear();
+        for line in text.lines() {
+            let (k, v) = line
+                .split_once('\t')
+                .ok_or_else(|| StateMachineError::new("bad line"))?;
+            s.map.insert(k.to_string(), v.to_string());
+        }
+        s.applied = index;
+        s.log.clear();
+        s.restores += 1;
+        Ok(())
+    }
+}
+
+/// Polls `cond` until it holds or `DEADLINE` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn test_config(id: u64, voters: &[u64]) -> Config {
+    let mut c = Config::new(id);
+    c.initial_voters = voters.to_vec();
+    c.tick_interval = Duration::from_millis(10);
+    c.election_ticks = 20;
+    c.heartbeat_ticks = 3;
+    c
+}
+
+pub fn logger() -> slog::Logger {
+    if std::env::var_os("RAFTNODE_TEST_LOG").is_some() {
+        use slog::Drain;
+        let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+        let drain = slog_term::FullFormat::new(decorator).build().fuse();
+        slog::Logger::root(drain, slog::o!())
+    } else {
+        raftnode::discard_logger()
+    }
+}
+
+/// A cluster of in-memory nodes on one in-process network.
+pub struct Cluster {
+    pub network: ChannelNetwork,
+    pub nodes: BTreeMap<u64, Node<Kv>>,
+    pub stores: BTreeMap<u64, MemLogStore>,
+    pub states: BTreeMap<u64, Kv>,
+    pub logger: slog::Logger,
+    pub configure: fn(&mut Config),
+}
+
+fn no_change(_: &mut Config) {}
+
+impl Cluster {
+    /// Starts `n` voters 1..=n.
+    pub fn new(n: u64) -> Cluster {
+        Cluster::with_config(n, no_change)
+    }
+
+    pub fn with_config(n: u64, configure: fn(&mut Config)) -> Cluster {
+        let mut c = Cluster {
+            network: ChannelNetwork::new(),
+            nodes: BTreeMap::new(),
+            stores: BTreeMap::new(),
+            states: BTreeMap::new(),
+            logger: logger(),
+            configure,
+        };
+        let voters: Vec<u64> = (1..=n).collect();
+        for id in 1..=n {
+            c.start_node(id, &voters);
+        }
+        c
+    }
+
+    /// Starts (or restarts on its existing store) node `id`. `voters` is only used on
+    /// first start.
+    pub fn start_node(&mut self, id: u64, voters: &[u64]) -> Node<Kv> {
+        let mut config = test_config(id, voters);
+        (self.configure)(&mut config);
+        let store = self.stores.entry(id).or_default().clone();
+        let kv = self.states.entry(id).or_default().clone();
+        let node = Node::start(config, store, kv, self.network.transport(id), &self.logger)
+            .expect("node starts");
+        self.nodes.insert(id, node.clone());
+        node
+    }
+
+    pub fn node(&self, id: u64) -> &Node<Kv> {
+        &self.nodes[&id]
+    }
+
+    /// Stops node `id` at once (a crash that keeps its in-memory "disk").
+    pub fn kill(&mut self, id: u64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.kill();
+        }
+    }
+
+    pub fn status(&self, id: u64) -> Status {
+        self.nodes[&id].status().expect("status")
+    }
+
+    /// Ids of the nodes that currently think they lead, among `ids`.
+    pub fn leaders_among(&self, ids: &[u64]) -> Vec<u64> {
+        ids.iter()
+            .copied()
+            .filter(|id| {
+                self.nodes
+                    .get(id)
+                    .is_some_and(|n| n.status().map(|s| s.role == Role::Leader).unwrap_or(false))
+            })
+            .collect()
+    }
+
+    /// Waits until exactly one of `ids` leads and every one of `ids` agrees on it.
+    pub fn wait_leader_among(&self, ids: &[u64]) -> u64 {
+        let mut leader = 0;
+        wait_until("one agreed leader", || {
+            let leaders = self.leaders_among(ids);
+            if leaders.len() != 1 {
+                return false;
+            }
+            leader = leaders[0];
+            let term = self.status(leader).term;
+            ids.iter().all(|id| {
+                let s = self.status(*id);
+                s.leader == Some(leader) && s.term == term
+            })
+        });
+        leader
+    }
+
+    pub fn wait_leader(&self) -> u64 {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        self.wait_leader_among(&ids)
+    }
+
+    /// Proposes on the current leader, retrying on leader changes until applied.
+    pub fn propose_ok(&self, command: Vec<u8>) -> Option<String> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            assert!(Instant::now() < deadline, "proposal never succeeded");
+            let leader = self.wait_leader();
+            match self.nodes[&leader]
+                .propose(command.clone())
+                .and_then(|h| h.wait_timeout(Duration::from_secs(5)))
+            {
+                Ok(r) => return r,
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// Waits until every node in `ids` applied at least `index`.
+    pub fn wait_applied(&self, ids: &[u64], index: u64) {
+        wait_until(&format!("nodes {ids:?} applied {index}"), || {
+            ids.iter().all(|id| self.status(*id).applied >= index)
+        });
+    }
+
+    pub fn map_of(&self, id: u64) -> BTreeMap<String, String> {
+        self.nodes[&id]
+            .read_stale(|kv| kv.state.lock().map.clone())
+            .expect("read")
+    }
+
+    /// Asserts no index was applied twice on any node.
+    pub fn assert_no_double_apply(&self) {
+        for (id, kv) in &self.states {
+            for (index, count) in &kv.state.lock().applies {
+                assert_eq!(*count, 1, "node {id} applied index {index} {count} times");
+            }
+        }
+    }
+
+    pub fn read(&self, id: u64, key: &str) -> Result<Option<String>, raftnode::ReadError> {
+        let key = key.to_string();
+        self.nodes[&id].read(
+            ReadConsistency::Linearizable,
+            Duration::from_secs(2),
+            move |kv| kv.state.lock().map.get(&key).cloned(),
+        )
+    }
+
+    pub fn shutdown(&mut self) {
+        for (_, node) in std::mem::take(&mut self.nodes) {
+            node.kill();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,123 @@
+//! Leader election (Raft paper §5.2) and partitions.
+
+mod common;
+
+use common::*;
+use raftnode::Role;
+
+/// Proves election safety on a healthy 3-node cluster: exactly one leader emerges and
+/// every node agrees on it and its term (§5.2).
+#[test]
+fn three_nodes_elect_exactly_one_leader() {
+    let c = Cluster::new(3);
+    let leader = c.wait_leader();
+    let term = c.status(leader).term;
+    assert_eq!(c.leaders_among(&[1, 2, 3]), vec![leader]);
+    for id in 1..=3 {
+        let s = c.status(id);
+        assert_eq!(s.leader, Some(leader));
+        assert_eq!(s.term, term);
+        if id != leader {
+            assert_eq!(s.role, Role::Follower);
+        }
+    }
+    let m = c.status(leader).metrics;
+    assert!(m.elections_won >= 1, "the leader counted its win: {m:?}");
+}
+
+/// Proves a 5-node cluster split [1,2] | [3,4,5]: the majority side elects a leader and
+/// keeps committing, the minority has none (check_quorum makes an old leader there step
+/// down), and after healing every node converges on one leader with no committed entry
+/// lost (§5.2, §5.4).
+#[test]
+fn five_node_partition_majority_elects_minority_does_not_and_heal_converges() {
+    let c = Cluster::new(5);
+    c.wait_leader();
+    for i in 0..20 {
+        c.propose_ok(put(&format!("before{i}"), "x"));
+    }
+    c.network.partition(&[1, 2], &[3, 4, 5]);
+
+    let majority_leader = c.wait_leader_among(&[3, 4, 5]);
+    wait_until("minority has no leader", || {
+        c.leaders_among(&[1, 2]).is_empty()
+    });
+    // The majority keeps committing.
+    let h = c.node(majority_leader).propose(put("during", "y")).unwrap();
+    h.wait_timeout(DEADLINE).unwrap();
+    // The minority cannot commit.
+    for id in [1, 2] {
+        let s = c.status(id);
+        assert_ne!(s.role, Role::Leader, "node {id} leads without a quorum");
+    }
+
+    c.network.heal();
+    let leader = c.wait_leader();
+    let final_index = c.status(leader).commit;
+    c.wait_applied(&[1, 2, 3, 4, 5], final_index);
+    let reference = c.map_of(leader);
+    assert_eq!(reference.get("during").map(String::as_str), Some("y"));
+    for i in 0..20 {
+        assert!(
+            reference.contains_key(&format!("before{i}")),
+            "committed entry before{i} lost"
+        );
+    }
+    for id in 1..=5 {
+        assert_eq!(c.map_of(id), reference, "node {id} diverged");
+    }
+    c.assert_no_double_apply();
+}
+
+/// Proves the leader's death leads to a new leader among the survivors, and that no
+/// proposal acknowledged before the crash is lost (§5.4 leader completeness).
+#[test]
+fn leader_killed_new_leader_keeps_every_acknowledged_write() {
+    let mut c = Cluster::new(3);
+    let old = c.wait_leader();
+    let mut acknowledged = Vec::new();
+    for i in 0..50 {
+        let key = format!("k{i}");
+        c.propose_ok(put(&key, "v"));
+        acknowledged.push(key);
+    }
+    c.kill(old);
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let new = c.wait_leader_among(&survivors);
+    assert_ne!(new, old);
+    assert!(c.status(new).term > 0);
+    let map = c.map_of(new);
+    for key in &acknowledged {
+        assert!(
+            map.contains_key(key),
+            "acknowledged {key} lost after the leader died"
+        );
+    }
+    // And the new leader commits new writes.
+    c.node(new)
+        .propose(put("after", "1"))
+        .unwrap()
+        .wait_timeout(DEADLINE)
+        .unwrap();
+}
+
+/// Proves a follower that campaigns while the leader is healthy does not disrupt it:
+/// with pre-vote and check_quorum, peers that hear from their leader refuse the
+/// pre-vote, so neither the leader nor the term changes (thesis §9.6).
+#[test]
+fn campaign_against_healthy_leader_is_refused() {
+    let c = Cluster::new(3);
+    let leader = c.wait_leader();
+    let term = c.status(leader).term;
+    let other = (1..=3).find(|id| *id != leader).unwrap();
+    c.node(other).campaign().unwrap();
+    wait_until("the pre-vote round lost", || {
+        c.status(other).metrics.elections_lost >= 1
+    });
+    assert_eq!(c.wait_leader(), leader);
+    assert_eq!(
+        c.status(leader).term,
+        term,
+        "a refused pre-vote must not bump the term"
+    );
+}
