@@ -61,8 +61,7 @@ impl StateMachine for Journal {
         };
         self.checksum = u64::from_le_bytes(take(8)?.try_into().map_err(|_| bad())?);
         self.commands.clear();
-        loop {
-            let Ok(raw_index) = take(8) else { break };
+        while let Ok(raw_index) = take(8) {
             let i = u64::from_le_bytes(raw_index.try_into().map_err(|_| bad())?);
             let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
             self.commands.push((i, take(len)?.to_vec()));

@@ -36,6 +36,10 @@ pub(crate) trait Outbox<R> {
     fn soft_state(&mut self, ss: &SoftState);
     /// Where the driver logs what it decides on its own.
     fn logger(&self) -> &slog::Logger;
+    /// Step 7 ended: raft now counts `applied` as applied. Observers only.
+    fn advanced(&mut self, applied: u64) {
+        let _ = applied;
+    }
 }
 
 /// A fault that stops the node.
@@ -191,6 +195,7 @@ where
     let committed = light.take_committed_entries();
     apply_entries(raw, sm, out, committed, &mut applied, stats)?;
     raw.advance_apply_to(applied);
+    out.advanced(applied);
     Ok(())
 }
 
@@ -361,4 +366,208 @@ pub(crate) fn is_addition(change_type: ConfChangeType) -> bool {
         change_type,
         ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemLogStore;
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition};
+
+    #[derive(Debug, Clone, PartialEq)]
+    enum Event {
+        Apply(u64),
+        Noop(u64),
+        Advanced(u64),
+        Conf(Vec<u64>, Vec<u64>),
+    }
+
+    type Log = std::sync::Arc<parking_lot::Mutex<Vec<Event>>>;
+
+    #[derive(Default)]
+    struct Sm {
+        applied: u64,
+        events: Log,
+    }
+
+    impl StateMachine for Sm {
+        type Response = u64;
+        fn apply(&mut self, index: u64, _: &[u8]) -> u64 {
+            self.applied = index;
+            self.events.lock().push(Event::Apply(index));
+            index
+        }
+        fn apply_noop(&mut self, index: u64) {
+            self.applied = index;
+            self.events.lock().push(Event::Noop(index));
+        }
+        fn applied_index(&self) -> u64 {
+            self.applied
+        }
+        fn snapshot(&self) -> Result<bytes::Bytes, StateMachineError> {
+            Ok(bytes::Bytes::new())
+        }
+        fn restore(&mut self, index: u64, _: &[u8]) -> Result<(), StateMachineError> {
+            self.applied = index;
+            Ok(())
+        }
+    }
+
+    struct Recorder {
+        events: Log,
+        logger: slog::Logger,
+    }
+
+    impl Outbox<u64> for Recorder {
+        fn send(&mut self, _: Vec<Message>) {}
+        fn applied(&mut self, _: u64, _: u64, _: AppliedAs<'_, u64>) {}
+        fn conf_changed(&mut self, _: u64, _: &ConfChangeV2, cs: &ConfState) {
+            self.events
+                .lock()
+                .push(Event::Conf(cs.voters.clone(), cs.voters_outgoing.clone()));
+        }
+        fn snapshot_restored(&mut self, _: u64) {}
+        fn read_states(&mut self, _: Vec<ReadState>) {}
+        fn soft_state(&mut self, _: &SoftState) {}
+        fn logger(&self) -> &slog::Logger {
+            &self.logger
+        }
+        fn advanced(&mut self, applied: u64) {
+            self.events.lock().push(Event::Advanced(applied));
+        }
+    }
+
+    fn single_node() -> (RawNode<MemLogStore>, Sm, Recorder, MemLogStore) {
+        let store = MemLogStore::new();
+        let mut cs = ConfState::default();
+        cs.voters = vec![1];
+        let mut s = store.clone();
+        s.set_conf_state(&cs).unwrap();
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut raw =
+            RawNode::new(&crate::Config::new(1).to_raft(0), store.clone(), &logger).unwrap();
+        raw.campaign().unwrap();
+        let log = Log::default();
+        let mut sm = Sm {
+            applied: 0,
+            events: log.clone(),
+        };
+        let mut out = Recorder {
+            events: log,
+            logger,
+        };
+        drive(
+            &mut raw,
+            &mut sm,
+            &mut out,
+            &mut DriverStats::default(),
+            Faults::default(),
+        )
+        .unwrap();
+        assert_eq!(raw.raft.state, raft::StateRole::Leader);
+        (raw, sm, out, store)
+    }
+
+    /// Proves every entry is applied before raft is told it was applied (ERRATA 2):
+    /// each `advanced(i)` comes after the apply of `i`, never before.
+    #[test]
+    fn apply_happens_before_advance() {
+        let (mut raw, mut sm, mut out, _) = single_node();
+        for i in 0..5u8 {
+            raw.propose(Vec::new(), vec![i + 1]).unwrap();
+            drive(
+                &mut raw,
+                &mut sm,
+                &mut out,
+                &mut DriverStats::default(),
+                Faults::default(),
+            )
+            .unwrap();
+        }
+        // One log shared by the state machine and the outbox gives one order.
+        let events = sm.events.lock().clone();
+        let mut applied_so_far = 0;
+        let mut advances = 0;
+        for (pos, e) in events.iter().enumerate() {
+            match e {
+                Event::Apply(i) | Event::Noop(i) => applied_so_far = *i,
+                Event::Advanced(a) => {
+                    advances += 1;
+                    assert!(
+                        *a <= applied_so_far,
+                        "event {pos}: raft was told {a} was applied before the state machine applied it ({events:?})"
+                    );
+                }
+                Event::Conf(..) => {}
+            }
+        }
+        assert!(advances >= 5);
+        assert_eq!(raw.raft.raft_log.applied, sm.applied);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Apply(_)))
+                .count(),
+            5
+        );
+    }
+
+    /// Proves a leave-joint ConfChangeV2, whose data is empty, is applied: the group
+    /// leaves the joint configuration and the ConfState without outgoing voters is
+    /// persisted (ERRATA 8, 10).
+    #[test]
+    fn leave_joint_with_empty_data_is_applied() {
+        let (mut raw, mut sm, mut out, store) = single_node();
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Explicit);
+        for id in [2, 3] {
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(ConfChangeType::AddLearnerNode);
+            single.node_id = id;
+            cc.mut_changes().push(single);
+        }
+        raw.propose_conf_change(Vec::new(), cc).unwrap();
+        drive(
+            &mut raw,
+            &mut sm,
+            &mut out,
+            &mut DriverStats::default(),
+            Faults::default(),
+        )
+        .unwrap();
+        assert!(
+            !raw.raft
+                .prs()
+                .conf()
+                .to_conf_state()
+                .voters_outgoing
+                .is_empty(),
+            "entered joint"
+        );
+        assert!(
+            !store.conf_state().voters_outgoing.is_empty(),
+            "joint ConfState persisted"
+        );
+
+        // The leave-joint change: an EntryConfChangeV2 with empty data.
+        raw.propose_conf_change(Vec::new(), ConfChangeV2::default())
+            .unwrap();
+        let last = raw.raft.raft_log.last_index();
+        drive(
+            &mut raw,
+            &mut sm,
+            &mut out,
+            &mut DriverStats::default(),
+            Faults::default(),
+        )
+        .unwrap();
+        assert!(
+            sm.events.lock().contains(&Event::Noop(last)),
+            "leave-joint entry reached the state machine"
+        );
+        let cs = store.conf_state();
+        assert!(cs.voters_outgoing.is_empty(), "left joint: {cs:?}");
+        assert_eq!(cs.learners, vec![2, 3]);
+        assert!(out.events.lock().contains(&Event::Conf(vec![1], vec![])));
+    }
 }

@@ -174,18 +174,9 @@ fn sync_happens_before_persisted_messages_are_sent() {
     }
     let leader = nodes[0].wait_for_leader(DEADLINE).unwrap();
     let leader = &nodes[leader as usize - 1];
-    let mut handles = Vec::new();
-    for i in 0..100 {
-        loop {
-            match leader.propose(put(&format!("k{i}"), "v")) {
-                Ok(h) => {
-                    handles.push(h);
-                    break;
-                }
-                Err(e) => panic!("propose failed: {e}"),
-            }
-        }
-    }
+    let handles: Vec<_> = (0..100)
+        .map(|i| leader.propose(put(&format!("k{i}"), "v")).expect("queued"))
+        .collect();
     for h in handles {
         h.wait_timeout(DEADLINE).unwrap();
     }
