@@ -209,6 +209,15 @@ impl Config {
         if self.max_proposal_bytes == 0 {
             return Err(ConfigError::new("max_proposal_bytes", "must be at least 1"));
         }
+        if self.max_uncommitted_bytes != 0 && self.max_uncommitted_bytes < self.max_size_per_msg {
+            return Err(ConfigError::new(
+                "max_uncommitted_bytes",
+                format!(
+                    "max_uncommitted_bytes ({}) must be at least max_size_per_msg ({})",
+                    self.max_uncommitted_bytes, self.max_size_per_msg
+                ),
+            ));
+        }
         if self.max_uncommitted_bytes != 0
             && (self.max_proposal_bytes as u64) > self.max_uncommitted_bytes
         {
@@ -235,7 +244,7 @@ impl Config {
                 ));
             }
         }
-        if self.snapshot.every_applied != 0 && self.snapshot.report_timeout.is_zero() {
+        if self.snapshot.report_timeout.is_zero() {
             return Err(ConfigError::new(
                 "snapshot.report_timeout",
                 "must be greater than zero",
@@ -327,6 +336,16 @@ mod tests {
         let mut c = Config::new(1);
         c.max_batch = 0;
         assert_eq!(c.validate().unwrap_err().field, "max_batch");
+
+        let mut c = Config::new(1);
+        c.max_uncommitted_bytes = 256 << 10;
+        c.max_size_per_msg = 512 << 10;
+        assert_eq!(c.validate().unwrap_err().field, "max_uncommitted_bytes");
+
+        let mut c = Config::new(1);
+        c.snapshot.every_applied = 0;
+        c.snapshot.report_timeout = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().field, "snapshot.report_timeout");
 
         let mut c = Config::new(1);
         c.election_tick_range = Some((5, 4));
