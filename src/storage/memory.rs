@@ -169,7 +169,8 @@ impl Core {
         let mut taken = Vec::new();
         let mut size = 0u64;
         for entry in self.entries.range(range) {
-            size += u64::from(entry.compute_size());
+            // Cached by `append`: stored entries are never mutated afterwards.
+            size += u64::from(entry.get_cached_size());
             if !taken.is_empty() && size > max_size {
                 break;
             }
@@ -216,7 +217,13 @@ impl Core {
         // Raft may overwrite a conflicting suffix written in an earlier term.
         let keep = self.position(head.index);
         self.entries.truncate(keep);
-        self.entries.extend(entries.iter().cloned());
+        self.entries.extend(entries.iter().map(|e| {
+            let stored = e.clone();
+            // Cache the encoded size once: `entries` sizes every entry it returns, once
+            // per follower, and protobuf keeps the cached value on every clone.
+            stored.compute_size();
+            stored
+        }));
         Ok(())
     }
 
