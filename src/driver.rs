@@ -82,6 +82,9 @@ pub(crate) struct DriverStats {
 pub(crate) struct Faults {
     /// Send persisted messages before syncing (votes and acks ahead of durability).
     pub send_before_sync: bool,
+    /// Install a leader's snapshot in the log store but leave the state machine as it
+    /// was (ERRATA 5 ignored): replicas then diverge.
+    pub skip_snapshot_restore: bool,
 }
 
 /// Handles every pending Ready (raft paginates committed entries): loops while
@@ -140,7 +143,9 @@ where
         let snapshot = rd.snapshot().clone();
         let index = snapshot.get_metadata().index;
         raw.mut_store().apply_snapshot(snapshot.clone())?;
-        restore_state_machine(sm, &snapshot)?;
+        if !faults.skip_snapshot_restore {
+            restore_state_machine(sm, &snapshot)?;
+        }
         applied = index;
         stats.snapshots_restored += 1;
         out.snapshot_restored(index);

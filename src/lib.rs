@@ -79,6 +79,8 @@ mod storage;
 mod transport;
 mod transports;
 mod validate;
+#[doc(hidden)]
+pub mod wire;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -96,8 +98,10 @@ pub use proposals::ProposalHandle;
 pub use state_machine::StateMachine;
 pub use status::{MetricsSnapshot, PeerProgress, Role, Status};
 pub use storage::MemLogStore;
+pub use storage::{EngineLogStore, EngineOptions, LogEngine};
 pub use transport::Transport;
 pub use transports::{ChannelNetwork, ChannelTransport, NetworkStats};
+pub use transports::{RefusalReason, TcpConfig, TcpHandle, TcpStats, TcpTransport};
 
 /// raft-rs types that appear in this crate's API.
 pub mod raft_types {

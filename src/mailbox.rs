@@ -1,8 +1,10 @@
 //! `Mailbox`: the handle a transport uses to hand incoming messages to its node.
 
+#[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+#[cfg(test)]
 use crossbeam_channel::{Sender, TrySendError};
 use raft::eraftpb::Message;
 use raft::SnapshotStatus;
@@ -27,14 +29,16 @@ pub enum DeliverError {
     Stopped,
 }
 
+/// How a mailbox queues an input; built by the node around its one request channel.
+pub(crate) type Push = Arc<dyn Fn(PeerInput) -> Result<(), DeliverError> + Send + Sync>;
+
 /// The inbound side of a node, given to its [`crate::Transport`] in `start`.
 ///
 /// Cheap to clone; every method is non-blocking and safe to call from any thread.
 #[derive(Clone)]
 pub struct Mailbox {
     id: u64,
-    tx: Sender<PeerInput>,
-    dropped: Arc<AtomicU64>,
+    push: Push,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -44,8 +48,23 @@ impl std::fmt::Debug for Mailbox {
 }
 
 impl Mailbox {
+    /// A mailbox that queues into `push` (the node's request channel).
+    pub(crate) fn from_fn(id: u64, push: Push) -> Self {
+        Mailbox { id, push }
+    }
+
+    /// A mailbox on its own channel, counting drops in `dropped` (transport unit tests).
+    #[cfg(test)]
     pub(crate) fn new(id: u64, tx: Sender<PeerInput>, dropped: Arc<AtomicU64>) -> Self {
-        Mailbox { id, tx, dropped }
+        let push = move |input| match tx.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                Err(DeliverError::Full)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(DeliverError::Stopped),
+        };
+        Mailbox::from_fn(id, Arc::new(push))
     }
 
     /// The id of the node this mailbox belongs to.
@@ -61,7 +80,8 @@ impl Mailbox {
     /// # Errors
     ///
     /// [`DeliverError::Full`] when the queue is full (the message is dropped and counted in
-    /// `Metrics::messages_dropped`), [`DeliverError::Stopped`] when the node stopped.
+    /// [`crate::MetricsSnapshot::messages_dropped`]), [`DeliverError::Stopped`] when the
+    /// node stopped.
     pub fn deliver(&self, message: Message) -> Result<(), DeliverError> {
         self.push(PeerInput::Message(message))
     }
@@ -79,13 +99,6 @@ impl Mailbox {
     }
 
     fn push(&self, input: PeerInput) -> Result<(), DeliverError> {
-        match self.tx.try_send(input) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                Err(DeliverError::Full)
-            }
-            Err(TrySendError::Disconnected(_)) => Err(DeliverError::Stopped),
-        }
+        (self.push)(input)
     }
 }

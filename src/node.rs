@@ -1,14 +1,14 @@
 //! `Node`: the handle users hold to propose, read, change membership and watch status.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, Sender, TrySendError};
-use parking_lot::Mutex;
-use raft::eraftpb::{ConfState, HardState};
+use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState};
 use raft::RawNode;
 use slog::{info, o, Logger};
 
@@ -18,7 +18,7 @@ use crate::error::{
     MembershipError, ProposeError, ReadError, StartError, StopReason, StorageError,
 };
 use crate::log_store::LogStore;
-use crate::mailbox::Mailbox;
+use crate::mailbox::{DeliverError, Mailbox, Push};
 use crate::membership::{self, MembershipChange};
 use crate::proposals::{slot, ProposalHandle, StoppedError};
 use crate::runtime::{Request, Runtime};
@@ -43,14 +43,25 @@ pub enum ReadConsistency {
 /// State shared by the handles and the driver thread.
 pub(crate) struct Shared {
     pub metrics: Metrics,
-    pub messages_dropped: Arc<AtomicU64>,
+    /// Set (before `closed`) when the driver stops; callers read it after `Stopped`.
     pub stop_reason: Mutex<Option<StopReason>>,
     pub leader: AtomicU64,
+    /// Peer inputs queued and not yet taken by the driver (`max_pending_messages`).
+    pub peers_queued: AtomicUsize,
+    /// Client requests queued and not yet taken (`max_pending_requests`).
+    pub requests_queued: AtomicUsize,
+    /// Set under the write lock by the exiting driver, which then drains the queue;
+    /// senders hold the read lock across their send. So no request is ever left in the
+    /// queue with nobody to resolve it (crossbeam keeps queued items while a sender lives).
+    pub closed: RwLock<bool>,
 }
 
 struct Inner<M: StateMachine> {
     id: u64,
+    /// The one queue into the driver: client requests and peer inputs alike, so the
+    /// driver waits on a single channel (one wake-up path).
     req_tx: Sender<Request<M>>,
+    max_pending_requests: usize,
     mailbox: Mailbox,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -143,25 +154,29 @@ impl<M: StateMachine> Node<M> {
         let raw = RawNode::new(&config.to_raft(applied), store, &logger)
             .map_err(|e| StartError::Raft(e.to_string()))?;
 
-        let (peer_tx, peer_rx) = bounded(config.max_pending_messages);
-        let (req_tx, req_rx) = bounded(config.max_pending_requests);
+        let (req_tx, req_rx) = bounded(config.max_pending_requests + config.max_pending_messages);
         let shared = Arc::new(Shared {
             metrics: Metrics::default(),
-            messages_dropped: Arc::new(AtomicU64::new(0)),
             stop_reason: Mutex::new(None),
             leader: AtomicU64::new(0),
+            peers_queued: AtomicUsize::new(0),
+            requests_queued: AtomicUsize::new(0),
+            closed: RwLock::new(false),
         });
-        let mailbox = Mailbox::new(config.id, peer_tx, shared.messages_dropped.clone());
+        let mailbox = Mailbox::from_fn(
+            config.id,
+            peer_push(req_tx.clone(), shared.clone(), config.max_pending_messages),
+        );
         transport.start(mailbox.clone())?;
 
         let id = config.id;
         let max_proposal_bytes = config.max_proposal_bytes;
+        let max_pending_requests = config.max_pending_requests;
         let runtime = Runtime::new(
             raw,
             state_machine,
             Box::new(transport),
             config,
-            peer_rx,
             req_rx,
             shared.clone(),
             logger.clone(),
@@ -180,7 +195,12 @@ impl<M: StateMachine> Node<M> {
                         .unwrap_or_else(|| "unknown panic payload".into());
                     StopReason::Panic(text)
                 });
-                thread_shared.stop_reason.lock().get_or_insert(reason);
+                let mut stored = thread_shared.stop_reason.lock();
+                // The runtime records a generic panic reason while unwinding; keep the
+                // payload's text instead.
+                if matches!(*stored, None | Some(StopReason::Panic(_))) {
+                    *stored = Some(reason);
+                }
             })
             .map_err(StartError::Spawn)?;
         info!(logger, "node started"; "applied" => applied);
@@ -188,6 +208,7 @@ impl<M: StateMachine> Node<M> {
             inner: Arc::new(Inner {
                 id,
                 req_tx,
+                max_pending_requests,
                 mailbox,
                 shared,
                 thread: Mutex::new(Some(thread)),
@@ -339,6 +360,10 @@ impl<M: StateMachine> Node<M> {
     /// Removes the voter or learner `id`. A removed node stops campaigning and reports
     /// `removed` in its [`Status`]; node ids are never reused.
     ///
+    /// The leader may remove itself: once the change applies it hands leadership to the
+    /// most up-to-date remaining voter (raft-rs alone would keep it leading a group it
+    /// is no longer part of, dropping every proposal).
+    ///
     /// # Errors
     ///
     /// See [`Node::change_membership`].
@@ -348,7 +373,10 @@ impl<M: StateMachine> Node<M> {
 
     /// Applies several changes at once through joint consensus (ConfChangeV2); the group
     /// leaves the joint configuration automatically once it is committed. Proposed on
-    /// the leader; returns once the change is applied on this node.
+    /// the leader; returns once the change is applied on this node. With several
+    /// changes the ConfState returned is the joint one (`voters_outgoing` non-empty);
+    /// watch [`Status::voters_outgoing`] to see the group leave it. See
+    /// `docs/membership.md`.
     ///
     /// # Errors
     ///
@@ -491,11 +519,7 @@ impl<M: StateMachine> Node<M> {
     }
 
     fn submit<E: StoppedError + BusyError>(&self, request: Request<M>) -> Result<(), E> {
-        match self.inner.req_tx.try_send(request) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(E::busy()),
-            Err(TrySendError::Disconnected(_)) => Err(E::stopped()),
-        }
+        self.inner.enqueue(request, None)
     }
 }
 
@@ -521,18 +545,61 @@ impl BusyError for MembershipError {
 }
 
 impl<M: StateMachine> Inner<M> {
+    /// Queues a client request: without waiting (`Busy` when full), or waiting up to
+    /// `wait` for room.
+    fn enqueue<E: StoppedError + BusyError>(
+        &self,
+        request: Request<M>,
+        wait: Option<Duration>,
+    ) -> Result<(), E> {
+        let closed = self.shared.closed.read();
+        if *closed {
+            return Err(E::stopped());
+        }
+        let queued = &self.shared.requests_queued;
+        if wait.is_none() && queued.fetch_add(1, Ordering::AcqRel) >= self.max_pending_requests {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(E::busy());
+        }
+        if wait.is_some() {
+            queued.fetch_add(1, Ordering::AcqRel);
+        }
+        let sent = match wait {
+            None => self.req_tx.try_send(request).map_err(|e| match e {
+                TrySendError::Full(_) => E::busy(),
+                TrySendError::Disconnected(_) => E::stopped(),
+            }),
+            Some(d) => self.req_tx.send_timeout(request, d).map_err(|e| match e {
+                SendTimeoutError::Timeout(_) => E::busy(),
+                SendTimeoutError::Disconnected(_) => E::stopped(),
+            }),
+        };
+        if sent.is_err() {
+            queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
+    }
+
     fn stop(&self, graceful: bool) -> StopReason {
         let thread = self.thread.lock().take();
         if let Some(thread) = thread {
             if thread.thread().id() == std::thread::current().id() {
                 // Called from inside the state machine: the driver exits after this turn.
-                let _ = self.req_tx.try_send(Request::Shutdown { graceful: false });
+                let _ = self.enqueue::<ReadError>(Request::Shutdown { graceful: false }, None);
                 *self.thread.lock() = Some(thread);
                 return StopReason::Shutdown;
             }
-            let _ = self
-                .req_tx
-                .send_timeout(Request::Shutdown { graceful }, Duration::from_secs(5));
+            // Wait for room as long as the driver lives: joining without having queued
+            // the request could wait forever.
+            loop {
+                match self.enqueue::<ReadError>(
+                    Request::Shutdown { graceful },
+                    Some(Duration::from_millis(100)),
+                ) {
+                    Err(ReadError::Busy) if !thread.is_finished() => continue,
+                    _ => break,
+                }
+            }
             let _ = thread.join();
             info!(self.logger, "driver thread joined");
         }
@@ -548,6 +615,35 @@ impl<M: StateMachine> Drop for Inner<M> {
     fn drop(&mut self) {
         self.stop(false);
     }
+}
+
+/// The mailbox's way into the driver's queue, bounded by `max_pending_messages` on its
+/// own so a flood of client requests never starves raft traffic (and vice versa).
+fn peer_push<M: StateMachine>(tx: Sender<Request<M>>, shared: Arc<Shared>, limit: usize) -> Push {
+    Arc::new(move |input| {
+        let dropped = || {
+            shared.peers_queued.fetch_sub(1, Ordering::AcqRel);
+            shared
+                .metrics
+                .messages_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        };
+        if shared.peers_queued.fetch_add(1, Ordering::AcqRel) >= limit {
+            dropped();
+            return Err(DeliverError::Full);
+        }
+        match tx.try_send(Request::Peer(input)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                dropped();
+                Err(DeliverError::Full)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                shared.peers_queued.fetch_sub(1, Ordering::AcqRel);
+                Err(DeliverError::Stopped)
+            }
+        }
+    })
 }
 
 /// A logger that drops everything, for tests and examples.
@@ -567,13 +663,48 @@ fn bootstrap_if_new<S: LogStore>(
         && state.conf_state.learners.is_empty()
         && store.last_index().map_err(raft_to_storage)? == 0;
     if is_new && !config.initial_voters.is_empty() {
+        // Sorted, so every node writes the same entries whatever order its list has.
+        let mut voters = config.initial_voters.clone();
+        voters.sort_unstable();
         let mut cs = ConfState::default();
-        cs.voters = config.initial_voters.clone();
+        cs.voters = voters.clone();
+        // The initial voters are also written as committed conf-change entries at term 1
+        // (as etcd's bootstrap does): a member added later that catches up from the log
+        // rather than from a snapshot learns them by applying these entries, instead of
+        // believing the group has no voters but those added after it.
+        let entries = bootstrap_entries(&voters)?;
+        store.append(&entries)?;
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.commit = entries.len() as u64;
+        store.set_hard_state(&hs)?;
         store.set_conf_state(&cs)?;
         store.sync()?;
         info!(logger, "bootstrapped a new group"; "voters" => ?cs.voters);
     }
     Ok(())
+}
+
+/// One committed `AddNode` entry per initial voter, at indexes `1..=n`, term 1. Every
+/// node of a new group writes the same entries, so their logs match.
+fn bootstrap_entries(voters: &[u64]) -> Result<Vec<Entry>, StartError> {
+    voters
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::AddNode);
+            cc.node_id = *id;
+            let data = protobuf::Message::write_to_bytes(&cc)
+                .map_err(|e| StartError::Raft(format!("encoding the bootstrap entries: {e}")))?;
+            let mut entry = Entry::default();
+            entry.set_entry_type(EntryType::EntryConfChange);
+            entry.term = 1;
+            entry.index = i as u64 + 1;
+            entry.data = data.into();
+            Ok(entry)
+        })
+        .collect()
 }
 
 /// Brings the state machine up to the store's snapshot if it is behind it, and returns

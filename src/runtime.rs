@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use raft::eraftpb::{
     ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
 };
-use raft::{RawNode, ReadState, SnapshotStatus, SoftState, StateRole};
+use raft::{ProgressState, RawNode, ReadState, SnapshotStatus, SoftState, StateRole};
 use slog::{debug, info, warn, Drain, Logger};
 
 use crate::config::Config;
@@ -32,6 +32,8 @@ pub(crate) type Query<M> = Box<dyn FnOnce(Result<&M, ReadError>) + Send>;
 
 /// What a `Node` handle asks of its driver.
 pub(crate) enum Request<M: StateMachine> {
+    /// From the transport, through the `Mailbox`.
+    Peer(PeerInput),
     Propose(Bytes, Completer<M::Response, ProposeError>),
     ConfChange(ConfChangeV2, Completer<ConfState, MembershipError>),
     Read {
@@ -138,9 +140,8 @@ impl<M: StateMachine> Outbox<M::Response> for Ctx<M> {
 
     fn read_states(&mut self, states: Vec<ReadState>) {
         for rs in states {
-            if let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]) {
-                self.confirmed_reads
-                    .push((u64::from_le_bytes(ctx), rs.index));
+            if let Some(ctx) = parse_read_ctx(self.id, &rs.request_ctx) {
+                self.confirmed_reads.push((ctx, rs.index));
             }
         }
     }
@@ -176,7 +177,6 @@ pub(crate) struct Runtime<S: LogStore, M: StateMachine> {
     sm: M,
     ctx: Ctx<M>,
     config: Config,
-    peer_rx: Receiver<PeerInput>,
     req_rx: Receiver<Request<M>>,
     batch: Vec<Entry>,
     batch_waiters: Vec<Completer<M::Response, ProposeError>>,
@@ -199,7 +199,6 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         sm: M,
         transport: Box<dyn Transport>,
         config: Config,
-        peer_rx: Receiver<PeerInput>,
         req_rx: Receiver<Request<M>>,
         shared: Arc<Shared>,
         logger: Logger,
@@ -236,7 +235,6 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             },
             raw,
             sm,
-            peer_rx,
             req_rx,
             batch: Vec::new(),
             batch_waiters: Vec::new(),
@@ -273,22 +271,24 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         };
         self.ctx.transport.stop();
         info!(self.ctx.logger, "node stopped"; "reason" => %reason);
+        // Recorded before `Drop` releases the waiters, so whoever gets `Stopped` can read
+        // why.
+        self.ctx
+            .shared
+            .stop_reason
+            .lock()
+            .get_or_insert(reason.clone());
         reason
     }
 
     /// One round: wait, drain, propose, tick, handle every Ready, then the follow-ups.
     fn turn(&mut self) -> Result<(), DriverError> {
         let timeout = self.next_tick.saturating_duration_since(Instant::now());
-        select! {
-            recv(self.peer_rx) -> input => {
-                if let Ok(input) = input { self.on_peer_input(input); }
-            }
-            recv(self.req_rx) -> request => match request {
-                Ok(request) => self.on_request(request),
-                // Every handle is gone: nobody can wait on us any more.
-                Err(_) => self.phase = Phase::Exit,
-            },
-            default(timeout) => {}
+        match self.req_rx.recv_timeout(timeout) {
+            Ok(request) => self.on_request(request),
+            Err(RecvTimeoutError::Timeout) => {}
+            // Every handle is gone: nobody can wait on us any more.
+            Err(RecvTimeoutError::Disconnected) => self.phase = Phase::Exit,
         }
         self.drain_inputs();
         self.flush_proposals();
@@ -314,21 +314,11 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
     }
 
     fn drain_inputs(&mut self) {
-        let mut budget = self.config.max_batch;
-        while budget > 0 {
-            match self.peer_rx.try_recv() {
-                Ok(input) => self.on_peer_input(input),
-                Err(_) => break,
-            }
-            budget -= 1;
-        }
-        let mut budget = self.config.max_batch;
-        while budget > 0 {
+        for _ in 1..self.config.max_batch {
             match self.req_rx.try_recv() {
                 Ok(request) => self.on_request(request),
                 Err(_) => break,
             }
-            budget -= 1;
         }
     }
 
@@ -366,7 +356,14 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
     }
 
     fn on_request(&mut self, request: Request<M>) {
+        let shared = &self.ctx.shared;
+        if let Request::Peer(input) = request {
+            shared.peers_queued.fetch_sub(1, Ordering::AcqRel);
+            return self.on_peer_input(input);
+        }
+        shared.requests_queued.fetch_sub(1, Ordering::AcqRel);
         match request {
+            Request::Peer(_) => unreachable!("handled above"),
             Request::Propose(data, done) => {
                 let mut entry = Entry::default();
                 entry.data = data;
@@ -527,7 +524,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
                 }
                 let log = &self.raw.raft.raft_log;
                 let committed_in_term = log.term(log.committed).ok() == Some(self.raw.raft.term);
-                if committed_in_term {
+                if committed_in_term && self.quorum_heard_since_last_check() {
                     // Within the lease (check_quorum steps a leader down when it loses its
                     // quorum), the commit index is current: serve once applied reaches it.
                     let index = log.committed;
@@ -540,10 +537,27 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         }
     }
 
+    /// Whether a quorum of voters was heard from since raft's last CheckQuorum (at most
+    /// one election timeout ago). check_quorum alone lets a cut-off leader lead for up to
+    /// two election timeouts, while the others may elect a new leader after one; asking
+    /// for fresh contact shrinks the stale window of a lease read to about one message
+    /// delay. When it fails, the lease read falls back to ReadIndex.
+    fn quorum_heard_since_last_check(&self) -> bool {
+        let prs = self.raw.raft.prs();
+        let id = self.ctx.id;
+        // raft-rs's hash set type is private; let `has_quorum` name it.
+        let heard = prs
+            .iter()
+            .filter(|(peer, pr)| **peer == id || pr.recent_active)
+            .map(|(peer, _)| *peer)
+            .collect();
+        prs.has_quorum(&heard)
+    }
+
     fn start_read_index(&mut self, deadline: Instant, query: Query<M>) {
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        self.raw.read_index(read_ctx(self.ctx.id, ctx));
         self.reads.insert(ctx, PendingRead { deadline, query });
     }
 
@@ -582,22 +596,36 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             self.phase = Phase::Exit;
             return;
         }
-        let target = self
-            .raw
-            .raft
-            .prs()
-            .iter()
-            .filter(|(id, _)| **id != self.ctx.id)
-            .filter(|(id, _)| self.raw.raft.prs().conf().voters().contains(**id))
-            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
-            .map(|(id, _)| *id);
-        match target {
+        match self.best_transfer_target() {
             Some(to) => {
                 info!(self.ctx.logger, "shutting down: transferring leadership first"; "to" => to);
                 self.raw.transfer_leader(to);
                 self.phase = Phase::Leaving(Instant::now() + self.config.shutdown_transfer_timeout);
             }
             None => self.phase = Phase::Exit,
+        }
+    }
+
+    /// The most up-to-date voter other than this node, the one a hand-over goes to.
+    fn best_transfer_target(&self) -> Option<u64> {
+        let prs = self.raw.raft.prs();
+        prs.iter()
+            .filter(|(id, _)| **id != self.ctx.id && prs.conf().voters().contains(**id))
+            .max_by_key(|(id, pr)| (pr.recent_active, pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// raft-rs keeps a leader that removed itself in office, dropping every proposal
+    /// (it is no longer a member), so the group would make no progress. Hand leadership
+    /// to the most up-to-date remaining voter; raft aborts a transfer that does not finish
+    /// within an election timeout, and this retries it.
+    fn hand_over_if_removed(&mut self) {
+        if !self.ctx.removed || !self.is_leader() || self.raw.raft.lead_transferee.is_some() {
+            return;
+        }
+        if let Some(to) = self.best_transfer_target() {
+            info!(self.ctx.logger, "this leader was removed: transferring leadership"; "to" => to);
+            self.raw.transfer_leader(to);
         }
     }
 
@@ -633,7 +661,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         if self.ticks % (self.config.heartbeat_ticks as u64) == 0 {
             let ctxs: Vec<u64> = self.reads.keys().copied().collect();
             for ctx in ctxs {
-                self.raw.read_index(ctx.to_le_bytes().to_vec());
+                self.raw.read_index(read_ctx(self.ctx.id, ctx));
             }
         }
         // Transfers: done, expired, or re-issued when raft gave up on the first try.
@@ -670,7 +698,12 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
                 );
                 self.phase = Phase::Exit;
             } else if self.is_leader() && self.raw.raft.lead_transferee.is_none() {
-                self.begin_shutdown(true);
+                // raft gave up on the last target after an election timeout: try the best
+                // one again, keeping the first deadline so shutdown always ends.
+                match self.best_transfer_target() {
+                    Some(to) => self.raw.transfer_leader(to),
+                    None => self.phase = Phase::Exit,
+                }
             }
         }
         // A leader stable for an election timeout ends an election storm.
@@ -723,6 +756,8 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             self.phase = Phase::Exit;
         }
         self.maybe_leave_joint();
+        self.hand_over_if_removed();
+        self.refresh_snapshot_for_new_members()?;
         let every = self.config.snapshot.every_applied;
         if every > 0 && applied >= self.last_snapshot_index + every {
             self.snapshot_now()?;
@@ -778,6 +813,45 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         }
         self.elections.role = role;
         self.elections.leader = leader;
+    }
+
+    /// A member added after the stored snapshot was taken refuses that snapshot (raft-rs
+    /// ignores a snapshot whose ConfState does not hold the receiver), so a leader whose
+    /// log no longer reaches such a member would send it the same useless snapshot
+    /// forever. Take a fresh one, which holds the current membership, when that happens.
+    fn refresh_snapshot_for_new_members(&mut self) -> Result<(), DriverError> {
+        if !self.is_leader() {
+            return Ok(());
+        }
+        let first = self.raw.store().first_index().unwrap_or(0);
+        let raft = &self.raw.raft;
+        let needy: Vec<u64> = raft
+            .prs()
+            .iter()
+            .filter(|(id, pr)| {
+                **id != self.ctx.id && (pr.state == ProgressState::Snapshot || pr.next_idx < first)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if needy.is_empty() {
+            return Ok(());
+        }
+        let Ok(stored) = self.raw.store().snapshot(0, 0) else {
+            return Ok(());
+        };
+        let cs = stored.get_metadata().get_conf_state();
+        let missing = needy.iter().any(|id| {
+            !cs.voters.contains(id)
+                && !cs.learners.contains(id)
+                && !cs.voters_outgoing.contains(id)
+                && !cs.learners_next.contains(id)
+        });
+        if missing && raft.raft_log.applied > stored.get_metadata().index {
+            info!(self.ctx.logger, "stored snapshot predates a new member; taking a fresh one";
+                "peers" => ?needy, "snapshot_index" => stored.get_metadata().index);
+            self.snapshot_now()?;
+        }
+        Ok(())
     }
 
     /// A new leader that finds the group in a joint configuration leaves it itself:
@@ -842,5 +916,39 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             removed: self.ctx.removed,
             metrics: self.ctx.shared.metrics.snapshot(&self.stats),
         }
+    }
+}
+
+/// A ReadIndex context unique in the cluster: the leader ignores a context that is
+/// already pending, so two nodes numbering their reads alike must not collide.
+fn read_ctx(id: u64, seq: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&id.to_le_bytes());
+    ctx.extend_from_slice(&seq.to_le_bytes());
+    ctx
+}
+
+fn parse_read_ctx(id: u64, ctx: &[u8]) -> Option<u64> {
+    let (owner, seq) = ctx.split_at_checked(8)?;
+    if owner != id.to_le_bytes() {
+        return None;
+    }
+    Some(u64::from_le_bytes(seq.try_into().ok()?))
+}
+
+impl<S: LogStore, M: StateMachine> Drop for Runtime<S, M> {
+    /// Runs on every exit, a panic included: records a reason if none was, closes the
+    /// queue and drops what is in it, so every caller waiting on a queued request gets
+    /// `Stopped` (the pending waiters drop with the fields right after).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.ctx
+                .shared
+                .stop_reason
+                .lock()
+                .get_or_insert_with(|| StopReason::Panic("driver panicked".into()));
+        }
+        *self.ctx.shared.closed.write() = true;
+        while self.req_rx.try_recv().is_ok() {}
     }
 }

@@ -3,7 +3,11 @@
 //! - [`ChannelNetwork`] / [`ChannelTransport`]: every node in one process, messages on
 //!   crossbeam channels, with fault injection (partitions, one-way cuts, isolation, drop
 //!   rates, delay) for tests, examples and benchmarks.
+//! - [`TcpTransport`]: one process per node over TCP, refusing strangers (handshake with
+//!   cluster and node ids) and checking bytes before protobuf parses them.
 
 mod channel;
+mod tcp;
 
 pub use channel::{ChannelNetwork, ChannelTransport, NetworkStats};
+pub use tcp::{RefusalReason, TcpConfig, TcpHandle, TcpStats, TcpTransport};

@@ -291,3 +291,152 @@ impl Drop for Cluster {
         self.shutdown();
     }
 }
+
+/// Proposes `count` commands `put {prefix}{i} {i}` on `node`, keeping up to `window`
+/// proposals in flight, and waits for every one. Panics on any failure.
+pub fn propose_in_flight(node: &Node<Kv>, prefix: &str, count: usize, window: usize) {
+    let mut start = 0;
+    while start < count {
+        let end = (start + window).min(count);
+        let handles: Vec<_> = (start..end)
+            .map(|i| {
+                node.propose(put(&format!("{prefix}{i}"), &i.to_string()))
+                    .expect("queued")
+            })
+            .collect();
+        for h in handles {
+            h.wait_timeout(DEADLINE).expect("proposal applied");
+        }
+        start = end;
+    }
+}
+
+/// The membership a node reports, sorted: (voters, learners, voters_outgoing).
+pub fn conf_of(status: &Status) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
+    let sorted = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v
+    };
+    (
+        sorted(&status.voters),
+        sorted(&status.learners),
+        sorted(&status.voters_outgoing),
+    )
+}
+
+/// Waits until every node in `ids` reports exactly `voters` and `learners`, not joint.
+pub fn wait_conf(c: &Cluster, ids: &[u64], voters: &[u64], learners: &[u64]) {
+    let want = (voters.to_vec(), learners.to_vec(), Vec::new());
+    wait_until(
+        &format!("nodes {ids:?} agree on voters {voters:?} learners {learners:?}"),
+        || ids.iter().all(|id| conf_of(&c.status(*id)) == want),
+    );
+}
+
+/// A background writer: proposes `put load-{n} {n}` in a loop to whichever node leads,
+/// tolerating leader changes (`NotLeader`, `OutcomeUnknown`, `Dropped`, `Timeout`), and
+/// records which writes were acknowledged.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    nodes: Arc<Mutex<Vec<Node<Kv>>>>,
+    acked: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts writing through `nodes` (more can be added with [`Load::add_node`]).
+    pub fn start(nodes: Vec<Node<Kv>>) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let nodes = Arc::new(Mutex::new(nodes));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (t_stop, t_nodes, t_acked) = (stop.clone(), nodes.clone(), acked.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !t_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let leader = t_nodes
+                    .lock()
+                    .iter()
+                    .find(|node| node.leader() == Some(node.id()))
+                    .cloned();
+                let Some(leader) = leader else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let key = format!("load-{n}");
+                let outcome = leader
+                    .propose(put(&key, &n.to_string()))
+                    .and_then(|h| h.wait_timeout(Duration::from_secs(5)));
+                match outcome {
+                    Ok(_) => {
+                        t_acked.lock().push(key);
+                        n += 1;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Load {
+            stop,
+            nodes,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    /// Lets the writer propose through `node` too.
+    pub fn add_node(&self, node: Node<Kv>) {
+        self.nodes.lock().push(node);
+    }
+
+    /// Number of acknowledged writes so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().len()
+    }
+
+    /// Waits until at least `more` further writes are acknowledged.
+    pub fn wait_progress(&self, more: usize) {
+        let target = self.acked() + more;
+        wait_until(&format!("{more} more writes acknowledged"), || {
+            self.acked() >= target
+        });
+    }
+
+    /// Stops the writer and returns the keys of every acknowledged write.
+    pub fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("load thread");
+        }
+        std::mem::take(&mut *self.acked.lock())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Peak resident set size of this process in KiB (`VmHWM` in /proc/self/status), or
+/// `None` where /proc is not available.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Current resident set size of this process in KiB (`VmRSS`), or `None`.
+pub fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resets the peak RSS (`VmHWM`) to the current RSS; returns false where unsupported.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

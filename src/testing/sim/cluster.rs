@@ -1,0 +1,658 @@
+//! The simulation loop: nodes, network, clients, faults and invariant checks.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use raft::eraftpb::{Message, MessageType};
+use raft::{SnapshotStatus, StateRole};
+use slog::Logger;
+
+use super::disk::SimStore;
+use super::network::{Delivery, Network};
+use super::node::{fnv, NodeSettings, Refused, SimNode};
+use super::{
+    ClientOp, History, OpId, ReadMode, SimConfig, SimFailure, SimReport, SimRng, Workload,
+};
+use crate::state_machine::StateMachine;
+use crate::testing::linearizability::{self, Model};
+
+type Input<W> = <<W as Workload>::Model as Model>::Input;
+type Output<W> = <<W as Workload>::Model as Model>::Output;
+
+/// Runs one simulation and checks it.
+///
+/// # Errors
+///
+/// A [`SimFailure`] when an invariant broke, the history is not linearizable, the
+/// cluster did not recover once faults stopped, or the code under test panicked. Its
+/// `Display` names the seed and the command that replays the run.
+pub fn run<W: Workload>(workload: &W, config: &SimConfig) -> Result<SimReport, SimFailure> {
+    let mut sim = Sim::new(workload, config);
+    match catch_unwind(AssertUnwindSafe(|| sim.run())) {
+        Ok(result) => result,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            Err(sim.failure(format!("panic in the code under test: {text}")))
+        }
+    }
+}
+
+enum Slot<W: Workload> {
+    Up(Box<SimNode<W>>),
+    Down {
+        disk: Box<SimStore>,
+        restart_at: u64,
+    },
+}
+
+struct Client {
+    id: u64,
+    target: u64,
+    current: Option<(OpId, u64)>,
+    next_at: u64,
+}
+
+struct Sim<'a, W: Workload> {
+    w: &'a W,
+    cfg: &'a SimConfig,
+    model: W::Model,
+    plan: super::FaultPlan,
+    step: u64,
+    rng_net: SimRng,
+    rng_faults: SimRng,
+    rng_clients: SimRng,
+    rng_timeouts: SimRng,
+    ids: Vec<u64>,
+    settings: BTreeMap<u64, NodeSettings>,
+    nodes: BTreeMap<u64, Slot<W>>,
+    net: Network,
+    history: History<Input<W>, Output<W>>,
+    clients: Vec<Client>,
+    owner: BTreeMap<OpId, usize>,
+    /// Term → the one node that led in it.
+    leaders: BTreeMap<u64, u64>,
+    /// Index → (term, command hash) of every entry any node applied.
+    applied_log: BTreeMap<u64, (u64, u64)>,
+    /// Applied index → digest of the state there.
+    digests: BTreeMap<u64, u64>,
+    max_commit: u64,
+    crashes: u64,
+    snapshots: u64,
+    trace: Option<String>,
+    recent: VecDeque<String>,
+    logger: Logger,
+}
+
+impl<'a, W: Workload> Sim<'a, W> {
+    fn new(w: &'a W, cfg: &'a SimConfig) -> Self {
+        let mut rng = SimRng::new(cfg.seed);
+        let ids: Vec<u64> = (1..=cfg.nodes.max(1)).collect();
+        let mut settings = BTreeMap::new();
+        let mut nodes = BTreeMap::new();
+        for &id in &ids {
+            let election = cfg.election_ticks.max(cfg.heartbeat_ticks + 1);
+            settings.insert(
+                id,
+                NodeSettings {
+                    election_tick: election,
+                    heartbeat_ticks: cfg.heartbeat_ticks.max(1),
+                    lease_reads: cfg.lease_reads,
+                    snapshot_every: cfg.snapshot_every,
+                    snapshot_trailing: cfg.snapshot_trailing,
+                },
+            );
+            nodes.insert(
+                id,
+                Slot::Down {
+                    disk: Box::new(SimStore::new()),
+                    restart_at: 0,
+                },
+            );
+        }
+        let clients = (0..cfg.clients)
+            .map(|k| Client {
+                id: k + 1,
+                target: ids[(k as usize) % ids.len()],
+                current: None,
+                next_at: 0,
+            })
+            .collect();
+        Sim {
+            w,
+            cfg,
+            model: w.model(),
+            plan: cfg.faults.clone(),
+            step: 0,
+            rng_net: rng.fork(),
+            rng_faults: rng.fork(),
+            rng_clients: rng.fork(),
+            rng_timeouts: rng.fork(),
+            ids,
+            settings,
+            nodes,
+            net: Network::default(),
+            history: History::new(),
+            clients,
+            owner: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            applied_log: BTreeMap::new(),
+            digests: BTreeMap::new(),
+            max_commit: 0,
+            crashes: 0,
+            snapshots: 0,
+            trace: cfg.trace.then(String::new),
+            recent: VecDeque::new(),
+            logger: crate::node::discard_logger(),
+        }
+    }
+
+    fn event(&mut self, what: impl FnOnce() -> String) {
+        if let Some(trace) = &mut self.trace {
+            let line = format!("{:>7} {}", self.step, what());
+            let _ = writeln!(trace, "{line}");
+            if self.recent.len() == 40 {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(line);
+        }
+    }
+
+    fn failure(&self, message: String) -> SimFailure {
+        SimFailure {
+            seed: self.cfg.seed,
+            step: self.step,
+            message,
+            recent_events: self.recent.iter().cloned().collect(),
+        }
+    }
+
+    fn run(&mut self) -> Result<SimReport, SimFailure> {
+        self.restart_due()?;
+        while self.step < self.cfg.steps {
+            self.one_step(true)?;
+        }
+        self.recover()?;
+        self.check_logs()?;
+        let operations = self.history.len() as u64;
+        let ops = std::mem::take(&mut self.history).into_operations();
+        let completed = ops.iter().filter(|o| o.output.is_some()).count() as u64;
+        linearizability::check(&self.model, &ops, self.cfg.check_budget)
+            .map_err(|e| self.failure(e.to_string()))?;
+        Ok(SimReport {
+            seed: self.cfg.seed,
+            steps: self.step,
+            operations,
+            completed,
+            messages: self.net.sent,
+            messages_dropped: self.net.dropped,
+            crashes: self.crashes,
+            commit_index: self.max_commit,
+            leaders: self.leaders.len() as u64,
+            snapshots: self.snapshots,
+            trace: self.trace.take(),
+        })
+    }
+
+    fn one_step(&mut self, clients: bool) -> Result<(), SimFailure> {
+        self.step += 1;
+        self.deliver();
+        if clients {
+            self.run_clients();
+        }
+        self.expire_ops();
+        if self.step % self.cfg.tick_steps.max(1) == 0 {
+            for slot in self.nodes.values_mut() {
+                if let Slot::Up(node) = slot {
+                    node.tick();
+                }
+            }
+        }
+        self.drive_all()?;
+        self.inject_faults();
+        self.restart_due()?;
+        if self.step % 1_000 == 0 {
+            self.check_logs()?;
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self) {
+        while let Some(delivery) = self.net.next_due(self.step) {
+            let (m, delivered) = match delivery {
+                Delivery::Deliver(m) => (m, true),
+                Delivery::Blocked(m) => (m, false),
+            };
+            let (from, to, is_snapshot) =
+                (m.from, m.to, m.get_msg_type() == MessageType::MsgSnapshot);
+            let up = matches!(self.nodes.get(&to), Some(Slot::Up(_)));
+            self.event(|| describe(&m, delivered && up));
+            if delivered && up {
+                if let Some(Slot::Up(node)) = self.nodes.get_mut(&to) {
+                    node.step(m);
+                }
+            }
+            if let Some(Slot::Up(sender)) = self.nodes.get_mut(&from) {
+                if !(delivered && up) {
+                    sender.raw.report_unreachable(to);
+                }
+                if is_snapshot {
+                    // ERRATA 13: report every snapshot sent, success or failure.
+                    let status = if delivered && up {
+                        SnapshotStatus::Finish
+                    } else {
+                        SnapshotStatus::Failure
+                    };
+                    sender.raw.report_snapshot(to, status);
+                }
+            }
+        }
+    }
+
+    fn run_clients(&mut self) {
+        for k in 0..self.clients.len() {
+            let client = &self.clients[k];
+            if client.current.is_some() || client.next_at > self.step {
+                continue;
+            }
+            let op = self.w.next_op(&mut self.rng_clients);
+            let target = self.clients[k].target;
+            let cid = self.clients[k].id;
+            self.invoke(k, cid, target, op);
+        }
+    }
+
+    /// Issues `op` from client `k` to `target`; a refusal redirects the client.
+    fn invoke(&mut self, k: usize, client: u64, target: u64, op: ClientOp<Input<W>>) {
+        let step = self.step;
+        let (input, request) = match op {
+            ClientOp::Write(input, command) => (input, Ok(command)),
+            ClientOp::Read(input, mode) => (input, Err(mode)),
+        };
+        self.event(|| format!("client {client} -> node {target}: {input:?}"));
+        let id = self.history.invoke(client, input, step);
+        let result = match self.nodes.get_mut(&target) {
+            Some(Slot::Up(node)) => match request {
+                Ok(command) => node.propose(id, command),
+                Err(mode) => node.read(id, mode),
+            },
+            _ => Err(Refused { leader: None }),
+        };
+        match result {
+            Ok(()) => {
+                self.clients[k].current = Some((id, step + self.cfg.client_timeout_steps));
+                self.owner.insert(id, k);
+            }
+            Err(refused) => {
+                self.history.discard(id);
+                let next = match refused.leader {
+                    Some(l) if l != target => l,
+                    _ => self.ids[self.rng_clients.below(self.ids.len() as u64) as usize],
+                };
+                self.clients[k].target = next;
+                self.clients[k].next_at = step + 1 + self.rng_clients.below(5);
+            }
+        }
+    }
+
+    fn expire_ops(&mut self) {
+        for k in 0..self.clients.len() {
+            if let Some((op, deadline)) = self.clients[k].current {
+                if deadline <= self.step {
+                    self.history.fail_unknown(op, self.step);
+                    self.event(|| format!("client {} timed out: outcome unknown", k + 1));
+                    self.release(op);
+                }
+            }
+        }
+    }
+
+    /// Frees the client waiting on `op`, if any.
+    fn release(&mut self, op: OpId) {
+        if let Some(k) = self.owner.remove(&op) {
+            if self.clients[k].current.is_some_and(|(o, _)| o == op) {
+                self.clients[k].current = None;
+                self.clients[k].next_at = self.step + self.rng_clients.below(4);
+            }
+        }
+    }
+
+    fn drive_all(&mut self) -> Result<(), SimFailure> {
+        let ids = self.ids.clone();
+        for id in ids {
+            let Some(Slot::Up(node)) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            let result = node.drive();
+            // A drive cut short by a failed sync may leave the state machine ahead of
+            // raft's applied index: the node is about to stop, so skip the state check.
+            self.collect(id, result.is_ok())?;
+            if let Err(e) = result {
+                let sync_failed = match self.nodes.get(&id) {
+                    Some(Slot::Up(node)) => node.raw.store().sync_failed(),
+                    _ => false,
+                };
+                if !sync_failed {
+                    return Err(self.failure(format!("node {id} stopped: {e}")));
+                }
+                self.event(|| format!("node {id} stopped on fsync failure"));
+                self.crash(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes what a drive produced: messages, client results, applied entries; and
+    /// checks the per-node invariants.
+    fn collect(&mut self, id: u64, check_state: bool) -> Result<(), SimFailure> {
+        let Some(Slot::Up(node)) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
+        let sent = std::mem::take(&mut node.out.sent);
+        let completed = std::mem::take(&mut node.out.completed);
+        let dropped = std::mem::take(&mut node.out.dropped);
+        let unknown = std::mem::take(&mut node.out.unknown);
+        let served = std::mem::take(&mut node.served);
+        let terms = std::mem::take(&mut node.out.applied_terms);
+        let hashes = std::mem::take(&mut node.sm.applied);
+        let (role, term, commit) = (
+            node.raw.raft.state,
+            node.raw.raft.term,
+            node.raw.raft.raft_log.committed,
+        );
+        let applied = node.raw.raft.raft_log.applied;
+        let detail = format!(
+            "machine applied {}, raft applied {applied}, commit {commit}, store first {}, \
+             snapshot {}",
+            node.sm.applied_index(),
+            raft::Storage::first_index(node.raw.store()).unwrap_or(0),
+            raft::Storage::snapshot(node.raw.store(), 0, 0)
+                .map(|s| s.get_metadata().index)
+                .unwrap_or(0)
+        );
+        let digest = if !check_state || (terms.is_empty() && applied == 0) {
+            None
+        } else {
+            self.w.digest(&node.sm.inner)
+        };
+        self.snapshots += std::mem::take(&mut node.snapshots_taken);
+        let step = self.step;
+        let mut outputs = Vec::with_capacity(completed.len() + served.len());
+        for (op, response) in completed {
+            if let Some(input) = self.history.open_input(op) {
+                outputs.push((op, self.w.write_output(input, response)));
+            }
+        }
+        for op in served {
+            if let Some(input) = self.history.open_input(op) {
+                outputs.push((op, self.w.read_output(&node.sm.inner, input)));
+            }
+        }
+        for m in sent {
+            self.net.send(step, m, &self.plan, &mut self.rng_net);
+        }
+        for (op, output) in outputs {
+            self.event(|| format!("node {id} answered {op:?}: {output:?}"));
+            self.history.complete(op, output, step);
+            self.release(op);
+        }
+        for op in dropped {
+            self.history.discard(op);
+            self.release(op);
+        }
+        for op in unknown {
+            self.history.fail_unknown(op, step);
+            self.release(op);
+        }
+        // Invariant: at most one leader per term (Raft §5.2, Election Safety).
+        if role == StateRole::Leader {
+            let first = *self.leaders.entry(term).or_insert(id);
+            if first != id {
+                return Err(self.failure(format!(
+                    "two leaders in term {term}: node {first} and node {id}"
+                )));
+            }
+        }
+        self.max_commit = self.max_commit.max(commit);
+        // Invariant: every node applies the same entry at each index (State Machine
+        // Safety, §5.4.3); a committed entry is never lost or changed.
+        if terms.len() != hashes.len() {
+            return Err(self.failure(format!(
+                "node {id}: driver reported {} applied entries, state machine saw {}",
+                terms.len(),
+                hashes.len()
+            )));
+        }
+        for ((index, term), (index2, hash)) in terms.into_iter().zip(hashes) {
+            if index != index2 {
+                return Err(self.failure(format!(
+                    "node {id}: driver applied {index} but the state machine saw {index2}"
+                )));
+            }
+            let seen = *self.applied_log.entry(index).or_insert((term, hash));
+            if seen != (term, hash) {
+                return Err(self.failure(format!(
+                    "node {id} applied (term {term}, hash {hash:x}) at index {index}, another \
+                     node applied (term {}, hash {:x}): a committed entry was lost or changed",
+                    seen.0, seen.1
+                )));
+            }
+        }
+        // Invariant: equal state at equal applied index.
+        if let Some(digest) = digest {
+            let seen = *self.digests.entry(applied).or_insert(digest);
+            if seen != digest {
+                return Err(self.failure(format!(
+                    "node {id} state at applied index {applied} differs from another node's \
+                     ({detail})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn inject_faults(&mut self) {
+        if !self.plan.active {
+            return;
+        }
+        if let Some(what) =
+            self.net
+                .update_partitions(self.step, &self.ids, &self.plan, &mut self.rng_faults)
+        {
+            self.event(|| what);
+        }
+        for id in self.ids.clone() {
+            if !matches!(self.nodes.get(&id), Some(Slot::Up(_))) {
+                continue;
+            }
+            if self.rng_faults.chance(self.plan.crash_per_million) {
+                self.event(|| format!("node {id} crashes"));
+                self.crash(id);
+            } else if self.rng_faults.chance(self.plan.sync_failure_per_million) {
+                if let Some(Slot::Up(node)) = self.nodes.get_mut(&id) {
+                    node.raw.mut_store().fail_next_sync();
+                }
+            }
+        }
+        if self.rng_faults.chance(self.plan.transfer_per_million) {
+            let to = self.ids[self.rng_faults.below(self.ids.len() as u64) as usize];
+            let leader = self.nodes.iter_mut().find_map(|(id, slot)| match slot {
+                Slot::Up(node) if node.is_leader() => Some((*id, node)),
+                _ => None,
+            });
+            if let Some((from, node)) = leader {
+                if from != to {
+                    node.raw.transfer_leader(to);
+                    node.rerandomize();
+                    self.event(|| format!("leadership transfer {from} -> {to}"));
+                }
+            }
+        }
+    }
+
+    /// Stops node `id`: its disk keeps what was synced; its clients' outcomes are unknown.
+    fn crash(&mut self, id: u64) {
+        let Some(Slot::Up(mut node)) = self.nodes.remove(&id) else {
+            return;
+        };
+        self.crashes += 1;
+        let disk = node.crash_disk(&mut self.rng_faults, self.plan.torn_writes);
+        for op in node.abandon_all() {
+            self.history.fail_unknown(op, self.step);
+            self.release(op);
+        }
+        let (lo, hi) = self.plan.restart_steps;
+        let restart_at = self.step + self.rng_faults.between(lo, hi.max(lo));
+        self.nodes.insert(
+            id,
+            Slot::Down {
+                disk: Box::new(disk),
+                restart_at,
+            },
+        );
+    }
+
+    fn restart_due(&mut self) -> Result<(), SimFailure> {
+        for id in self.ids.clone() {
+            let due = matches!(self.nodes.get(&id), Some(Slot::Down { restart_at, .. }) if *restart_at <= self.step);
+            if !due {
+                continue;
+            }
+            let Some(Slot::Down { disk, .. }) = self.nodes.remove(&id) else {
+                continue;
+            };
+            let node = SimNode::start(
+                id,
+                &self.ids,
+                *disk,
+                self.w.new_machine(),
+                self.settings[&id],
+                self.cfg.bugs,
+                self.rng_timeouts.fork(),
+                &self.logger,
+            )
+            .map_err(|e| self.failure(format!("node {id} failed to restart: {e}")))?;
+            self.event(|| format!("node {id} starts"));
+            self.nodes.insert(id, Slot::Up(Box::new(node)));
+        }
+        Ok(())
+    }
+
+    /// Stops the faults, heals the network, restarts every node; then the cluster must
+    /// elect a leader, commit in its term and answer a final read of every key.
+    fn recover(&mut self) -> Result<(), SimFailure> {
+        self.plan.active = false;
+        self.net.heal();
+        self.event(|| "faults stop; network healed".into());
+        for slot in self.nodes.values_mut() {
+            if let Slot::Down { restart_at, .. } = slot {
+                *restart_at = 0;
+            }
+        }
+        self.restart_due()?;
+        let deadline = self.step + self.cfg.recovery_steps;
+        let finals = self.w.final_reads().len();
+        let mut next_final = 0;
+        let final_client = self.clients.len();
+        self.clients.push(Client {
+            id: 0,
+            target: self.ids[0],
+            current: None,
+            next_at: 0,
+        });
+        while next_final < finals || self.clients.iter().any(|c| c.current.is_some()) {
+            if self.step >= deadline {
+                return Err(self.failure(format!(
+                    "no recovery: {} steps after faults stopped, {} of {finals} final reads \
+                     are still unanswered (latest leaders by term: {:?})",
+                    self.cfg.recovery_steps,
+                    finals - next_final,
+                    self.leaders.iter().rev().take(3).collect::<Vec<_>>()
+                )));
+            }
+            self.one_step(false)?;
+            let c = &self.clients[final_client];
+            if next_final < finals
+                && c.current.is_none()
+                && c.next_at <= self.step
+                && self.leader_committed_in_term()
+            {
+                let target = c.target;
+                let Some(input) = self.w.final_reads().into_iter().nth(next_final) else {
+                    break;
+                };
+                let before = self.history.len();
+                self.invoke(
+                    final_client,
+                    0,
+                    target,
+                    ClientOp::Read(input, ReadMode::Linearizable),
+                );
+                if self.history.len() > before {
+                    next_final += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn leader_committed_in_term(&self) -> bool {
+        self.nodes.values().any(|slot| match slot {
+            Slot::Up(node) => {
+                let log = &node.raw.raft.raft_log;
+                node.is_leader() && log.term(log.committed).ok() == Some(node.raw.raft.term)
+            }
+            Slot::Down { .. } => false,
+        })
+    }
+
+    /// Log matching on committed prefixes: every committed entry a node holds equals the
+    /// entry applied at that index anywhere (Raft §5.3, Log Matching; §5.4 Leader
+    /// Completeness).
+    fn check_logs(&self) -> Result<(), SimFailure> {
+        for (id, slot) in &self.nodes {
+            let Slot::Up(node) = slot else { continue };
+            let commit = node.raw.raft.raft_log.committed;
+            for e in node.raw.store().written().entries() {
+                if e.index > commit {
+                    break;
+                }
+                let hash = if e.data.is_empty() {
+                    0
+                } else {
+                    fnv(&e.data) | 1
+                };
+                if let Some(&(term, h)) = self.applied_log.get(&e.index) {
+                    if (term, h) != (e.term, hash) {
+                        return Err(self.failure(format!(
+                            "node {id} holds committed entry {} of term {} that differs from \
+                             the one applied (term {term})",
+                            e.index, e.term
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe(m: &Message, delivered: bool) -> String {
+    format!(
+        "{} {}->{} {:?} term={} index={} log_term={} commit={} entries={} reject={}",
+        if delivered { "deliver" } else { "lost" },
+        m.from,
+        m.to,
+        m.get_msg_type(),
+        m.term,
+        m.index,
+        m.log_term,
+        m.commit,
+        m.entries.len(),
+        m.reject
+    )
+}

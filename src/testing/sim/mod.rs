@@ -1,0 +1,414 @@
+//! A deterministic simulator: a seeded, single-threaded cluster that runs the real Ready
+//! loop (`driver::drive`) under virtual time, injects faults drawn from the seed, and
+//! checks every run for linearizability and Raft's invariants.
+//!
+//! One seed is one run: the same seed replays the same run, event for event. A failing
+//! run reports its seed and the command that replays it.
+//!
+//! What a run does, step by step (one step is one unit of virtual time):
+//!
+//! 1. deliver the messages due now (faults: drop, duplicate, delay and so reorder,
+//!    symmetric and one-way partitions that come and go);
+//! 2. let idle clients issue their next operation to the node they believe leads;
+//! 3. every `tick_steps` steps, tick every live node's raft clock;
+//! 4. drive every node's Ready loop (the real `driver::drive`), serve reads,
+//!    take snapshots per policy;
+//! 5. inject node faults: crash (the disk keeps only what was synced), fsync failure (the
+//!    node stops, like the runtime), restart, leadership transfer;
+//! 6. check invariants: one leader per term, applied entries agree across nodes (log
+//!    matching on the committed prefix), equal state at equal applied index.
+//!
+//! After the faulty phase the network heals and every node restarts: the cluster must
+//! elect a leader and commit again within a bound, then every key is read once more and
+//! the whole history goes through the [`crate::testing::linearizability`] checker.
+//!
+//! # Examples
+//!
+//! Run the simulator on your own state machine: implement [`Workload`] (what clients do
+//! and what they should see) and a sequential [`Model`](crate::testing::linearizability::Model).
+//!
+//! ```
+//! use bytes::Bytes;
+//! use raftnode::testing::linearizability::Model;
+//! use raftnode::testing::sim::{self, ClientOp, ReadMode, SimConfig, SimRng, Workload};
+//! use raftnode::{StateMachine, StateMachineError};
+//!
+//! /// The user's state machine: a counter that adds each command's first byte.
+//! #[derive(Default)]
+//! struct Counter { total: u64, applied: u64 }
+//!
+//! impl StateMachine for Counter {
+//!     type Response = u64;
+//!     fn apply(&mut self, index: u64, command: &[u8]) -> u64 {
+//!         self.total += u64::from(command.first().copied().unwrap_or(0));
+//!         self.applied = index;
+//!         self.total
+//!     }
+//!     fn apply_noop(&mut self, index: u64) { self.applied = index; }
+//!     fn applied_index(&self) -> u64 { self.applied }
+//!     fn snapshot(&self) -> Result<Bytes, StateMachineError> {
+//!         Ok(Bytes::copy_from_slice(&self.total.to_le_bytes()))
+//!     }
+//!     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
+//!         let raw: [u8; 8] = data.try_into().map_err(StateMachineError::new)?;
+//!         self.total = u64::from_le_bytes(raw);
+//!         self.applied = index;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[derive(Debug, Clone)]
+//! enum Op { Add(u8), Read }
+//!
+//! /// What a counter should do, one operation at a time.
+//! struct CounterModel;
+//! impl Model for CounterModel {
+//!     type State = u64;
+//!     type Input = Op;
+//!     type Output = u64;
+//!     fn init(&self) -> u64 { 0 }
+//!     fn step(&self, total: &u64, op: &Op) -> (u64, u64) {
+//!         match op { Op::Add(n) => (total + u64::from(*n), total + u64::from(*n)), Op::Read => (*total, *total) }
+//!     }
+//! }
+//!
+//! struct CounterWorkload;
+//! impl Workload for CounterWorkload {
+//!     type Machine = Counter;
+//!     type Model = CounterModel;
+//!     fn model(&self) -> CounterModel { CounterModel }
+//!     fn new_machine(&self) -> Counter { Counter::default() }
+//!     fn next_op(&self, rng: &mut SimRng) -> ClientOp<Op> {
+//!         if rng.below(2) == 0 {
+//!             let n = rng.between(1, 9) as u8;
+//!             ClientOp::Write(Op::Add(n), Bytes::from(vec![n]))
+//!         } else {
+//!             ClientOp::Read(Op::Read, ReadMode::Linearizable)
+//!         }
+//!     }
+//!     fn write_output(&self, _op: &Op, response: u64) -> u64 { response }
+//!     fn read_output(&self, counter: &Counter, _op: &Op) -> u64 { counter.total }
+//!     fn final_reads(&self) -> Vec<Op> { vec![Op::Read] }
+//! }
+//!
+//! for seed in 0..3 {
+//!     let config = SimConfig { steps: 2_000, ..SimConfig::from_seed(seed) };
+//!     let report = sim::run(&CounterWorkload, &config)?;
+//!     assert!(report.operations > 0);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod cluster;
+pub(crate) mod disk;
+mod history;
+pub mod kv;
+mod network;
+mod node;
+mod rng;
+
+use std::fmt;
+
+use bytes::Bytes;
+
+pub use cluster::run;
+pub use disk::SimStore;
+pub use history::{History, OpId, Operation};
+pub use rng::SimRng;
+
+use crate::state_machine::StateMachine;
+use crate::testing::linearizability::Model;
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// ReadIndex: the leader confirms its leadership with a quorum round first.
+    Linearizable,
+    /// The leader's lease (needs [`SimConfig::lease_reads`]); falls back to ReadIndex
+    /// until the leader has committed in its term.
+    Lease,
+}
+
+/// What a simulated client does next.
+#[derive(Debug, Clone)]
+pub enum ClientOp<I> {
+    /// Propose `command` (the bytes the state machine's `apply` receives); `I` is the
+    /// same operation as the model sees it.
+    Write(I, Bytes),
+    /// Read through `ReadMode`, answered by [`Workload::read_output`].
+    Read(I, ReadMode),
+}
+
+/// What the simulator runs: the user's state machine, the operations clients issue, and
+/// the sequential model their results are checked against.
+pub trait Workload {
+    /// The replicated state machine; one fresh instance per node start (a restart
+    /// rebuilds it from the synced snapshot and log, so its applied index is never ahead
+    /// of what is durable).
+    type Machine: StateMachine;
+    /// The sequential specification the history must be linearizable against.
+    type Model: Model;
+
+    /// Returns the model.
+    fn model(&self) -> Self::Model;
+
+    /// Returns a fresh, empty state machine.
+    fn new_machine(&self) -> Self::Machine;
+
+    /// Draws a client's next operation.
+    fn next_op(&self, rng: &mut SimRng) -> ClientOp<<Self::Model as Model>::Input>;
+
+    /// The output the client sees for a write, from the state machine's response.
+    fn write_output(
+        &self,
+        input: &<Self::Model as Model>::Input,
+        response: <Self::Machine as StateMachine>::Response,
+    ) -> <Self::Model as Model>::Output;
+
+    /// The output the client sees for a read, computed on the serving node's state.
+    fn read_output(
+        &self,
+        machine: &Self::Machine,
+        input: &<Self::Model as Model>::Input,
+    ) -> <Self::Model as Model>::Output;
+
+    /// Reads issued once the cluster has recovered, so that every acknowledged write is
+    /// checked to have survived.
+    fn final_reads(&self) -> Vec<<Self::Model as Model>::Input>;
+
+    /// A digest of the whole state, compared across nodes at equal applied index.
+    /// The default hashes [`StateMachine::snapshot`]'s bytes; `None` skips the check.
+    fn digest(&self, machine: &Self::Machine) -> Option<u64> {
+        machine.snapshot().ok().map(|b| node::fnv(&b))
+    }
+}
+
+/// Which faults a run injects, and how often (rates are per million steps or
+/// messages). [`FaultPlan::from_rng`] draws one per seed.
+#[derive(Debug, Clone)]
+pub struct FaultPlan {
+    /// Whether faults are on; the simulator turns them off for the recovery phase.
+    pub active: bool,
+    /// Chance a message is lost, per million messages.
+    pub drop_per_million: u32,
+    /// Chance a message is delivered twice.
+    pub duplicate_per_million: u32,
+    /// Normal delivery takes `1..=max_delay_steps` steps (so messages reorder).
+    pub max_delay_steps: u64,
+    /// Chance a message is held back 20 to 200 steps more.
+    pub long_delay_per_million: u32,
+    /// Chance per step that a partition starts (when none is active).
+    pub partition_per_million: u32,
+    /// How long a partition lasts, in steps: (min, max).
+    pub partition_steps: (u64, u64),
+    /// Chance per step and node that it crashes.
+    pub crash_per_million: u32,
+    /// Chance per step and node that its next fsync fails (the node stops).
+    pub sync_failure_per_million: u32,
+    /// Whether a crash may persist a prefix of the unsynced writes (a torn write).
+    pub torn_writes: bool,
+    /// A stopped node restarts after this many steps: (min, max).
+    pub restart_steps: (u64, u64),
+    /// Chance per step that the leader is asked to transfer leadership.
+    pub transfer_per_million: u32,
+}
+
+impl FaultPlan {
+    /// No faults at all; messages still take 1 to 3 steps.
+    pub fn none() -> Self {
+        FaultPlan {
+            active: false,
+            drop_per_million: 0,
+            duplicate_per_million: 0,
+            max_delay_steps: 3,
+            long_delay_per_million: 0,
+            partition_per_million: 0,
+            partition_steps: (50, 500),
+            crash_per_million: 0,
+            sync_failure_per_million: 0,
+            torn_writes: false,
+            restart_steps: (20, 300),
+            transfer_per_million: 0,
+        }
+    }
+
+    /// Draws a plan: each fault class is on or off and at a rate chosen by `rng`, so
+    /// that some seeds stress one fault hard and others mix them.
+    pub fn from_rng(rng: &mut SimRng) -> Self {
+        let mut rate = |max: u64| -> u32 {
+            if rng.below(4) == 0 {
+                0
+            } else {
+                rng.below(max + 1) as u32
+            }
+        };
+        let drop = rate(50_000);
+        let duplicate = rate(20_000);
+        let long_delay = rate(5_000);
+        let partition = rate(3_000);
+        let crash = rate(1_000);
+        let sync_failure = rate(300);
+        let transfer = rate(2_000);
+        FaultPlan {
+            active: true,
+            drop_per_million: drop,
+            duplicate_per_million: duplicate,
+            max_delay_steps: rng.between(1, 6),
+            long_delay_per_million: long_delay,
+            partition_per_million: partition,
+            partition_steps: (20, rng.between(100, 1_000)),
+            crash_per_million: crash,
+            sync_failure_per_million: sync_failure,
+            torn_writes: rng.below(2) == 0,
+            restart_steps: (5, rng.between(50, 500)),
+            transfer_per_million: transfer,
+        }
+    }
+}
+
+/// Test-only switches that re-introduce classic bugs, to prove the simulator catches
+/// them. All off by default; never turn one on outside such a test.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Send votes and append acks before the Ready's writes are synced (the driver's
+    /// `send_before_sync` fault).
+    pub send_before_sync: bool,
+    /// The disk acknowledges a sync one Ready before it makes the writes durable.
+    pub ack_before_sync: bool,
+    /// Serve a linearizable read from a node that believes it leads, without ReadIndex.
+    pub read_without_read_index: bool,
+    /// Install a leader's snapshot in the log store without restoring the state
+    /// machine from it (the driver's `skip_snapshot_restore` fault).
+    pub skip_snapshot_restore: bool,
+}
+
+/// Everything that defines one run. [`SimConfig::from_seed`] derives it all from the
+/// seed, which is what makes a seed replayable on its own.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The seed every random choice comes from.
+    pub seed: u64,
+    /// Steps of the faulty phase.
+    pub steps: u64,
+    /// Number of voters (3 or 5 from the seed).
+    pub nodes: u64,
+    /// Number of clients, each with at most one operation outstanding.
+    pub clients: u64,
+    /// The faults to inject.
+    pub faults: FaultPlan,
+    /// Steps per raft tick.
+    pub tick_steps: u64,
+    /// Election timeout, in ticks; each randomized timeout is drawn from the seed in
+    /// `election_ticks..2*election_ticks`.
+    pub election_ticks: usize,
+    /// Heartbeat interval, in ticks.
+    pub heartbeat_ticks: usize,
+    /// A client gives up on an operation after this many steps (outcome unknown).
+    pub client_timeout_steps: u64,
+    /// Take a snapshot after this many applied entries (0: never).
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot when compacting.
+    pub snapshot_trailing: u64,
+    /// Serve lease reads (raft's `LeaseBased` read-only option); on in a quarter of
+    /// the seeds.
+    pub lease_reads: bool,
+    /// After the faulty phase, the cluster must commit again within this many steps.
+    pub recovery_steps: u64,
+    /// Search budget of the linearizability checker, per key.
+    pub check_budget: u64,
+    /// Record every event in [`SimReport::trace`].
+    pub trace: bool,
+    /// Bugs to re-introduce (tests of the harness only).
+    pub bugs: Bugs,
+}
+
+impl SimConfig {
+    /// Derives a whole run from `seed`, with 10,000 steps.
+    pub fn from_seed(seed: u64) -> Self {
+        let mut rng = SimRng::new(seed ^ 0x5151_5151_5151_5151);
+        let nodes = if rng.below(3) == 0 { 5 } else { 3 };
+        let lease_reads = rng.below(4) == 0;
+        SimConfig {
+            seed,
+            steps: 10_000,
+            nodes,
+            clients: rng.between(1, 5),
+            faults: FaultPlan::from_rng(&mut rng),
+            tick_steps: 5,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            client_timeout_steps: rng.between(100, 400),
+            snapshot_every: rng.between(5, 80),
+            snapshot_trailing: rng.below(10),
+            lease_reads,
+            recovery_steps: 5_000,
+            check_budget: 2_000_000,
+            trace: false,
+            bugs: Bugs::default(),
+        }
+    }
+}
+
+/// What a passing run did.
+#[derive(Debug, Clone, Default)]
+pub struct SimReport {
+    /// The run's seed.
+    pub seed: u64,
+    /// Steps simulated, recovery included.
+    pub steps: u64,
+    /// Client operations recorded and checked.
+    pub operations: u64,
+    /// Of those, how many got a response (the rest are unknown).
+    pub completed: u64,
+    /// Messages sent, and dropped by faults or partitions.
+    pub messages: u64,
+    /// Messages lost to faults or partitions.
+    pub messages_dropped: u64,
+    /// Node crashes and fsync failures injected.
+    pub crashes: u64,
+    /// Highest commit index reached.
+    pub commit_index: u64,
+    /// Leaders elected (distinct terms with a leader).
+    pub leaders: u64,
+    /// Snapshots taken by all nodes.
+    pub snapshots: u64,
+    /// Every event, one per line, when [`SimConfig::trace`] was set.
+    pub trace: Option<String>,
+}
+
+/// A failed run: what went wrong, and how to replay it.
+#[derive(Debug, Clone)]
+pub struct SimFailure {
+    /// The run's seed.
+    pub seed: u64,
+    /// The step at which the failure was found.
+    pub step: u64,
+    /// What was violated.
+    pub message: String,
+    /// The last events before the failure.
+    pub recent_events: Vec<String>,
+}
+
+impl fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "simulation seed {} failed at step {}: {}",
+            self.seed, self.step, self.message
+        )?;
+        if !self.recent_events.is_empty() {
+            writeln!(f, "last events:")?;
+            for e in &self.recent_events {
+                writeln!(f, "  {e}")?;
+            }
+        }
+        write!(
+            f,
+            "replay: RAFTNODE_SIM_SEED={} RAFTNODE_SIM_TRACE=1 cargo test --release --all-features \
+             --test simulation replay -- --nocapture",
+            self.seed
+        )
+    }
+}
+
+impl std::error::Error for SimFailure {}

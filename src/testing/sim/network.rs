@@ -1,0 +1,148 @@
+//! The simulated network: messages in flight with a delivery time, and the faults that
+//! act on them (drop, duplicate, delay and so reorder, partitions).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+
+use raft::eraftpb::Message;
+
+use super::{FaultPlan, SimRng};
+
+/// A message in flight. Ordered by delivery step, then by send order.
+struct InFlight {
+    at: u64,
+    seq: u64,
+    message: Message,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for InFlight {}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for InFlight {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// What happened to a message at delivery time.
+pub(crate) enum Delivery {
+    Deliver(Message),
+    /// Dropped by a partition; the sender may be told the peer is unreachable.
+    Blocked(Message),
+}
+
+/// Messages in flight and the current partitions.
+#[derive(Default)]
+pub(crate) struct Network {
+    queue: BinaryHeap<Reverse<InFlight>>,
+    seq: u64,
+    /// Directed links that drop everything: (from, to).
+    blocked: BTreeSet<(u64, u64)>,
+    /// Step at which the current partition heals.
+    heal_at: Option<u64>,
+    pub(crate) sent: u64,
+    pub(crate) dropped: u64,
+}
+
+impl Network {
+    fn push(&mut self, at: u64, message: Message) {
+        self.seq += 1;
+        self.queue.push(Reverse(InFlight {
+            at,
+            seq: self.seq,
+            message,
+        }));
+    }
+
+    /// Sends `message` at step `now`, applying the plan's drop, duplicate and delay.
+    pub(crate) fn send(&mut self, now: u64, message: Message, plan: &FaultPlan, rng: &mut SimRng) {
+        self.sent += 1;
+        if plan.active && rng.chance(plan.drop_per_million) {
+            self.dropped += 1;
+            return;
+        }
+        let copies = if plan.active && rng.chance(plan.duplicate_per_million) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = 1 + rng.below(plan.max_delay_steps.max(1));
+            if plan.active && rng.chance(plan.long_delay_per_million) {
+                delay += rng.between(20, 200);
+            }
+            self.push(now + delay, message.clone());
+        }
+    }
+
+    /// Takes the next message due at or before `now`.
+    pub(crate) fn next_due(&mut self, now: u64) -> Option<Delivery> {
+        if self.queue.peek().is_none_or(|Reverse(m)| m.at > now) {
+            return None;
+        }
+        let Reverse(m) = self.queue.pop().expect("peeked");
+        if self.blocked.contains(&(m.message.from, m.message.to)) {
+            self.dropped += 1;
+            return Some(Delivery::Blocked(m.message));
+        }
+        Some(Delivery::Deliver(m.message))
+    }
+
+    /// Starts or heals partitions as the plan says. Returns a description when the
+    /// partition changed, for the trace.
+    pub(crate) fn update_partitions(
+        &mut self,
+        now: u64,
+        ids: &[u64],
+        plan: &FaultPlan,
+        rng: &mut SimRng,
+    ) -> Option<String> {
+        if self.heal_at.is_some_and(|at| at <= now) || (!plan.active && self.heal_at.is_some()) {
+            self.heal();
+            return Some("partition healed".into());
+        }
+        if !plan.active || self.heal_at.is_some() || !rng.chance(plan.partition_per_million) {
+            return None;
+        }
+        self.heal_at = Some(now + rng.between(plan.partition_steps.0, plan.partition_steps.1));
+        if rng.below(3) == 0 {
+            // One-way: a → b drops, b → a still flows.
+            let a = ids[rng.below(ids.len() as u64) as usize];
+            let mut b = ids[rng.below(ids.len() as u64) as usize];
+            if a == b {
+                b = ids[(ids.iter().position(|&x| x == a).expect("member") + 1) % ids.len()];
+            }
+            self.blocked.insert((a, b));
+            return Some(format!("partition one-way {a}->{b}"));
+        }
+        // Symmetric: a random minority side (often the leader alone, by chance).
+        let mut side: Vec<u64> = ids.iter().copied().filter(|_| rng.below(2) == 0).collect();
+        if side.is_empty() {
+            side.push(ids[rng.below(ids.len() as u64) as usize]);
+        }
+        if side.len() == ids.len() {
+            side.pop();
+        }
+        for &a in &side {
+            for &b in ids.iter().filter(|b| !side.contains(b)) {
+                self.blocked.insert((a, b));
+                self.blocked.insert((b, a));
+            }
+        }
+        Some(format!("partition {side:?} | rest"))
+    }
+
+    /// Removes every partition.
+    pub(crate) fn heal(&mut self) {
+        self.blocked.clear();
+        self.heal_at = None;
+    }
+}

@@ -1,0 +1,997 @@
+//! [`TcpTransport`]: raft messages over TCP between processes, refusing strangers.
+//!
+//! Threads, no async runtime:
+//!
+//! - one **acceptor** blocked in `accept`; `stop` wakes it by connecting to itself;
+//! - one **reader** per inbound connection: handshake, then frames, each checked by
+//!   [`crate::wire`] before `protobuf` parses it and the message reaches the mailbox;
+//! - one **writer** per peer with a bounded queue: it drains the queue into one buffered
+//!   write, reconnects with capped exponential backoff, and sends every `MsgSnapshot` in
+//!   checksummed chunks, waiting for the receiver's ack before `report_snapshot`.
+//!
+//! Connections are one-way: a node sends on the connection it opened and receives on
+//! the ones it accepted. The only bytes going back on a connection are the handshake
+//! answer and snapshot acks.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::ToSocketAddrs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+use raft::eraftpb::{Message, MessageType};
+use raft::SnapshotStatus;
+use slog::{info, o, warn, Logger};
+
+use crate::error::{ConfigError, TransportError};
+use crate::mailbox::Mailbox;
+use crate::transport::Transport;
+
+#[path = "tcp_inbound.rs"]
+mod inbound;
+#[path = "tcp_outbound.rs"]
+mod outbound;
+
+use crate::wire::{self, ReassemblyBudget, WireError, FRAME_HEADER_BYTES};
+use inbound::accept_loop;
+use outbound::WriterCtx;
+
+/// Most messages a writer drains from its queue into one write.
+const MAX_BATCH: usize = 1024;
+
+/// Configuration of a [`TcpTransport`].
+///
+/// Build it with [`TcpConfig::new`] and adjust fields; [`TcpTransport::bind`] validates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TcpConfig {
+    /// Identifies the cluster: connections whose handshake carries another id are
+    /// refused. Pick a random value per cluster, so that two clusters on one network
+    /// never talk to each other by mistake. It is not a secret (see `docs/security.md`).
+    pub cluster_id: u64,
+    /// Where to accept connections from peers. Port 0 picks a free port;
+    /// [`TcpTransport::local_addr`] tells which.
+    pub listen: SocketAddr,
+    /// The other members and their addresses. Only these ids (plus those added by
+    /// membership changes) may connect. This node's own id, if present, is ignored.
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// Largest frame sent or accepted, length field included. Default 16 MiB.
+    pub max_frame_bytes: usize,
+    /// Messages queued per peer; when full, further messages to that peer are dropped
+    /// and counted, never blocking the driver. Default 4096.
+    pub queue_capacity: usize,
+    /// Longest wait for a TCP connect and for the peer's handshake answer. Default 2 s.
+    pub connect_timeout: Duration,
+    /// First wait after a failed connect; doubled on each failure. Default 50 ms.
+    pub backoff_min: Duration,
+    /// Cap of the reconnect backoff. Default 2 s.
+    pub backoff_max: Duration,
+    /// Data bytes per snapshot chunk. Must fit a frame with its 33-byte header.
+    /// Default 1 MiB.
+    pub snapshot_chunk_bytes: usize,
+    /// Bytes all snapshot reassemblies of this node may hold at once; a larger
+    /// snapshot is refused. Default 1 GiB.
+    pub max_reassembly_bytes: u64,
+    /// Longest a single write may block, and longest a frame may take to arrive once
+    /// its first byte did; a reassembly with no new chunk for this long is dropped.
+    /// Default 10 s.
+    pub io_timeout: Duration,
+    /// Longest a writer waits for the receiver to acknowledge a snapshot before
+    /// reporting it failed. Default 60 s.
+    pub snapshot_ack_timeout: Duration,
+    /// Most inbound connections at once (authenticated or not). Default 256.
+    pub max_inbound_connections: usize,
+}
+
+impl TcpConfig {
+    /// A configuration with the defaults documented on each field.
+    pub fn new(cluster_id: u64, listen: SocketAddr) -> Self {
+        TcpConfig {
+            cluster_id,
+            listen,
+            peers: BTreeMap::new(),
+            max_frame_bytes: 16 << 20,
+            queue_capacity: 4096,
+            connect_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            snapshot_chunk_bytes: 1 << 20,
+            max_reassembly_bytes: 1 << 30,
+            io_timeout: Duration::from_secs(10),
+            snapshot_ack_timeout: Duration::from_secs(60),
+            max_inbound_connections: 256,
+        }
+    }
+
+    /// Checks every field and their relations.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first field out of range and its limit.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let min_frame = 1024;
+        if self.max_frame_bytes < min_frame || self.max_frame_bytes > u32::MAX as usize {
+            return Err(ConfigError::new(
+                "max_frame_bytes",
+                format!(
+                    "({}) must be within {min_frame}..={}",
+                    self.max_frame_bytes,
+                    u32::MAX
+                ),
+            ));
+        }
+        let chunk_limit = self.max_frame_bytes - FRAME_HEADER_BYTES - wire::CHUNK_HEADER_BYTES;
+        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes > chunk_limit {
+            return Err(ConfigError::new(
+                "snapshot_chunk_bytes",
+                format!(
+                    "({}) must be within 1..={chunk_limit} (max_frame_bytes minus 33 bytes of headers)",
+                    self.snapshot_chunk_bytes
+                ),
+            ));
+        }
+        if self.queue_capacity == 0 {
+            return Err(ConfigError::new("queue_capacity", "must be at least 1"));
+        }
+        if self.max_inbound_connections == 0 {
+            return Err(ConfigError::new(
+                "max_inbound_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.max_reassembly_bytes == 0 {
+            return Err(ConfigError::new(
+                "max_reassembly_bytes",
+                "must be at least 1",
+            ));
+        }
+        for (field, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("backoff_min", self.backoff_min),
+            ("io_timeout", self.io_timeout),
+            ("snapshot_ack_timeout", self.snapshot_ack_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(field, "must be greater than zero"));
+            }
+        }
+        if self.backoff_max < self.backoff_min {
+            return Err(ConfigError::new(
+                "backoff_max",
+                format!(
+                    "({:?}) must not be below backoff_min ({:?})",
+                    self.backoff_max, self.backoff_min
+                ),
+            ));
+        }
+        if self.peers.contains_key(&0) {
+            return Err(ConfigError::new("peers", "node id 0 is reserved by raft"));
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`TcpTransport`] refused a connection or a frame. Every refusal is logged at
+/// warn level with the peer's address and the detail, counted in [`TcpStats`], and
+/// closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum RefusalReason {
+    /// The handshake was missing, late, not ours (magic, version), or failed its checksum.
+    BadHandshake,
+    /// The handshake carried another cluster id.
+    WrongCluster,
+    /// The sender's node id is not in the current peer set (or is this node's own id).
+    NonMember,
+    /// The handshake or a message is addressed to another node.
+    Misaddressed,
+    /// A message's `from` is not the node id of the connection's handshake.
+    SenderMismatch,
+    /// A message type that never travels between nodes (local types, `MsgPropose`).
+    ForbiddenType,
+    /// A frame's length field is above `max_frame_bytes`.
+    Oversized,
+    /// A group wire type (the RUSTSEC-2024-0437 trigger).
+    Group,
+    /// Bytes that do not follow the frame layout or the `eraftpb` schema.
+    Malformed,
+    /// A decodable message with impossible contents.
+    Invalid,
+    /// A chunk's checksum failed.
+    Checksum,
+    /// A chunk that does not continue its message, a snapshot over the reassembly
+    /// budget, or a reassembly that stalled past `io_timeout`.
+    Reassembly,
+    /// The connection ended or stalled in the middle of a frame.
+    Truncated,
+    /// `max_inbound_connections` were already open.
+    TooManyConnections,
+}
+
+impl RefusalReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [RefusalReason; 14] = [
+        RefusalReason::BadHandshake,
+        RefusalReason::WrongCluster,
+        RefusalReason::NonMember,
+        RefusalReason::Misaddressed,
+        RefusalReason::SenderMismatch,
+        RefusalReason::ForbiddenType,
+        RefusalReason::Oversized,
+        RefusalReason::Group,
+        RefusalReason::Malformed,
+        RefusalReason::Invalid,
+        RefusalReason::Checksum,
+        RefusalReason::Reassembly,
+        RefusalReason::Truncated,
+        RefusalReason::TooManyConnections,
+    ];
+
+    /// A short name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::BadHandshake => "bad_handshake",
+            RefusalReason::WrongCluster => "wrong_cluster",
+            RefusalReason::NonMember => "non_member",
+            RefusalReason::Misaddressed => "misaddressed",
+            RefusalReason::SenderMismatch => "sender_mismatch",
+            RefusalReason::ForbiddenType => "forbidden_type",
+            RefusalReason::Oversized => "oversized",
+            RefusalReason::Group => "group_wire_type",
+            RefusalReason::Malformed => "malformed",
+            RefusalReason::Invalid => "invalid",
+            RefusalReason::Checksum => "checksum",
+            RefusalReason::Reassembly => "reassembly",
+            RefusalReason::Truncated => "truncated",
+            RefusalReason::TooManyConnections => "too_many_connections",
+        }
+    }
+
+    fn of(error: &WireError) -> RefusalReason {
+        match error {
+            WireError::Oversized { .. } => RefusalReason::Oversized,
+            WireError::Group { .. } => RefusalReason::Group,
+            WireError::Checksum(_) => RefusalReason::Checksum,
+            WireError::Handshake(_) => RefusalReason::BadHandshake,
+            WireError::WrongCluster { .. } => RefusalReason::WrongCluster,
+            WireError::NonMember(_) => RefusalReason::NonMember,
+            WireError::Misaddressed { .. } => RefusalReason::Misaddressed,
+            WireError::SenderMismatch { .. } => RefusalReason::SenderMismatch,
+            WireError::ForbiddenType(_) => RefusalReason::ForbiddenType,
+            WireError::Invalid(_) => RefusalReason::Invalid,
+            WireError::Reassembly(_) => RefusalReason::Reassembly,
+            _ => RefusalReason::Malformed,
+        }
+    }
+}
+
+impl fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counters of a [`TcpTransport`], from [`TcpHandle::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TcpStats {
+    /// Refused connections and frames, by reason (reasons never seen are absent).
+    pub refused: BTreeMap<RefusalReason, u64>,
+    /// Messages written to a peer's socket.
+    pub messages_sent: u64,
+    /// Messages received, checked and queued in this node's mailbox.
+    pub messages_received: u64,
+    /// Messages dropped because their peer's queue was full.
+    pub messages_dropped: u64,
+    /// Messages lost because their peer was unknown or unreachable, or a write failed.
+    pub messages_lost: u64,
+    /// Received messages dropped because this node's mailbox was full.
+    pub mailbox_full: u64,
+    /// Connections opened to a peer after an earlier one to it was lost or never made.
+    pub reconnects: u64,
+    /// Failed connection attempts (connect, handshake).
+    pub connect_failures: u64,
+    /// Snapshots the receiver acknowledged (reported `Finish`).
+    pub snapshots_sent: u64,
+    /// Snapshots reported `Failure`.
+    pub snapshots_failed: u64,
+    /// Snapshots reassembled, checked and queued in this node's mailbox.
+    pub snapshots_received: u64,
+}
+
+impl TcpStats {
+    /// How many connections or frames were refused for `reason`.
+    pub fn refused(&self, reason: RefusalReason) -> u64 {
+        self.refused.get(&reason).copied().unwrap_or(0)
+    }
+
+    /// How many connections or frames were refused, for any reason.
+    pub fn refused_total(&self) -> u64 {
+        self.refused.values().sum()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    refused: [AtomicU64; RefusalReason::ALL.len()],
+    messages_sent: AtomicU64,
+    messages_received: AtomicU64,
+    messages_dropped: AtomicU64,
+    messages_lost: AtomicU64,
+    mailbox_full: AtomicU64,
+    reconnects: AtomicU64,
+    connect_failures: AtomicU64,
+    snapshots_sent: AtomicU64,
+    snapshots_failed: AtomicU64,
+    snapshots_received: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A peer's address: resolved at connect time on the writer thread, so that a host
+/// name never blocks the driver on DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Address {
+    Socket(SocketAddr),
+    Host(String),
+}
+
+impl Address {
+    fn parse(context: &[u8]) -> Result<Address, &'static str> {
+        let text = std::str::from_utf8(context).map_err(|_| "not UTF-8")?;
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Address::Socket(addr));
+        }
+        match text.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Address::Host(text.to_string()))
+            }
+            _ => Err("not host:port"),
+        }
+    }
+
+    fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
+        match self {
+            Address::Socket(addr) => Ok(vec![*addr]),
+            Address::Host(host) => Ok(host.to_socket_addrs()?.collect()),
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Socket(addr) => write!(f, "{addr}"),
+            Address::Host(host) => f.write_str(host),
+        }
+    }
+}
+
+/// What the transport, its threads and its handles share.
+struct Shared {
+    config: TcpConfig,
+    /// The peer set: who may connect, and where to connect to. `None`: a member whose
+    /// address is not known yet (it may connect to us; we cannot reach it).
+    peers: RwLock<BTreeMap<u64, Option<Address>>>,
+    /// Set by `stop`; every thread checks it before blocking again.
+    shutdown: AtomicBool,
+    counters: Counters,
+    budget: Arc<ReassemblyBudget>,
+    inbound: Mutex<Inbound>,
+    logger: Logger,
+}
+
+/// The open inbound connections, so that `stop` and `remove_peer` can shut them down.
+#[derive(Default)]
+struct Inbound {
+    next_id: u64,
+    /// Connection id to (peer id once the handshake passed, a handle on the socket).
+    conns: BTreeMap<u64, (Option<u64>, TcpStream)>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Shared {
+    fn refuse(&self, reason: RefusalReason, addr: Option<SocketAddr>, detail: &dyn fmt::Display) {
+        add(&self.counters.refused[reason as usize], 1);
+        warn!(self.logger, "refused peer traffic; closing the connection";
+            "reason" => reason.as_str(), "addr" => ?addr, "detail" => %detail);
+    }
+
+    fn is_member(&self, id: u64) -> bool {
+        self.peers.read().contains_key(&id)
+    }
+}
+
+/// A cheap, cloneable view of a [`TcpTransport`] that outlives handing the transport to
+/// a [`crate::Node`]: its address and counters.
+#[derive(Clone)]
+pub struct TcpHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+}
+
+impl fmt::Debug for TcpHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpHandle")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpHandle {
+    /// The address the transport listens on (with the real port when `listen` had 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> TcpStats {
+        let c = &self.shared.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TcpStats {
+            refused: RefusalReason::ALL
+                .iter()
+                .map(|&r| (r, load(&c.refused[r as usize])))
+                .filter(|&(_, n)| n > 0)
+                .collect(),
+            messages_sent: load(&c.messages_sent),
+            messages_received: load(&c.messages_received),
+            messages_dropped: load(&c.messages_dropped),
+            messages_lost: load(&c.messages_lost),
+            mailbox_full: load(&c.mailbox_full),
+            reconnects: load(&c.reconnects),
+            connect_failures: load(&c.connect_failures),
+            snapshots_sent: load(&c.snapshots_sent),
+            snapshots_failed: load(&c.snapshots_failed),
+            snapshots_received: load(&c.snapshots_received),
+        }
+    }
+}
+
+/// A [`Transport`] over TCP for nodes in separate processes or machines.
+///
+/// [`TcpTransport::bind`] binds the listening socket at once (so port 0 can be used and
+/// read back with [`TcpTransport::local_addr`]); [`Transport::start`] starts accepting.
+/// See `docs/implementing-transport.md` for how to use it and `docs/security.md` for
+/// what it does and does not protect against.
+///
+/// # Correctness
+///
+/// - `send` never blocks: each peer has a queue of `queue_capacity` messages; a full
+///   queue drops and counts. A message to a peer with no known address, or lost to a
+///   failed connect or write, is reported with [`Mailbox::report_unreachable`].
+/// - Every `MsgSnapshot` is reported once with [`Mailbox::report_snapshot`]: `Finish`
+///   when the receiver acknowledged that it queued it, `Failure` otherwise (ERRATA 13).
+/// - Inbound: only connections whose handshake carries this cluster's id, this node's
+///   id, and a member's id are served; each message must be addressed to this node,
+///   come from the handshake's node, be of a type that travels between nodes, and pass
+///   the wire scan and shape checks. Anything else is logged, counted in
+///   [`TcpStats::refused`], and the connection closed; the node keeps serving.
+///
+/// # Examples
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use raftnode::{TcpConfig, TcpTransport};
+///
+/// let mut config = TcpConfig::new(0x5eed, "127.0.0.1:0".parse()?);
+/// config.peers = BTreeMap::from([(2, "127.0.0.1:7002".parse()?), (3, "127.0.0.1:7003".parse()?)]);
+/// let transport = TcpTransport::bind(config, &raftnode::discard_logger())?;
+/// let handle = transport.handle();
+/// assert_ne!(handle.local_addr().port(), 0);
+/// // Node::start(config, store, state_machine, transport, &logger)?;
+/// assert_eq!(handle.stats().refused_total(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct TcpTransport {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    /// Taken by `start`, which hands it to the acceptor thread.
+    listener: Option<TcpListener>,
+    acceptor: Option<JoinHandle<()>>,
+    mailbox: Option<Mailbox>,
+    writers: BTreeMap<u64, Writer>,
+    /// Threads of writers retired by `remove_peer`, joined by `stop`.
+    retired: Vec<JoinHandle<()>>,
+    stopped: bool,
+}
+
+/// The driver's side of one peer's writer thread.
+struct Writer {
+    tx: Sender<Message>,
+    /// Tells the thread to stop sending even though messages are queued.
+    retired: Arc<AtomicBool>,
+    /// The live connection, so that `stop` can shut it down under a blocked write.
+    live: Arc<Mutex<Option<TcpStream>>>,
+    thread: JoinHandle<()>,
+}
+
+impl Writer {
+    fn retire(self) -> JoinHandle<()> {
+        self.retired.store(true, Ordering::Release);
+        if let Some(stream) = self.live.lock().take() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        drop(self.tx);
+        self.thread
+    }
+}
+
+impl fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("local_addr", &self.local_addr)
+            .field("started", &self.mailbox.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpTransport {
+    /// Validates `config` and binds the listening socket.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Config`] for an invalid config, [`TransportError::Io`] when the
+    /// address cannot be bound.
+    pub fn bind(config: TcpConfig, logger: &Logger) -> Result<TcpTransport, TransportError> {
+        config
+            .validate()
+            .map_err(|e| TransportError::Config(e.to_string()))?;
+        let listener = TcpListener::bind(config.listen).map_err(|source| TransportError::Io {
+            op: format!("bind {}", config.listen),
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| TransportError::Io {
+            op: "local_addr".into(),
+            source,
+        })?;
+        let peers = config
+            .peers
+            .iter()
+            .map(|(&id, &addr)| (id, Some(Address::Socket(addr))))
+            .collect();
+        let logger = logger.new(o!("transport" => "tcp", "listen" => local_addr.to_string()));
+        let shared = Arc::new(Shared {
+            budget: ReassemblyBudget::new(config.max_reassembly_bytes),
+            config,
+            peers: RwLock::new(peers),
+            shutdown: AtomicBool::new(false),
+            counters: Counters::default(),
+            inbound: Mutex::new(Inbound::default()),
+            logger,
+        });
+        Ok(TcpTransport {
+            shared,
+            local_addr,
+            listener: Some(listener),
+            acceptor: None,
+            mailbox: None,
+            writers: BTreeMap::new(),
+            retired: Vec::new(),
+            stopped: false,
+        })
+    }
+
+    /// The address the transport listens on (with the real port when `listen` had 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle on the address and counters, usable after the transport moved into a
+    /// node.
+    pub fn handle(&self) -> TcpHandle {
+        TcpHandle {
+            shared: self.shared.clone(),
+            local_addr: self.local_addr,
+        }
+    }
+
+    /// Sets (or replaces) the address of peer `id` and makes it a member; the next
+    /// connection to it uses the new address.
+    pub fn set_peer(&mut self, id: u64, addr: SocketAddr) {
+        self.shared
+            .peers
+            .write()
+            .insert(id, Some(Address::Socket(addr)));
+    }
+
+    fn local_id(&self) -> Option<u64> {
+        self.mailbox.as_ref().map(Mailbox::id)
+    }
+
+    fn writer_for(&mut self, peer: u64, mailbox: &Mailbox) -> Option<&Writer> {
+        if !self.writers.contains_key(&peer) {
+            if !matches!(self.shared.peers.read().get(&peer), Some(Some(_))) {
+                return None;
+            }
+            let (tx, rx) = bounded(self.shared.config.queue_capacity);
+            let retired = Arc::new(AtomicBool::new(false));
+            let live = Arc::new(Mutex::new(None));
+            let ctx = WriterCtx {
+                peer,
+                local: mailbox.id(),
+                shared: self.shared.clone(),
+                mailbox: mailbox.clone(),
+                rx,
+                retired: retired.clone(),
+                live: live.clone(),
+                logger: self.shared.logger.new(o!("peer" => peer)),
+            };
+            let thread = thread::Builder::new()
+                .name(format!("raftnode-tcp-out-{peer}"))
+                .spawn(move || ctx.run());
+            let thread = match thread {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(self.shared.logger, "cannot spawn a writer thread"; "peer" => peer, "error" => %e);
+                    return None;
+                }
+            };
+            self.writers.insert(
+                peer,
+                Writer {
+                    tx,
+                    retired,
+                    live,
+                    thread,
+                },
+            );
+        }
+        self.writers.get(&peer)
+    }
+}
+
+impl Transport for TcpTransport {
+    /// Starts the acceptor thread; writer threads start with the first message to each
+    /// peer.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Config`] when started twice, [`TransportError::Io`] when the
+    /// acceptor thread cannot be spawned.
+    fn start(&mut self, mailbox: Mailbox) -> Result<(), TransportError> {
+        let listener = self.listener.take().ok_or_else(|| {
+            TransportError::Config("TcpTransport started twice (or after stop)".into())
+        })?;
+        let id = mailbox.id();
+        // Our own id is not a peer: nobody may connect claiming it.
+        self.shared.peers.write().remove(&id);
+        let shared = self.shared.clone();
+        let accept_mailbox = mailbox.clone();
+        let acceptor = thread::Builder::new()
+            .name(format!("raftnode-tcp-accept-{id}"))
+            .spawn(move || accept_loop(listener, shared, accept_mailbox))
+            .map_err(|source| TransportError::Io {
+                op: "spawn the acceptor thread".into(),
+                source,
+            })?;
+        self.acceptor = Some(acceptor);
+        self.mailbox = Some(mailbox);
+        info!(self.shared.logger, "tcp transport started"; "id" => id,
+            "peers" => ?self.shared.peers.read().keys().collect::<Vec<_>>());
+        Ok(())
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        let Some(mailbox) = self.mailbox.clone() else {
+            debug_assert!(false, "TcpTransport::send before start");
+            return;
+        };
+        let shared = self.shared.clone();
+        let counters = &shared.counters;
+        // Peers already reported unreachable in this call: once is enough.
+        let mut reported: Vec<u64> = Vec::new();
+        for m in messages {
+            let peer = m.to;
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let Some(writer) = self.writer_for(peer, &mailbox) else {
+                add(&counters.messages_lost, 1);
+                if !reported.contains(&peer) {
+                    reported.push(peer);
+                    mailbox.report_unreachable(peer);
+                }
+                if is_snapshot {
+                    add(&counters.snapshots_failed, 1);
+                    mailbox.report_snapshot(peer, SnapshotStatus::Failure);
+                }
+                continue;
+            };
+            match writer.tx.try_send(m) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    add(&counters.messages_dropped, 1);
+                    if is_snapshot {
+                        add(&counters.snapshots_failed, 1);
+                        mailbox.report_snapshot(peer, SnapshotStatus::Failure);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `context` is the new member's address as UTF-8 `host:port` (an IP literal such as
+    /// `10.0.0.4:7000` or `[::1]:7000`, or a host name resolved when connecting). An
+    /// empty context keeps the address already known; an unparsable one is logged and
+    /// the peer is a member without an address (it may connect to us; we cannot reach
+    /// it until [`TcpTransport::set_peer`] or a later change gives one).
+    fn add_peer(&mut self, peer: u64, context: &[u8]) {
+        if Some(peer) == self.local_id() {
+            return;
+        }
+        let mut peers = self.shared.peers.write();
+        let known = peers.get(&peer).cloned().flatten();
+        let address = match Address::parse(context) {
+            Ok(address) => Some(address),
+            Err(_) if context.is_empty() => known.clone(),
+            Err(problem) => {
+                warn!(self.shared.logger, "membership change carries no usable address";
+                    "peer" => peer, "problem" => problem,
+                    "context" => %String::from_utf8_lossy(context));
+                known.clone()
+            }
+        };
+        info!(self.shared.logger, "peer added"; "peer" => peer,
+            "address" => address.as_ref().map(|a| a.to_string()));
+        let changed = known.is_some() && address != known;
+        peers.insert(peer, address);
+        drop(peers);
+        if changed {
+            // The old writer may be connected to the old address.
+            if let Some(writer) = self.writers.remove(&peer) {
+                self.retired.push(writer.retire());
+            }
+        }
+    }
+
+    fn remove_peer(&mut self, peer: u64) {
+        self.shared.peers.write().remove(&peer);
+        if let Some(writer) = self.writers.remove(&peer) {
+            self.retired.push(writer.retire());
+        }
+        for (from, stream) in self.shared.inbound.lock().conns.values() {
+            if *from == Some(peer) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+        self.retired.retain(|t| !t.is_finished());
+        info!(self.shared.logger, "peer removed"; "peer" => peer);
+    }
+
+    /// Stops accepting, shuts every connection down, and joins the threads, waiting at
+    /// most `connect_timeout` plus one second in all; a thread still running then (a
+    /// connect or DNS lookup in progress) is left to finish on its own.
+    fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.listener = None;
+        let deadline = Instant::now() + self.shared.config.connect_timeout + Duration::from_secs(1);
+        let mut threads = std::mem::take(&mut self.retired);
+        if let Some(acceptor) = self.acceptor.take() {
+            // `accept` blocks: a connection to ourselves wakes it to see the flag.
+            let _ =
+                TcpStream::connect_timeout(&wake_address(self.local_addr), Duration::from_secs(1));
+            threads.push(acceptor);
+        }
+        for (_, writer) in std::mem::take(&mut self.writers) {
+            threads.push(writer.retire());
+        }
+        {
+            let mut inbound = self.shared.inbound.lock();
+            for (_, stream) in inbound.conns.values() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            threads.append(&mut inbound.threads);
+        }
+        let mut lingering = 0;
+        for thread in threads {
+            while !thread.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(2));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                lingering += 1;
+            }
+        }
+        if lingering > 0 {
+            warn!(self.shared.logger, "tcp transport stopped with threads still running";
+                "threads" => lingering);
+        } else {
+            info!(self.shared.logger, "tcp transport stopped");
+        }
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        if self.mailbox.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// The loopback address with `addr`'s port when `addr` is a wildcard.
+fn wake_address(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::PeerInput;
+    use crossbeam_channel::Receiver;
+    use raft::eraftpb::{ConfState, Snapshot};
+
+    fn started(config: TcpConfig, id: u64) -> (TcpTransport, Receiver<PeerInput>) {
+        let mut transport = TcpTransport::bind(config, &crate::discard_logger()).expect("bind");
+        let (tx, rx) = bounded(4096);
+        transport
+            .start(Mailbox::new(id, tx, Arc::default()))
+            .expect("start");
+        (transport, rx)
+    }
+
+    fn loopback() -> SocketAddr {
+        "127.0.0.1:0".parse().expect("addr")
+    }
+
+    fn next(rx: &Receiver<PeerInput>) -> PeerInput {
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("an input within the deadline")
+    }
+
+    fn snapshot(from: u64, to: u64, bytes: usize) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.from = from;
+        m.to = to;
+        m.term = 2;
+        let mut s = Snapshot::default();
+        s.data = (0..bytes)
+            .map(|i| (i * 7) as u8)
+            .collect::<Vec<u8>>()
+            .into();
+        s.mut_metadata().index = 5;
+        s.mut_metadata().term = 2;
+        let mut cs = ConfState::default();
+        cs.voters = vec![1, 2];
+        s.mut_metadata().set_conf_state(cs);
+        m.set_snapshot(s);
+        m
+    }
+
+    /// Proves a snapshot larger than a chunk arrives whole, and the sender reports
+    /// `Finish` only after the receiver's ack (ERRATA 13).
+    #[test]
+    fn chunked_snapshot_is_delivered_and_reported_finish() {
+        let (mut receiver, rx2) = started(TcpConfig::new(7, loopback()), 2);
+        let mut config = TcpConfig::new(7, loopback());
+        config.snapshot_chunk_bytes = 64 << 10;
+        config.peers.insert(2, receiver.local_addr());
+        let (mut sender, rx1) = started(config, 1);
+        receiver.set_peer(1, sender.local_addr());
+
+        let m = snapshot(1, 2, 300 << 10);
+        sender.send(vec![m.clone()]);
+        assert!(matches!(next(&rx2), PeerInput::Message(got) if got == m));
+        assert!(matches!(
+            next(&rx1),
+            PeerInput::Snapshot(2, SnapshotStatus::Finish)
+        ));
+        let stats = sender.handle().stats();
+        assert_eq!((stats.snapshots_sent, stats.snapshots_failed), (1, 0));
+        assert_eq!(receiver.handle().stats().snapshots_received, 1);
+        sender.stop();
+        receiver.stop();
+    }
+
+    /// Proves a batch larger than one frame is split across frames of at most
+    /// `max_frame_bytes` and arrives complete and in order.
+    #[test]
+    fn batches_split_into_frames_and_keep_order() {
+        let mut small = TcpConfig::new(7, loopback());
+        small.max_frame_bytes = 1024;
+        small.snapshot_chunk_bytes = 512;
+        let (mut receiver, rx2) = started(small.clone(), 2);
+        small.peers.insert(2, receiver.local_addr());
+        let (mut sender, _rx1) = started(small, 1);
+        receiver.set_peer(1, sender.local_addr());
+        let batch: Vec<Message> = (0..200u64)
+            .map(|i| {
+                let mut m = Message::default();
+                m.set_msg_type(MessageType::MsgHeartbeatResponse);
+                m.from = 1;
+                m.to = 2;
+                m.term = 1;
+                m.commit = i;
+                m.context = vec![b'x'; 50].into();
+                m
+            })
+            .collect();
+        sender.send(batch);
+        for i in 0..200u64 {
+            assert!(matches!(next(&rx2), PeerInput::Message(m) if m.commit == i));
+        }
+        assert_eq!(sender.handle().stats().messages_sent, 200);
+        assert_eq!(receiver.handle().stats().refused_total(), 0);
+        sender.stop();
+        receiver.stop();
+    }
+
+    /// Proves a peer that refuses connections, and a peer with no address, are reported
+    /// unreachable, and a snapshot to either is reported `Failure`; `stop` returns.
+    #[test]
+    fn unreachable_peers_are_reported() {
+        let closed = TcpListener::bind(loopback()).expect("bind");
+        let dead = closed.local_addr().expect("addr");
+        drop(closed);
+        let mut config = TcpConfig::new(7, loopback());
+        config.peers.insert(2, dead);
+        let (mut transport, rx) = started(config, 1);
+
+        transport.send(vec![snapshot(1, 2, 10)]);
+        let mut got = [next(&rx), next(&rx)];
+        got.sort_by_key(|input| matches!(input, PeerInput::Snapshot(..)));
+        assert!(matches!(got[0], PeerInput::Unreachable(2)));
+        assert!(matches!(
+            got[1],
+            PeerInput::Snapshot(2, SnapshotStatus::Failure)
+        ));
+
+        transport.send(vec![snapshot(1, 5, 10)]);
+        assert!(matches!(next(&rx), PeerInput::Unreachable(5)));
+        assert!(matches!(
+            next(&rx),
+            PeerInput::Snapshot(5, SnapshotStatus::Failure)
+        ));
+        let started = Instant::now();
+        transport.stop();
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert!(transport.handle().stats().connect_failures >= 1);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let mut c = TcpConfig::new(1, "127.0.0.1:0".parse().expect("addr"));
+        assert!(c.validate().is_ok());
+        c.snapshot_chunk_bytes = c.max_frame_bytes;
+        assert_eq!(c.validate().unwrap_err().field, "snapshot_chunk_bytes");
+        c.snapshot_chunk_bytes = 1024;
+        c.backoff_max = Duration::from_millis(1);
+        assert_eq!(c.validate().unwrap_err().field, "backoff_max");
+    }
+
+    #[test]
+    fn addresses_parse_from_context() {
+        assert_eq!(
+            Address::parse(b"127.0.0.1:7000"),
+            Ok(Address::Socket("127.0.0.1:7000".parse().expect("addr")))
+        );
+        assert_eq!(
+            Address::parse(b"[::1]:7000"),
+            Ok(Address::Socket("[::1]:7000".parse().expect("addr")))
+        );
+        assert_eq!(
+            Address::parse(b"node-4.internal:7000"),
+            Ok(Address::Host("node-4.internal:7000".into()))
+        );
+        assert!(Address::parse(b"node-4").is_err());
+        assert!(Address::parse(b":7000").is_err());
+        assert!(Address::parse(&[0xff, 0xfe]).is_err());
+    }
+}
