@@ -56,8 +56,11 @@
 //!   correctness obligations.
 //! - [`Node`]: propose, read, change membership, transfer leadership, status.
 //! - [`Config`]: every knob, validated.
-//! - In the box: [`MemLogStore`] (not durable), [`ChannelNetwork`] (in-process, with
-//!   fault injection).
+//! - In the box: [`MemLogStore`] (not durable), [`EngineLogStore`] (durable, on
+//!   raft-engine; `docs/durability.md`), [`ChannelNetwork`] (in-process, with fault
+//!   injection), [`TcpTransport`] (separate processes; `docs/security.md`).
+//! - `testing` (feature `testing`): the `LogStore` conformance suite, a deterministic
+//!   simulator with a linearizability checker, and a durable KV state machine.
 //! - `driver.rs` (private): the Ready loop, step by step as `docs/ready-loop.md` says.
 
 #![deny(missing_docs)]
