@@ -185,6 +185,7 @@ impl<M: StateMachine> Node<M> {
         let thread = std::thread::Builder::new()
             .name(format!("raftnode-{id}"))
             .spawn(move || {
+                let mut runtime = runtime;
                 let outcome =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.run()));
                 let reason = outcome.unwrap_or_else(|payload| {
@@ -195,12 +196,9 @@ impl<M: StateMachine> Node<M> {
                         .unwrap_or_else(|| "unknown panic payload".into());
                     StopReason::Panic(text)
                 });
-                let mut stored = thread_shared.stop_reason.lock();
-                // The runtime records a generic panic reason while unwinding; keep the
-                // payload's text instead.
-                if matches!(*stored, None | Some(StopReason::Panic(_))) {
-                    *stored = Some(reason);
-                }
+                thread_shared.stop_reason.lock().get_or_insert(reason);
+                // Only now release the waiters: whoever sees `Stopped` can read why.
+                drop(runtime);
             })
             .map_err(StartError::Spawn)?;
         info!(logger, "node started"; "applied" => applied);

@@ -189,6 +189,8 @@ pub(crate) struct Runtime<S: LogStore, M: StateMachine> {
     last_snapshot_index: u64,
     next_tick: Instant,
     ticks: u64,
+    /// Set on each tick: `after_ready` then runs the checks that need no faster pace.
+    housekeeping_due: bool,
     phase: Phase,
 }
 
@@ -252,13 +254,14 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             last_snapshot_index,
             next_tick,
             ticks: 0,
+            housekeeping_due: true,
             phase: Phase::Running,
             config,
         }
     }
 
     /// Runs until shutdown or a fatal error; returns why it stopped.
-    pub(crate) fn run(mut self) -> StopReason {
+    pub(crate) fn run(&mut self) -> StopReason {
         let reason = loop {
             if let Err(e) = self.turn() {
                 let reason = e.stop_reason();
@@ -301,6 +304,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             self.ticks += 1;
             self.next_tick = now + self.config.tick_interval;
             self.on_tick(now);
+            self.housekeeping_due = true;
         }
 
         driver::drive(
@@ -755,9 +759,13 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         if self.phase != Phase::Running && self.phase != Phase::Exit && !self.is_leader() {
             self.phase = Phase::Exit;
         }
-        self.maybe_leave_joint();
-        self.hand_over_if_removed();
-        self.refresh_snapshot_for_new_members()?;
+        if self.housekeeping_due {
+            // Once per tick, off the per-Ready hot path: none of these is urgent.
+            self.housekeeping_due = false;
+            self.maybe_leave_joint();
+            self.hand_over_if_removed();
+            self.refresh_snapshot_for_new_members()?;
+        }
         let every = self.config.snapshot.every_applied;
         if every > 0 && applied >= self.last_snapshot_index + every {
             self.snapshot_now()?;
@@ -937,17 +945,15 @@ fn parse_read_ctx(id: u64, ctx: &[u8]) -> Option<u64> {
 }
 
 impl<S: LogStore, M: StateMachine> Drop for Runtime<S, M> {
-    /// Runs on every exit, a panic included: records a reason if none was, closes the
-    /// queue and drops what is in it, so every caller waiting on a queued request gets
-    /// `Stopped` (the pending waiters drop with the fields right after).
+    /// Runs on every exit, after the thread recorded why it stopped (a panic included):
+    /// closes the queue and drops what is in it, so every caller waiting on a queued
+    /// request gets `Stopped` (the pending waiters drop with the fields right after).
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.ctx
-                .shared
-                .stop_reason
-                .lock()
-                .get_or_insert_with(|| StopReason::Panic("driver panicked".into()));
-        }
+        self.ctx
+            .shared
+            .stop_reason
+            .lock()
+            .get_or_insert(StopReason::Shutdown);
         *self.ctx.shared.closed.write() = true;
         while self.req_rx.try_recv().is_ok() {}
     }
