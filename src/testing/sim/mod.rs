@@ -25,7 +25,7 @@
 //! # Examples
 //!
 //! Run the simulator on your own state machine: implement [`Workload`] (what clients do
-//! and what they should see) and a sequential [`Model`](crate::testing::linearizability::Model).
+//! and what they should see) and a sequential [`Model`].
 //!
 //! ```
 //! use bytes::Bytes;
