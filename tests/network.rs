@@ -12,13 +12,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
 use raftnode::raft_types::{Message, MessageType};
 use raftnode::wire::{self, Handshake};
 use raftnode::{
-    Config, MemLogStore, Node, ReadConsistency, RefusalReason, Role, StateMachine,
-    StateMachineError, TcpConfig, TcpHandle, TcpTransport,
+    Config, MemLogStore, Node, ReadConsistency, RefusalReason, Role, TcpConfig, TcpHandle,
+    TcpTransport,
 };
 
 const CLUSTER_ID: u64 = 0xC1A5_7E12;
@@ -391,70 +390,6 @@ fn refused_traffic_is_counted_and_the_cluster_keeps_serving() {
     let stats = handle.stats();
     assert_eq!(stats.refused(RefusalReason::Misaddressed), 2, "{stats:?}");
     assert!(stats.refused_total() >= cases.len() as u64, "{stats:?}");
-}
-
-/// A state machine holding one blob, filled by `fill <seed> <len>`.
-#[derive(Default)]
-struct Blob {
-    data: Bytes,
-    applied: u64,
-}
-
-/// `len` bytes from a xorshift64 stream.
-fn xorshift_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.max(1);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// Length and xor of the 8-byte words: enough to tell two blobs apart.
-fn fingerprint(data: &[u8]) -> (usize, u64) {
-    let folded = data.chunks(8).fold(0u64, |acc, chunk| {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        acc ^ u64::from_le_bytes(word)
-    });
-    (data.len(), folded)
-}
-
-impl StateMachine for Blob {
-    type Response = ();
-
-    fn apply(&mut self, index: u64, command: &[u8]) {
-        let text = String::from_utf8_lossy(command);
-        let mut parts = text.split(' ');
-        if let (Some("fill"), Some(seed), Some(len)) = (parts.next(), parts.next(), parts.next()) {
-            if let (Ok(seed), Ok(len)) = (seed.parse(), len.parse()) {
-                self.data = xorshift_bytes(seed, len).into();
-            }
-        }
-        self.applied = index;
-    }
-
-    fn apply_noop(&mut self, index: u64) {
-        self.applied = index;
-    }
-
-    fn applied_index(&self) -> u64 {
-        self.applied
-    }
-
-    fn snapshot(&self) -> Result<Bytes, StateMachineError> {
-        Ok(self.data.clone())
-    }
-
-    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
-        self.data = Bytes::copy_from_slice(data);
-        self.applied = index;
-        Ok(())
-    }
 }
 
 fn snapshot_bytes() -> usize {

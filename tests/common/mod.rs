@@ -440,3 +440,67 @@ pub fn rss_kib() -> Option<u64> {
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
+
+/// A state machine holding one large blob, set by `fill <seed> <bytes>`.
+#[derive(Default)]
+pub struct Blob {
+    pub data: bytes::Bytes,
+    pub applied: u64,
+}
+
+/// `len` bytes from a xorshift64 stream: LZ4 cannot shrink them.
+pub fn xorshift_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A cheap fingerprint of the blob: length and the xor of its 8-byte words.
+pub fn fingerprint(data: &[u8]) -> (usize, u64) {
+    let folded = data.chunks(8).fold(0u64, |acc, chunk| {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        acc ^ u64::from_le_bytes(word)
+    });
+    (data.len(), folded)
+}
+
+impl StateMachine for Blob {
+    type Response = ();
+
+    fn apply(&mut self, index: u64, command: &[u8]) {
+        let text = String::from_utf8_lossy(command);
+        let mut parts = text.split(' ');
+        if let (Some("fill"), Some(seed), Some(len)) = (parts.next(), parts.next(), parts.next()) {
+            if let (Ok(seed), Ok(len)) = (seed.parse(), len.parse()) {
+                self.data = xorshift_bytes(seed, len).into();
+            }
+        }
+        self.applied = index;
+    }
+
+    fn apply_noop(&mut self, index: u64) {
+        self.applied = index;
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    fn snapshot(&self) -> Result<bytes::Bytes, StateMachineError> {
+        Ok(self.data.clone())
+    }
+
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
+        self.data = bytes::Bytes::copy_from_slice(data);
+        self.applied = index;
+        Ok(())
+    }
+}
