@@ -7,7 +7,9 @@
 //!
 //! Cycles: `RAFTNODE_CRASH_CYCLES_SINGLE` (default 1000 in release builds, as `.ci/run`
 //! runs it; 50 in debug builds) and `RAFTNODE_CRASH_CYCLES_CLUSTER` (default 200; 10 in
-//! debug builds). `RAFTNODE_CRASH_SEED` replays a run.
+//! debug builds). `RAFTNODE_CRASH_SEED` replays a run. Every 100 cycles the acknowledged
+//! writes are checked in full and the next cycles start on a fresh data directory, so a
+//! cycle costs the same at cycle 10 and at cycle 10,000.
 //!
 //! Protocol (one line each; the child prefixes its lines with `@@ ` because libtest
 //! writes to the same stdout):
@@ -375,6 +377,19 @@ fn env_cycles(name: &str, release_default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Cycles run on one data directory before a full check and a fresh directory.
+const EPOCH_CYCLES: u64 = 100;
+
+/// Restarts the child on `dir` and checks every write it ever acknowledged there.
+fn full_check(mode: &str, dir: &Path, stderr: &Path, ledger: &mut Ledger) {
+    let mut run = Running::spawn(mode, dir, stderr);
+    let ready = run.expect_line("ready", stderr);
+    assert!(ready.starts_with("ready "), "expected ready, got {ready:?}");
+    let all: Vec<String> = ledger.acked.keys().cloned().collect();
+    ledger.verify(&mut run, &all, stderr);
+    run.kill();
+}
+
 fn crash_loop(mode: &str, cycles: u64, max_write_ms: u64) {
     let seed = std::env::var("RAFTNODE_CRASH_SEED")
         .ok()
@@ -389,7 +404,7 @@ fn crash_loop(mode: &str, cycles: u64, max_write_ms: u64) {
     println!("crash loop {mode}: {cycles} cycles, RAFTNODE_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let temp = tempfile::tempdir().expect("tempdir");
-    let dir: PathBuf = temp.path().join("data");
+    let mut dir: PathBuf = temp.path().join("data-0");
     let stderr = temp.path().join("child.stderr");
     let mut ledger = Ledger::default();
     let mut values = BTreeMap::new();
@@ -398,6 +413,16 @@ fn crash_loop(mode: &str, cycles: u64, max_write_ms: u64) {
     let started = Instant::now();
 
     for cycle in 0..cycles {
+        if cycle > 0 && cycle % EPOCH_CYCLES == 0 {
+            // Check everything this data directory acknowledged, then start a fresh one:
+            // the state (and so start-up and checks) would otherwise grow every cycle.
+            full_check(mode, &dir, &stderr, &mut ledger);
+            let _ = std::fs::remove_dir_all(&dir);
+            dir = temp.path().join(format!("data-{}", cycle / EPOCH_CYCLES));
+            ledger.acked.clear();
+            ledger.unverified.clear();
+            values.clear();
+        }
         let mut run = Running::spawn(mode, &dir, &stderr);
         if rng.below(8) == 0 {
             // Crash during start-up and recovery.
@@ -466,13 +491,7 @@ fn crash_loop(mode: &str, cycles: u64, max_write_ms: u64) {
         }
     }
 
-    // Final check of everything ever acknowledged.
-    let mut run = Running::spawn(mode, &dir, &stderr);
-    let ready = run.expect_line("ready", &stderr);
-    assert!(ready.starts_with("ready "), "expected ready, got {ready:?}");
-    let all: Vec<String> = ledger.acked.keys().cloned().collect();
-    ledger.verify(&mut run, &all, &stderr);
-    run.kill();
+    full_check(mode, &dir, &stderr, &mut ledger);
     let elapsed = started.elapsed();
     let full = (cycles - early_kills).max(1) as f64;
     println!(
