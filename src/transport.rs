@@ -20,8 +20,9 @@ use crate::mailbox::Mailbox;
 /// - It must only deliver messages from members of this cluster (see `docs/security.md`):
 ///   raft-rs trusts its peers, and several malformed-but-decodable messages panic it.
 pub trait Transport: Send + 'static {
-    /// Starts the transport for the node that owns `mailbox`. Called once, on the driver
-    /// thread, before the first `send`.
+    /// Starts the transport for the node that owns `mailbox`. Called once by
+    /// [`crate::Node::start`], on the caller's thread, before the driver thread starts and
+    /// before the first `send`.
     ///
     /// # Errors
     ///
@@ -58,6 +59,8 @@ pub trait Transport: Send + 'static {
     }
 
     /// The node is stopping: release threads and sockets. Called once, on the driver
-    /// thread, after the last `send`. Default: nothing.
+    /// thread, after the last `send`, when the node shuts down or stops on a fatal error.
+    /// After a driver panic it is not called and the transport is only dropped, so a
+    /// transport holding threads should also release them in `Drop`. Default: nothing.
     fn stop(&mut self) {}
 }

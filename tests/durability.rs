@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raft::eraftpb::{Entry, Snapshot};
 use raft::{GetEntriesContext, Storage};
@@ -21,16 +21,9 @@ use raftnode::{
     ReadConsistency, StopReason, StorageError,
 };
 
-/// Only failures wait this long.
-const DEADLINE: Duration = Duration::from_secs(30);
+mod common;
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use common::{wait_until, DEADLINE};
 
 fn entries(indexes: std::ops::RangeInclusive<u64>, term: u64, size: usize) -> Vec<Entry> {
     indexes
