@@ -2,7 +2,7 @@
 //! input or the next tick, drains what is queued (bounded), proposes it as one batch,
 //! then hands every Ready to [`crate::driver::drive`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use raft::eraftpb::{
     ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
 };
-use raft::{ProgressState, RawNode, ReadState, SnapshotStatus, SoftState, StateRole};
+use raft::{RawNode, ReadState, SnapshotStatus, SoftState, StateRole};
 use slog::{debug, info, warn, Drain, Logger};
 
 use crate::config::Config;
@@ -77,6 +77,10 @@ struct Ctx<M: StateMachine> {
     /// Peers sent a `MsgSnapshot` whose fate the transport has not reported yet, with
     /// the time after which the driver reports a failure itself (ERRATA 13).
     snapshots_in_flight: BTreeMap<u64, Instant>,
+    /// Peers raft wanted to send a snapshot that does not hold them in its ConfState
+    /// (they were added after it was taken): they would ignore it, so it is not sent;
+    /// the driver takes a fresh snapshot and reports the failure so raft sends that.
+    stale_snapshot_peers: BTreeSet<u64>,
     /// Read index confirmations waiting for `applied >= index`.
     confirmed_reads: Vec<(u64, u64)>,
     removed: bool,
@@ -84,7 +88,22 @@ struct Ctx<M: StateMachine> {
 }
 
 impl<M: StateMachine> Outbox<M::Response> for Ctx<M> {
-    fn send(&mut self, messages: Vec<Message>) {
+    fn send(&mut self, mut messages: Vec<Message>) {
+        messages.retain(|m| {
+            if m.get_msg_type() != MessageType::MsgSnapshot {
+                return true;
+            }
+            let cs = m.get_snapshot().get_metadata().get_conf_state();
+            let holds = cs.voters.contains(&m.to)
+                || cs.learners.contains(&m.to)
+                || cs.voters_outgoing.contains(&m.to);
+            if !holds {
+                info!(self.logger, "not sending a snapshot that predates the peer's membership";
+                    "to" => m.to, "index" => m.get_snapshot().get_metadata().index);
+                self.stale_snapshot_peers.insert(m.to);
+            }
+            holds
+        });
         for m in &messages {
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 bump(&self.shared.metrics.snapshots_sent);
@@ -231,6 +250,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
                 log_messages,
                 snapshot_report_timeout: config.snapshot.report_timeout,
                 snapshots_in_flight: BTreeMap::new(),
+                stale_snapshot_peers: BTreeSet::new(),
                 confirmed_reads: Vec::new(),
                 removed,
                 ss_changed: false,
@@ -759,12 +779,14 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         if self.phase != Phase::Running && self.phase != Phase::Exit && !self.is_leader() {
             self.phase = Phase::Exit;
         }
+        if !self.ctx.stale_snapshot_peers.is_empty() {
+            self.replace_stale_snapshot()?;
+        }
         if self.housekeeping_due {
             // Once per tick, off the per-Ready hot path: none of these is urgent.
             self.housekeeping_due = false;
             self.maybe_leave_joint();
             self.hand_over_if_removed();
-            self.refresh_snapshot_for_new_members()?;
         }
         let every = self.config.snapshot.every_applied;
         if every > 0 && applied >= self.last_snapshot_index + every {
@@ -823,41 +845,28 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         self.elections.leader = leader;
     }
 
-    /// A member added after the stored snapshot was taken refuses that snapshot (raft-rs
-    /// ignores a snapshot whose ConfState does not hold the receiver), so a leader whose
-    /// log no longer reaches such a member would send it the same useless snapshot
-    /// forever. Take a fresh one, which holds the current membership, when that happens.
-    fn refresh_snapshot_for_new_members(&mut self) -> Result<(), DriverError> {
+    /// Raft chose to send a snapshot that predates some peer's membership (see
+    /// [`Ctx::stale_snapshot_peers`]): take a fresh one, which holds the current
+    /// membership, and report the unsent one as failed so raft sends the fresh one on
+    /// its next probe.
+    fn replace_stale_snapshot(&mut self) -> Result<(), DriverError> {
+        let peers = std::mem::take(&mut self.ctx.stale_snapshot_peers);
         if !self.is_leader() {
             return Ok(());
         }
-        let first = self.raw.store().first_index().unwrap_or(0);
-        let raft = &self.raw.raft;
-        let needy: Vec<u64> = raft
-            .prs()
-            .iter()
-            .filter(|(id, pr)| {
-                **id != self.ctx.id && (pr.state == ProgressState::Snapshot || pr.next_idx < first)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        if needy.is_empty() {
-            return Ok(());
-        }
-        let Ok(stored) = self.raw.store().snapshot(0, 0) else {
-            return Ok(());
-        };
-        let cs = stored.get_metadata().get_conf_state();
-        let missing = needy.iter().any(|id| {
-            !cs.voters.contains(id)
-                && !cs.learners.contains(id)
-                && !cs.voters_outgoing.contains(id)
-                && !cs.learners_next.contains(id)
-        });
-        if missing && raft.raft_log.applied > stored.get_metadata().index {
+        let stored_index = self
+            .raw
+            .store()
+            .snapshot(0, 0)
+            .map(|s| s.get_metadata().index)
+            .unwrap_or(0);
+        if self.raw.raft.raft_log.applied > stored_index {
             info!(self.ctx.logger, "stored snapshot predates a new member; taking a fresh one";
-                "peers" => ?needy, "snapshot_index" => stored.get_metadata().index);
+                "peers" => ?peers, "snapshot_index" => stored_index);
             self.snapshot_now()?;
+        }
+        for peer in peers {
+            self.raw.report_snapshot(peer, SnapshotStatus::Failure);
         }
         Ok(())
     }
