@@ -85,6 +85,13 @@ pub(crate) struct Faults {
     /// Install a leader's snapshot in the log store but leave the state machine as it
     /// was (ERRATA 5 ignored): replicas then diverge.
     pub skip_snapshot_restore: bool,
+    /// Apply (and acknowledge) a leader's new entries as soon as they are durable on its
+    /// own disk, before a quorum has them: before the commit is durable. An entry a
+    /// later leader overwrites was then applied and acknowledged anyway.
+    pub apply_before_commit: bool,
+    /// Compact the log to its last index when taking a snapshot, dropping entries past
+    /// the snapshot (ERRATA 14 ignored): raft then needs entries nobody can serve.
+    pub compact_past_snapshot: bool,
 }
 
 /// Handles every pending Ready (raft paginates committed entries): loops while
@@ -168,6 +175,11 @@ where
         raw.mut_store().sync()?;
         stats.syncs += 1;
     }
+    if faults.apply_before_commit && raw.raft.state == raft::StateRole::Leader {
+        // The bug: the leader's own copy is durable, so it applies the entries now.
+        let early = rd.entries().to_vec();
+        apply_early(sm, out, early);
+    }
 
     // 4. Send. `messages` (leader only) could have left before the sync; persisted
     //    messages (votes, append acks) must not: they promise what is now durable.
@@ -183,7 +195,7 @@ where
 
     // 5. Apply committed entries, before `advance` (ERRATA 2).
     let committed = rd.take_committed_entries();
-    apply_entries(raw, sm, out, committed, &mut applied, stats)?;
+    apply_entries(raw, sm, out, committed, &mut applied, stats, faults)?;
 
     // 6. Advance: the Ready's writes are persisted; applying is reported separately.
     let mut light = raw.advance_append(rd);
@@ -198,7 +210,7 @@ where
         out.send(light.take_messages());
     }
     let committed = light.take_committed_entries();
-    apply_entries(raw, sm, out, committed, &mut applied, stats)?;
+    apply_entries(raw, sm, out, committed, &mut applied, stats, faults)?;
     raw.advance_apply_to(applied);
     out.advanced(applied);
     Ok(())
@@ -211,6 +223,7 @@ fn apply_entries<S, M, O>(
     entries: Vec<Entry>,
     applied: &mut u64,
     stats: &mut DriverStats,
+    faults: Faults,
 ) -> Result<(), DriverError>
 where
     S: LogStore,
@@ -221,6 +234,12 @@ where
         let (index, term) = (entry.index, entry.term);
         if index <= *applied {
             // Defensive: raft never hands an applied entry twice; never apply one twice.
+            continue;
+        }
+        if faults.apply_before_commit && index <= sm.applied_index() {
+            // The bug's other half: whatever committed at this index, the state machine
+            // already applied what this node once proposed there.
+            *applied = index;
             continue;
         }
         // Dispatch on the type first (ERRATA 8): a leave-joint ConfChangeV2 has empty data.
@@ -252,6 +271,27 @@ where
     Ok(())
 }
 
+/// The `apply_before_commit` fault: applies a leader's normal entries that are durable
+/// on its own disk but not yet committed.
+fn apply_early<M, O>(sm: &mut M, out: &mut O, entries: Vec<Entry>)
+where
+    M: StateMachine,
+    O: Outbox<M::Response>,
+{
+    for entry in entries {
+        if entry.get_entry_type() != EntryType::EntryNormal || entry.index <= sm.applied_index() {
+            continue;
+        }
+        if entry.data.is_empty() {
+            sm.apply_noop(entry.index);
+            out.applied(entry.index, entry.term, AppliedAs::Empty);
+        } else {
+            let response = sm.apply(entry.index, &entry.data);
+            out.applied(entry.index, entry.term, AppliedAs::Command(response));
+        }
+    }
+}
+
 /// Applies a conf change (V1 converted to V2, as raft-rs does itself) and persists the
 /// ConfState it gives (ERRATA 10).
 fn apply_conf_change<S, M, O>(
@@ -276,6 +316,11 @@ where
             sm.apply_noop(index);
             out.conf_changed(index, changes, &cs);
             out.applied(index, term, AppliedAs::ConfChange(&cs));
+            if raw.raft.state == raft::StateRole::Leader
+                && !raw.raft.prs().conf().voters().contains(raw.raft.id)
+            {
+                step_down_removed_leader(raw, out);
+            }
         }
         Err(e) => {
             // Every replica fails the same way on the same entry: treat it as a no-op.
@@ -285,6 +330,40 @@ where
         }
     }
     Ok(())
+}
+
+/// A leader that applied its own removal must not stay in office: raft-rs keeps it
+/// leader with no progress entry of its own, and the next commit it computes panics
+/// (`maybe_commit` unwraps the leader's own progress). It steps down at once, and hands
+/// over first by sending `MsgTimeoutNow` to the remaining voter that holds its whole
+/// log, if there is one (what a leadership transfer ends with); otherwise the group
+/// elects a leader after an election timeout.
+fn step_down_removed_leader<S, R, O>(raw: &mut RawNode<S>, out: &mut O)
+where
+    S: LogStore,
+    O: Outbox<R>,
+{
+    let (id, term) = (raw.raft.id, raw.raft.term);
+    let last = raw.raft.raft_log.last_index();
+    let prs = raw.raft.prs();
+    let heir = prs
+        .iter()
+        .filter(|(peer, pr)| {
+            **peer != id && prs.conf().voters().contains(**peer) && pr.matched == last
+        })
+        .map(|(peer, _)| *peer)
+        .min();
+    slog::info!(out.logger(), "this leader was removed from the group: stepping down";
+        "heir" => heir);
+    if let Some(to) = heir {
+        let mut m = Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgTimeoutNow);
+        m.from = id;
+        m.to = to;
+        m.term = term;
+        out.send(vec![m]);
+    }
+    raw.raft.become_follower(term, raft::INVALID_ID);
 }
 
 fn corrupt(index: u64, detail: String) -> DriverError {
@@ -313,6 +392,7 @@ pub(crate) fn take_snapshot<S, M>(
     raw: &mut RawNode<S>,
     sm: &M,
     trailing_entries: u64,
+    faults: Faults,
 ) -> Result<Option<u64>, DriverError>
 where
     S: LogStore,
@@ -327,7 +407,7 @@ where
     if applied == 0 || applied <= stored {
         return Ok(None);
     }
-    debug_assert_eq!(sm.applied_index(), applied);
+    debug_assert!(faults.apply_before_commit || sm.applied_index() == applied);
     let term = raw
         .raft
         .raft_log
@@ -343,7 +423,11 @@ where
     // at `applied` (ERRATA 5, 14).
     meta.set_conf_state(raw.raft.prs().conf().to_conf_state());
     raw.mut_store().store_snapshot(snapshot)?;
-    let compact_to = (applied + 1).saturating_sub(trailing_entries);
+    let mut compact_to = (applied + 1).saturating_sub(trailing_entries);
+    if faults.compact_past_snapshot {
+        // The bug: everything on disk is "covered", entries past the snapshot included.
+        compact_to = raw.raft.raft_log.last_index() + 1;
+    }
     let first = raw
         .store()
         .first_index()
@@ -352,6 +436,57 @@ where
         raw.mut_store().compact(compact_to)?;
     }
     Ok(Some(applied))
+}
+
+/// Removes from `messages` every `MsgSnapshot` whose ConfState does not hold its
+/// recipient and returns those recipients. raft-rs on the receiver ignores such a
+/// snapshot (a member added after the stored snapshot was taken), so a leader that
+/// sent it would send the same useless snapshot again on every probe.
+pub(crate) fn hold_back_stale_snapshots(messages: &mut Vec<Message>) -> Vec<u64> {
+    let mut held = Vec::new();
+    messages.retain(|m| {
+        if m.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+            return true;
+        }
+        let cs = m.get_snapshot().get_metadata().get_conf_state();
+        let holds = cs.voters.contains(&m.to)
+            || cs.learners.contains(&m.to)
+            || cs.voters_outgoing.contains(&m.to);
+        if !holds {
+            held.push(m.to);
+        }
+        holds
+    });
+    held
+}
+
+/// Follows [`hold_back_stale_snapshots`]: on a leader, takes a fresh snapshot (which
+/// holds the current membership) when something was applied since the stored one, then
+/// reports the held-back snapshots as failed so raft sends the fresh one on its next
+/// probe. Returns the new snapshot's index, if one was taken.
+///
+/// # Errors
+///
+/// As [`take_snapshot`].
+pub(crate) fn replace_stale_snapshot<S, M>(
+    raw: &mut RawNode<S>,
+    sm: &M,
+    trailing_entries: u64,
+    faults: Faults,
+    peers: &[u64],
+) -> Result<Option<u64>, DriverError>
+where
+    S: LogStore,
+    M: StateMachine,
+{
+    if raw.raft.state != raft::StateRole::Leader {
+        return Ok(None);
+    }
+    let taken = take_snapshot(raw, sm, trailing_entries, faults)?;
+    for peer in peers {
+        raw.report_snapshot(*peer, raft::SnapshotStatus::Failure);
+    }
+    Ok(taken)
 }
 
 /// Describes a V1 change in V2 form, so observers see one shape.

@@ -358,9 +358,9 @@ impl<M: StateMachine> Node<M> {
     /// Removes the voter or learner `id`. A removed node stops campaigning and reports
     /// `removed` in its [`Status`]; node ids are never reused.
     ///
-    /// The leader may remove itself: once the change applies it hands leadership to the
-    /// most up-to-date remaining voter (raft-rs alone would keep it leading a group it
-    /// is no longer part of, dropping every proposal).
+    /// The leader may remove itself: once the change applies it steps down and asks a
+    /// remaining voter that holds its whole log to campaign at once (raft-rs alone would
+    /// keep it leading a group it is no longer part of, and panic on its next commit).
     ///
     /// # Errors
     ///
@@ -650,7 +650,7 @@ pub fn discard_logger() -> Logger {
 }
 
 /// On first start, writes the initial ConfState when `initial_voters` is set.
-fn bootstrap_if_new<S: LogStore>(
+pub(crate) fn bootstrap_if_new<S: LogStore>(
     config: &Config,
     store: &mut S,
     logger: &Logger,

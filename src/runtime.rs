@@ -89,21 +89,11 @@ struct Ctx<M: StateMachine> {
 
 impl<M: StateMachine> Outbox<M::Response> for Ctx<M> {
     fn send(&mut self, mut messages: Vec<Message>) {
-        messages.retain(|m| {
-            if m.get_msg_type() != MessageType::MsgSnapshot {
-                return true;
-            }
-            let cs = m.get_snapshot().get_metadata().get_conf_state();
-            let holds = cs.voters.contains(&m.to)
-                || cs.learners.contains(&m.to)
-                || cs.voters_outgoing.contains(&m.to);
-            if !holds {
-                info!(self.logger, "not sending a snapshot that predates the peer's membership";
-                    "to" => m.to, "index" => m.get_snapshot().get_metadata().index);
-                self.stale_snapshot_peers.insert(m.to);
-            }
-            holds
-        });
+        for to in driver::hold_back_stale_snapshots(&mut messages) {
+            info!(self.logger, "not sending a snapshot that predates the peer's membership";
+                "to" => to);
+            self.stale_snapshot_peers.insert(to);
+        }
         for m in &messages {
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 bump(&self.shared.metrics.snapshots_sent);
@@ -639,25 +629,12 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             .map(|(id, _)| *id)
     }
 
-    /// raft-rs keeps a leader that removed itself in office, dropping every proposal
-    /// (it is no longer a member), so the group would make no progress. Hand leadership
-    /// to the most up-to-date remaining voter; raft aborts a transfer that does not finish
-    /// within an election timeout, and this retries it.
-    fn hand_over_if_removed(&mut self) {
-        if !self.ctx.removed || !self.is_leader() || self.raw.raft.lead_transferee.is_some() {
-            return;
-        }
-        if let Some(to) = self.best_transfer_target() {
-            info!(self.ctx.logger, "this leader was removed: transferring leadership"; "to" => to);
-            self.raw.transfer_leader(to);
-        }
-    }
-
     fn snapshot_now(&mut self) -> Result<Option<u64>, DriverError> {
         let taken = driver::take_snapshot(
             &mut self.raw,
             &self.sm,
             self.config.snapshot.trailing_entries,
+            Faults::default(),
         )?;
         if let Some(index) = taken {
             self.last_snapshot_index = index;
@@ -786,7 +763,6 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             // Once per tick, off the per-Ready hot path: none of these is urgent.
             self.housekeeping_due = false;
             self.maybe_leave_joint();
-            self.hand_over_if_removed();
         }
         let every = self.config.snapshot.every_applied;
         if every > 0 && applied >= self.last_snapshot_index + every {
@@ -850,23 +826,21 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
     /// membership, and report the unsent one as failed so raft sends the fresh one on
     /// its next probe.
     fn replace_stale_snapshot(&mut self) -> Result<(), DriverError> {
-        let peers = std::mem::take(&mut self.ctx.stale_snapshot_peers);
-        if !self.is_leader() {
-            return Ok(());
-        }
-        let stored_index = self
-            .raw
-            .store()
-            .snapshot(0, 0)
-            .map(|s| s.get_metadata().index)
-            .unwrap_or(0);
-        if self.raw.raft.raft_log.applied > stored_index {
-            info!(self.ctx.logger, "stored snapshot predates a new member; taking a fresh one";
-                "peers" => ?peers, "snapshot_index" => stored_index);
-            self.snapshot_now()?;
-        }
-        for peer in peers {
-            self.raw.report_snapshot(peer, SnapshotStatus::Failure);
+        let peers: Vec<u64> = std::mem::take(&mut self.ctx.stale_snapshot_peers)
+            .into_iter()
+            .collect();
+        let taken = driver::replace_stale_snapshot(
+            &mut self.raw,
+            &self.sm,
+            self.config.snapshot.trailing_entries,
+            Faults::default(),
+            &peers,
+        )?;
+        if let Some(index) = taken {
+            self.last_snapshot_index = index;
+            bump(&self.ctx.shared.metrics.snapshots_taken);
+            info!(self.ctx.logger, "stored snapshot predated a new member; took a fresh one";
+                "peers" => ?peers, "index" => index);
         }
         Ok(())
     }

@@ -318,6 +318,67 @@ fn leader_removing_itself_hands_over_leadership() {
     assert_eq!(c.status(new_leader).leader, Some(new_leader));
 }
 
+/// Proves a leader that removes itself while hundreds of writes are in flight steps
+/// down cleanly: it does not stop (raft-rs 0.7 alone keeps it leading without a progress
+/// entry of its own and panics on its next commit, which the simulator found), a
+/// remaining voter takes over, and every acknowledged write is on every remaining member.
+#[test]
+fn leader_removing_itself_under_load_steps_down_without_stopping() {
+    let c = Cluster::new(5);
+    let leader = c.wait_leader();
+    let rest: Vec<u64> = (1..=5).filter(|id| *id != leader).collect();
+    let node = c.node(leader).clone();
+    let writer = std::thread::spawn(move || {
+        let mut handles = Vec::new();
+        for i in 0..3_000 {
+            let key = format!("w{i}");
+            match node.propose(put(&key, "v")) {
+                Ok(h) => handles.push((key, h)),
+                Err(_) => break, // no longer leader: stop writing here
+            }
+            if i % 200 == 199 {
+                std::thread::yield_now();
+            }
+        }
+        handles
+    });
+    let cs = c
+        .node(leader)
+        .remove(leader, DEADLINE)
+        .expect("leader removes itself");
+    assert!(!cs.voters.contains(&leader));
+    let handles = writer.join().expect("writer");
+    let acked: Vec<String> = handles
+        .into_iter()
+        .filter_map(|(key, h)| h.wait_timeout(DEADLINE).ok().map(|_| key))
+        .collect();
+    assert_eq!(
+        c.node(leader).stop_reason(),
+        None,
+        "the removed leader stopped"
+    );
+    let new_leader = c.wait_leader_among(&rest);
+    c.node(new_leader)
+        .propose(put("after", "1"))
+        .unwrap()
+        .wait_timeout(DEADLINE)
+        .expect("the smaller group commits");
+    let commit = c.status(new_leader).commit;
+    c.wait_applied(&rest, commit);
+    for id in &rest {
+        let map = c.map_of(*id);
+        let missing: Vec<&String> = acked.iter().filter(|k| !map.contains_key(*k)).collect();
+        assert!(
+            missing.is_empty(),
+            "node {id} misses acknowledged writes {missing:?}"
+        );
+    }
+    wait_until("removed node reports removed and follows", || {
+        let s = c.status(leader);
+        s.removed && s.role != Role::Leader
+    });
+}
+
 /// Proves a removed follower learns of its removal (`Status::removed`) and never
 /// campaigns, even though no leader talks to it any more.
 #[test]

@@ -218,3 +218,29 @@ fn bug_skip_snapshot_restore_is_caught() {
         c.faults.crash_per_million = c.faults.crash_per_million.max(500);
     });
 }
+
+/// Applying and acknowledging a leader's entries before a quorum holds them (before the
+/// commit is durable) is caught within 500 seeds: a deposed leader's entry is
+/// overwritten after clients saw it applied.
+#[test]
+fn bug_apply_before_commit_is_caught() {
+    let bugs = Bugs {
+        apply_before_commit: true,
+        ..Bugs::default()
+    };
+    assert_caught("apply_before_commit", bugs, |c| {
+        c.faults.partition_per_million = c.faults.partition_per_million.max(2_000);
+    });
+}
+
+/// Compacting the log past the snapshot (ERRATA 14) is caught within 500 seeds, with a
+/// simulated disk that does not refuse the compaction, so the harness has to see the
+/// consequences.
+#[test]
+fn bug_compact_past_snapshot_is_caught() {
+    let bugs = Bugs {
+        compact_past_snapshot: true,
+        ..Bugs::default()
+    };
+    assert_caught("compact_past_snapshot", bugs, |_| {});
+}

@@ -4,7 +4,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use raft::eraftpb::{Message, MessageType};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, EntryType, Message,
+    MessageType,
+};
 use raft::{SnapshotStatus, StateRole};
 use slog::Logger;
 
@@ -67,8 +70,14 @@ struct Sim<'a, W: Workload> {
     rng_faults: SimRng,
     rng_clients: SimRng,
     rng_timeouts: SimRng,
+    /// Every node not removed from the group: members and spares.
     ids: Vec<u64>,
-    settings: BTreeMap<u64, NodeSettings>,
+    /// The voters the group started with.
+    initial_voters: Vec<u64>,
+    /// The id the next spare node gets, and the last one allowed.
+    next_id: u64,
+    max_id: u64,
+    settings: NodeSettings,
     nodes: BTreeMap<u64, Slot<W>>,
     net: Network,
     history: History<Input<W>, Output<W>>,
@@ -91,21 +100,18 @@ struct Sim<'a, W: Workload> {
 impl<'a, W: Workload> Sim<'a, W> {
     fn new(w: &'a W, cfg: &'a SimConfig) -> Self {
         let mut rng = SimRng::new(cfg.seed);
-        let ids: Vec<u64> = (1..=cfg.nodes.max(1)).collect();
-        let mut settings = BTreeMap::new();
+        let voters = cfg.nodes.max(1);
+        let initial_voters: Vec<u64> = (1..=voters).collect();
+        let ids: Vec<u64> = (1..=voters + cfg.spare_nodes).collect();
+        let settings = NodeSettings {
+            election_tick: cfg.election_ticks.max(cfg.heartbeat_ticks + 1),
+            heartbeat_ticks: cfg.heartbeat_ticks.max(1),
+            lease_reads: cfg.lease_reads,
+            snapshot_every: cfg.snapshot_every,
+            snapshot_trailing: cfg.snapshot_trailing,
+        };
         let mut nodes = BTreeMap::new();
         for &id in &ids {
-            let election = cfg.election_ticks.max(cfg.heartbeat_ticks + 1);
-            settings.insert(
-                id,
-                NodeSettings {
-                    election_tick: election,
-                    heartbeat_ticks: cfg.heartbeat_ticks.max(1),
-                    lease_reads: cfg.lease_reads,
-                    snapshot_every: cfg.snapshot_every,
-                    snapshot_trailing: cfg.snapshot_trailing,
-                },
-            );
             nodes.insert(
                 id,
                 Slot::Down {
@@ -132,7 +138,10 @@ impl<'a, W: Workload> Sim<'a, W> {
             rng_faults: rng.fork(),
             rng_clients: rng.fork(),
             rng_timeouts: rng.fork(),
+            next_id: ids.len() as u64 + 1,
+            max_id: ids.len() as u64 + 6,
             ids,
+            initial_voters,
             settings,
             nodes,
             net: Network::default(),
@@ -359,6 +368,8 @@ impl<'a, W: Workload> Sim<'a, W> {
         let served = std::mem::take(&mut node.served);
         let terms = std::mem::take(&mut node.out.applied_terms);
         let hashes = std::mem::take(&mut node.sm.applied);
+        let removed = std::mem::take(&mut node.out.removed);
+        let machine_applied = node.sm.applied_index();
         let (role, term, commit) = (
             node.raw.raft.state,
             node.raw.raft.term,
@@ -442,17 +453,117 @@ impl<'a, W: Workload> Sim<'a, W> {
                 )));
             }
         }
-        // Invariant: equal state at equal applied index.
+        // Invariant: equal state at equal applied index (the state machine's own).
         if let Some(digest) = digest {
-            let seen = *self.digests.entry(applied).or_insert(digest);
+            let seen = *self.digests.entry(machine_applied).or_insert(digest);
             if seen != digest {
                 return Err(self.failure(format!(
-                    "node {id} state at applied index {applied} differs from another node's \
-                     ({detail})"
+                    "node {id} state at applied index {machine_applied} differs from another \
+                     node's ({detail})"
                 )));
             }
         }
+        // A conf change that took a node out of the group is committed once applied
+        // anywhere: the node is gone for good (ids are never reused).
+        for gone in removed {
+            self.retire(gone);
+        }
         Ok(())
+    }
+
+    /// Takes node `id` out of the simulation for good after the group removed it, and
+    /// starts a fresh spare in its place while ids last.
+    fn retire(&mut self, id: u64) {
+        if !self.ids.contains(&id) {
+            return;
+        }
+        self.event(|| format!("node {id} was removed from the group and leaves"));
+        if let Some(Slot::Up(mut node)) = self.nodes.remove(&id) {
+            for op in node.abandon_all() {
+                self.history.fail_unknown(op, self.step);
+                self.release(op);
+            }
+        }
+        self.ids.retain(|i| *i != id);
+        if self.next_id <= self.max_id {
+            let spare = self.next_id;
+            self.next_id += 1;
+            self.ids.push(spare);
+            self.nodes.insert(
+                spare,
+                Slot::Down {
+                    disk: Box::new(SimStore::new()),
+                    restart_at: self.step + 1,
+                },
+            );
+            self.event(|| format!("spare node {spare} is ready to be added"));
+        }
+    }
+
+    /// Has the leader propose one membership change, drawn from what the current
+    /// configuration allows; the group keeps at least three voters.
+    fn change_membership(&mut self) {
+        let Some(leader) = self.nodes.values().find_map(|slot| match slot {
+            Slot::Up(node) if node.is_leader() => Some(node.id),
+            _ => None,
+        }) else {
+            return;
+        };
+        let (cs, pending) = match self.nodes.get(&leader) {
+            Some(Slot::Up(node)) => (
+                node.raw.raft.prs().conf().to_conf_state(),
+                node.raw.raft.has_pending_conf(),
+            ),
+            _ => return,
+        };
+        if pending || !cs.voters_outgoing.is_empty() {
+            return;
+        }
+        let spares: Vec<u64> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| !cs.voters.contains(id) && !cs.learners.contains(id))
+            .filter(|id| matches!(self.nodes.get(id), Some(Slot::Up(_))))
+            .collect();
+        let rng = &mut self.rng_faults;
+        let pick = |rng: &mut SimRng, from: &[u64]| from[rng.below(from.len() as u64) as usize];
+        let mut changes: Vec<(ConfChangeType, u64)> = Vec::new();
+        match rng.below(5) {
+            0 | 1 if !spares.is_empty() && cs.learners.len() < 2 => {
+                changes.push((ConfChangeType::AddLearnerNode, pick(rng, &spares)));
+            }
+            2 if !cs.learners.is_empty() => {
+                changes.push((ConfChangeType::AddNode, pick(rng, &cs.learners)));
+            }
+            3 if cs.voters.len() > 3 => {
+                changes.push((ConfChangeType::RemoveNode, pick(rng, &cs.voters)));
+            }
+            3 if !cs.learners.is_empty() => {
+                changes.push((ConfChangeType::RemoveNode, pick(rng, &cs.learners)));
+            }
+            4 if !cs.learners.is_empty() => {
+                // Replace a voter by a learner in one step, through a joint configuration.
+                changes.push((ConfChangeType::AddNode, pick(rng, &cs.learners)));
+                changes.push((ConfChangeType::RemoveNode, pick(rng, &cs.voters)));
+            }
+            _ => return,
+        }
+        let mut cc = ConfChangeV2::default();
+        for (change_type, node_id) in &changes {
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(*change_type);
+            single.node_id = *node_id;
+            cc.mut_changes().push(single);
+        }
+        if changes.len() > 1 {
+            cc.set_transition(ConfChangeTransition::Auto);
+        }
+        let accepted = match self.nodes.get_mut(&leader) {
+            Some(Slot::Up(node)) => node.propose_conf_change(cc),
+            _ => false,
+        };
+        self.event(|| format!("leader {leader} proposes {changes:?} (accepted: {accepted})"));
     }
 
     fn inject_faults(&mut self) {
@@ -477,6 +588,9 @@ impl<'a, W: Workload> Sim<'a, W> {
                     node.raw.mut_store().fail_next_sync();
                 }
             }
+        }
+        if self.rng_faults.chance(self.plan.membership_per_million) {
+            self.change_membership();
         }
         if self.rng_faults.chance(self.plan.transfer_per_million) {
             let to = self.ids[self.rng_faults.below(self.ids.len() as u64) as usize];
@@ -525,12 +639,17 @@ impl<'a, W: Workload> Sim<'a, W> {
             let Some(Slot::Down { disk, .. }) = self.nodes.remove(&id) else {
                 continue;
             };
+            let voters: &[u64] = if self.initial_voters.contains(&id) {
+                &self.initial_voters
+            } else {
+                &[]
+            };
             let node = SimNode::start(
                 id,
-                &self.ids,
+                voters,
                 *disk,
                 self.w.new_machine(),
-                self.settings[&id],
+                self.settings,
                 self.cfg.bugs,
                 self.rng_timeouts.fork(),
                 &self.logger,
@@ -621,7 +740,8 @@ impl<'a, W: Workload> Sim<'a, W> {
                 if e.index > commit {
                     break;
                 }
-                let hash = if e.data.is_empty() {
+                // Conf changes and empty entries reach the state machine as no-ops.
+                let hash = if e.data.is_empty() || e.get_entry_type() != EntryType::EntryNormal {
                     0
                 } else {
                     fnv(&e.data) | 1

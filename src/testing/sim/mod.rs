@@ -14,7 +14,9 @@
 //! 4. drive every node's Ready loop (the real `driver::drive`), serve reads,
 //!    take snapshots per policy;
 //! 5. inject node faults: crash (the disk keeps only what was synced), fsync failure (the
-//!    node stops, like the runtime), restart, leadership transfer;
+//!    node stops, like the runtime), restart, leadership transfer, membership change
+//!    (add a spare as learner, promote, remove, joint replacement; a removed node leaves
+//!    for good and a fresh spare takes its place);
 //! 6. check invariants: one leader per term, applied entries agree across nodes (log
 //!    matching on the committed prefix), equal state at equal applied index.
 //!
@@ -211,6 +213,10 @@ pub struct FaultPlan {
     pub restart_steps: (u64, u64),
     /// Chance per step that the leader is asked to transfer leadership.
     pub transfer_per_million: u32,
+    /// Chance per step that the leader proposes a membership change: add a spare node
+    /// as a learner, promote a learner, remove a voter or a learner, or replace a voter
+    /// by a learner through a joint configuration.
+    pub membership_per_million: u32,
 }
 
 impl FaultPlan {
@@ -229,6 +235,7 @@ impl FaultPlan {
             torn_writes: false,
             restart_steps: (20, 300),
             transfer_per_million: 0,
+            membership_per_million: 0,
         }
     }
 
@@ -249,6 +256,7 @@ impl FaultPlan {
         let crash = rate(1_000);
         let sync_failure = rate(300);
         let transfer = rate(2_000);
+        let membership = rate(2_000);
         FaultPlan {
             active: true,
             drop_per_million: drop,
@@ -262,6 +270,7 @@ impl FaultPlan {
             torn_writes: rng.below(2) == 0,
             restart_steps: (5, rng.between(50, 500)),
             transfer_per_million: transfer,
+            membership_per_million: membership,
         }
     }
 }
@@ -280,6 +289,14 @@ pub struct Bugs {
     /// Install a leader's snapshot in the log store without restoring the state
     /// machine from it (the driver's `skip_snapshot_restore` fault).
     pub skip_snapshot_restore: bool,
+    /// Apply and acknowledge a leader's new entries once they are on its own disk,
+    /// before a quorum has them: before the commit is durable (the driver's
+    /// `apply_before_commit` fault).
+    pub apply_before_commit: bool,
+    /// Compact the log to its last index when taking a snapshot, past the snapshot
+    /// (the driver's `compact_past_snapshot` fault; the simulated disk then accepts it,
+    /// as a store that does not check would).
+    pub compact_past_snapshot: bool,
 }
 
 /// Everything that defines one run. [`SimConfig::from_seed`] derives it all from the
@@ -292,6 +309,10 @@ pub struct SimConfig {
     pub steps: u64,
     /// Number of voters (3 or 5 from the seed).
     pub nodes: u64,
+    /// Nodes started outside the group, for membership changes to add (0 to 2 from
+    /// the seed). A removed node never comes back; a fresh spare with a new id takes
+    /// its place, up to `nodes + spare_nodes + 6` ids in all.
+    pub spare_nodes: u64,
     /// Number of clients, each with at most one operation outstanding.
     pub clients: u64,
     /// The faults to inject.
@@ -332,6 +353,7 @@ impl SimConfig {
             seed,
             steps: 10_000,
             nodes,
+            spare_nodes: rng.below(3),
             clients: rng.between(1, 5),
             faults: FaultPlan::from_rng(&mut rng),
             tick_steps: 5,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, MessageType};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Entry, Message, MessageType};
 use raft::{RawNode, ReadState, SoftState, StateRole};
 use slog::Logger;
 
@@ -76,10 +76,16 @@ pub(crate) struct NodeOutbox<R> {
     pub(crate) applied_terms: Vec<(u64, u64)>,
     read_states: Vec<(u64, u64)>,
     ss_changed: bool,
+    /// Peers a snapshot predating their membership was held back from.
+    stale_snapshot_peers: Vec<u64>,
+    /// Nodes a applied conf change took out of the group entirely.
+    pub(crate) removed: Vec<u64>,
 }
 
 impl<R> Outbox<R> for NodeOutbox<R> {
-    fn send(&mut self, messages: Vec<Message>) {
+    fn send(&mut self, mut messages: Vec<Message>) {
+        let held = driver::hold_back_stale_snapshots(&mut messages);
+        self.stale_snapshot_peers.extend(held);
         self.sent.extend(messages);
     }
 
@@ -104,7 +110,18 @@ impl<R> Outbox<R> for NodeOutbox<R> {
         }
     }
 
-    fn conf_changed(&mut self, _index: u64, _changes: &ConfChangeV2, _cs: &ConfState) {}
+    fn conf_changed(&mut self, _index: u64, changes: &ConfChangeV2, cs: &ConfState) {
+        for change in changes.get_changes() {
+            let id = change.node_id;
+            let member = cs.voters.contains(&id)
+                || cs.voters_outgoing.contains(&id)
+                || cs.learners.contains(&id)
+                || cs.learners_next.contains(&id);
+            if change.get_change_type() == ConfChangeType::RemoveNode && !member {
+                self.removed.push(id);
+            }
+        }
+    }
 
     fn snapshot_restored(&mut self, index: u64) {
         // Entries inside the snapshot were applied elsewhere: whether ours was among
@@ -192,16 +209,13 @@ impl<W: Workload> SimNode<W> {
         timeouts: SimRng,
         logger: &Logger,
     ) -> Result<Self, String> {
-        use crate::log_store::LogStore as _;
         use raft::Storage as _;
-        let state = store.initial_state().map_err(|e| e.to_string())?;
-        let is_new = state.conf_state.voters.is_empty() && store.last_index().unwrap_or(0) == 0;
-        if is_new && state.hard_state == Default::default() {
-            let mut cs = ConfState::default();
-            cs.voters = voters.to_vec();
-            store.set_conf_state(&cs).map_err(|e| e.to_string())?;
-            store.sync().map_err(|e| e.to_string())?;
-        }
+        let mut config = Config::new(id);
+        // A new group's voters start the way `Node::start` writes them: as committed
+        // conf-change entries, so members added later learn them from the log. Spare
+        // nodes start with no voters and wait to be added.
+        config.initial_voters = voters.to_vec();
+        crate::node::bootstrap_if_new(&config, &mut store, logger).map_err(|e| e.to_string())?;
         let mut sm = Recorded {
             inner: machine,
             applied: Vec::new(),
@@ -212,7 +226,6 @@ impl<W: Workload> SimNode<W> {
             driver::restore_state_machine(&mut sm, &snapshot).map_err(|e| e.to_string())?;
         }
         let applied = sm.applied_index();
-        let mut config = Config::new(id);
         config.heartbeat_ticks = settings.heartbeat_ticks;
         config.election_ticks = settings.election_tick;
         // raft-rs draws the timeout from an unseeded RNG (ERRATA 18); `rerandomize`
@@ -220,6 +233,7 @@ impl<W: Workload> SimNode<W> {
         config.election_tick_range = Some((settings.election_tick, 2 * settings.election_tick));
         config.lease_reads = settings.lease_reads;
         store.lying_sync = bugs.ack_before_sync;
+        store.permissive_compact = bugs.compact_past_snapshot;
         let raw = RawNode::new(&config.to_raft(applied), store, logger)
             .map_err(|e| format!("RawNode::new: {e}"))?;
         let last_snapshot = raw
@@ -231,6 +245,8 @@ impl<W: Workload> SimNode<W> {
         let faults = Faults {
             send_before_sync: bugs.send_before_sync,
             skip_snapshot_restore: bugs.skip_snapshot_restore,
+            apply_before_commit: bugs.apply_before_commit,
+            compact_past_snapshot: bugs.compact_past_snapshot,
         };
         let mut node = SimNode {
             id,
@@ -246,6 +262,8 @@ impl<W: Workload> SimNode<W> {
                 applied_terms: Vec::new(),
                 read_states: Vec::new(),
                 ss_changed: false,
+                stale_snapshot_peers: Vec::new(),
+                removed: Vec::new(),
             },
             stats: DriverStats::default(),
             faults,
@@ -366,6 +384,7 @@ impl<W: Workload> SimNode<W> {
         self.raw.tick();
         self.rerandomize();
         self.ticks += 1;
+        self.maybe_leave_joint();
         if self.ticks % self.heartbeat_ticks as u64 == 0 {
             // raft drops a ReadIndex silently with no leader; ask again.
             for ctx in self.reads.keys() {
@@ -419,15 +438,49 @@ impl<W: Workload> SimNode<W> {
                 i += 1;
             }
         }
+        if !self.out.stale_snapshot_peers.is_empty() {
+            let peers = std::mem::take(&mut self.out.stale_snapshot_peers);
+            if let Some(index) = driver::replace_stale_snapshot(
+                &mut self.raw,
+                &self.sm,
+                self.snapshot_trailing,
+                self.faults,
+                &peers,
+            )? {
+                self.last_snapshot = index;
+                self.snapshots_taken += 1;
+            }
+        }
         if self.snapshot_every > 0 && applied >= self.last_snapshot + self.snapshot_every {
             if let Some(index) =
-                driver::take_snapshot(&mut self.raw, &self.sm, self.snapshot_trailing)?
+                driver::take_snapshot(&mut self.raw, &self.sm, self.snapshot_trailing, self.faults)?
             {
                 self.last_snapshot = index;
                 self.snapshots_taken += 1;
             }
         }
         Ok(())
+    }
+
+    /// A leader that finds the group in a joint configuration and nothing pending leaves
+    /// it (raft-rs auto-leaves only on the leader that applied the entering change,
+    /// ERRATA 9), as the runtime does once per tick.
+    fn maybe_leave_joint(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader
+            || raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
+            || raft.has_pending_conf()
+        {
+            return;
+        }
+        let _ = self
+            .raw
+            .propose_conf_change(Vec::new(), ConfChangeV2::default());
+    }
+
+    /// Proposes a membership change; false when raft refused it at once.
+    pub(crate) fn propose_conf_change(&mut self, change: ConfChangeV2) -> bool {
+        self.raw.propose_conf_change(Vec::new(), change).is_ok()
     }
 
     /// Every client operation this node still holds: proposals and reads.
