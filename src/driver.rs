@@ -14,7 +14,7 @@ use raft::{RawNode, ReadState, SoftState};
 use crate::error::{StateMachineError, StopReason, StorageError};
 use crate::log_store::LogStore;
 use crate::proposals::AppliedAs;
-use crate::snapshot_codec;
+use crate::snapshot_codec::{self, MemberContexts};
 use crate::state_machine::StateMachine;
 
 /// Where the driver puts what leaves a Ready: messages, applied results, read states.
@@ -28,8 +28,8 @@ pub(crate) trait Outbox<R> {
     fn applied(&mut self, index: u64, term: u64, applied: AppliedAs<'_, R>);
     /// A conf change entry was applied; `cs` is the ConfState after it.
     fn conf_changed(&mut self, index: u64, changes: &ConfChangeV2, cs: &ConfState);
-    /// A snapshot from the leader was installed and the state machine restored at `index`.
-    fn snapshot_restored(&mut self, index: u64);
+    /// A snapshot from the leader was installed and the state machine restored from it.
+    fn snapshot_restored(&mut self, snapshot: &Snapshot);
     /// Read index confirmations (ReadIndex); serve each once applied >= its index.
     fn read_states(&mut self, states: Vec<ReadState>);
     /// The role or leader changed.
@@ -155,7 +155,7 @@ where
         }
         applied = index;
         stats.snapshots_restored += 1;
-        out.snapshot_restored(index);
+        out.snapshot_restored(&snapshot);
     }
 
     // 2. Append. `append` drops any stored suffix the new entries conflict with.
@@ -385,14 +385,16 @@ pub(crate) fn restore_state_machine<M: StateMachine>(
     Ok(())
 }
 
-/// Takes a snapshot of the state machine at its applied index, stores it, and compacts
-/// the log to keep `trailing_entries` entries behind it. Returns the snapshot's index,
+/// Takes a snapshot of the state machine at its applied index (framed with the members'
+/// contexts, `members`), stores it, and compacts the log to keep `trailing_entries`
+/// entries behind it. Returns the snapshot's index,
 /// or `None` when nothing new was applied since the stored snapshot.
 pub(crate) fn take_snapshot<S, M>(
     raw: &mut RawNode<S>,
     sm: &M,
     trailing_entries: u64,
     faults: Faults,
+    members: &MemberContexts,
 ) -> Result<Option<u64>, DriverError>
 where
     S: LogStore,
@@ -413,7 +415,7 @@ where
         .raft_log
         .term(applied)
         .map_err(|e| DriverError::Raft(format!("term of applied index {applied}: {e}")))?;
-    let data = snapshot_codec::encode(sm.snapshot()?);
+    let data = snapshot_codec::encode_with_members(sm.snapshot()?, members);
     let mut snapshot = Snapshot::default();
     snapshot.data = data;
     let meta = snapshot.mut_metadata();
@@ -473,6 +475,7 @@ pub(crate) fn replace_stale_snapshot<S, M>(
     sm: &M,
     trailing_entries: u64,
     faults: Faults,
+    members: &MemberContexts,
     peers: &[u64],
 ) -> Result<Option<u64>, DriverError>
 where
@@ -482,7 +485,7 @@ where
     if raw.raft.state != raft::StateRole::Leader {
         return Ok(None);
     }
-    let taken = take_snapshot(raw, sm, trailing_entries, faults)?;
+    let taken = take_snapshot(raw, sm, trailing_entries, faults, members)?;
     for peer in peers {
         raw.report_snapshot(*peer, raft::SnapshotStatus::Failure);
     }
@@ -490,7 +493,7 @@ where
 }
 
 /// Describes a V1 change in V2 form, so observers see one shape.
-fn v1_to_v2(cc: &ConfChange) -> ConfChangeV2 {
+pub(crate) fn v1_to_v2(cc: &ConfChange) -> ConfChangeV2 {
     let mut single = raft::eraftpb::ConfChangeSingle::default();
     single.set_change_type(cc.get_change_type());
     single.node_id = cc.node_id;
@@ -566,7 +569,7 @@ mod tests {
                 .lock()
                 .push(Event::Conf(cs.voters.clone(), cs.voters_outgoing.clone()));
         }
-        fn snapshot_restored(&mut self, _: u64) {}
+        fn snapshot_restored(&mut self, _: &Snapshot) {}
         fn read_states(&mut self, _: Vec<ReadState>) {}
         fn soft_state(&mut self, _: &SoftState) {}
         fn logger(&self) -> &slog::Logger {

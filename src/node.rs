@@ -168,6 +168,14 @@ impl<M: StateMachine> Node<M> {
             peer_push(req_tx.clone(), shared.clone(), config.max_pending_messages),
         );
         transport.start(mailbox.clone())?;
+        // Members added by membership changes: their contexts (addresses) outlive
+        // compaction in the snapshot's member table (docs/membership.md).
+        let members = crate::runtime::recover_members(&raw, &logger);
+        for (peer, context) in &members {
+            if *peer != config.id {
+                transport.add_peer(*peer, context);
+            }
+        }
 
         let id = config.id;
         let max_proposal_bytes = config.max_proposal_bytes;
@@ -180,6 +188,7 @@ impl<M: StateMachine> Node<M> {
             req_rx,
             shared.clone(),
             logger.clone(),
+            members,
         );
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use raft::eraftpb::{
-    ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
+    Snapshot,
 };
-use raft::{RawNode, ReadState, SnapshotStatus, SoftState, StateRole};
+use raft::{GetEntriesContext, RawNode, ReadState, SnapshotStatus, SoftState, StateRole};
 use slog::{debug, info, warn, Drain, Logger};
 
 use crate::config::Config;
@@ -22,6 +23,7 @@ use crate::log_store::LogStore;
 use crate::mailbox::PeerInput;
 use crate::node::{ReadConsistency, Shared};
 use crate::proposals::{AppliedAs, Completer, Pending, Waiter};
+use crate::snapshot_codec::{self, MemberContexts};
 use crate::state_machine::StateMachine;
 use crate::status::{bump, PeerProgress, Role, Status};
 use crate::transport::Transport;
@@ -81,6 +83,9 @@ struct Ctx<M: StateMachine> {
     /// (they were added after it was taken): they would ignore it, so it is not sent;
     /// the driver takes a fresh snapshot and reports the failure so raft sends that.
     stale_snapshot_peers: BTreeSet<u64>,
+    /// The context (address) each member's membership change carried, for the
+    /// transport; written into every snapshot so it outlives log compaction.
+    members: MemberContexts,
     /// Read index confirmations waiting for `applied >= index`.
     confirmed_reads: Vec<(u64, u64)>,
     removed: bool,
@@ -125,6 +130,9 @@ impl<M: StateMachine> Outbox<M::Response> for Ctx<M> {
         for change in changes.get_changes() {
             let id = change.node_id;
             if driver::is_addition(change.get_change_type()) {
+                if !changes.context.is_empty() {
+                    self.members.insert(id, changes.context.clone());
+                }
                 if id != self.id {
                     self.transport.add_peer(id, &changes.context);
                 }
@@ -132,19 +140,35 @@ impl<M: StateMachine> Outbox<M::Response> for Ctx<M> {
                 if id == self.id {
                     warn!(self.logger, "this node was removed from the group"; "index" => index);
                     self.removed = true;
-                } else if !cs.voters.contains(&id)
-                    && !cs.learners.contains(&id)
-                    && !cs.voters_outgoing.contains(&id)
-                {
+                } else if !is_member(cs, id) {
+                    self.members.remove(&id);
                     self.transport.remove_peer(id);
                 }
             }
         }
     }
 
-    fn snapshot_restored(&mut self, index: u64) {
+    fn snapshot_restored(&mut self, snapshot: &Snapshot) {
+        let index = snapshot.get_metadata().index;
         bump(&self.shared.metrics.snapshots_restored);
         info!(self.logger, "restored snapshot from leader"; "index" => index);
+        // The snapshot replaces the log, membership changes included: take the members'
+        // contexts from it.
+        match snapshot_codec::decode_members(&snapshot.data) {
+            Ok(members) => {
+                let cs = snapshot.get_metadata().get_conf_state();
+                self.members = members
+                    .into_iter()
+                    .filter(|(id, _)| is_member(cs, *id))
+                    .collect();
+                for (id, context) in &self.members {
+                    if *id != self.id && !context.is_empty() {
+                        self.transport.add_peer(*id, context);
+                    }
+                }
+            }
+            Err(e) => warn!(self.logger, "snapshot's member table is unreadable"; "error" => %e),
+        }
     }
 
     fn read_states(&mut self, states: Vec<ReadState>) {
@@ -213,6 +237,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         req_rx: Receiver<Request<M>>,
         shared: Arc<Shared>,
         logger: Logger,
+        members: MemberContexts,
     ) -> Self {
         let last_snapshot_index = raw
             .store()
@@ -241,6 +266,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
                 snapshot_report_timeout: config.snapshot.report_timeout,
                 snapshots_in_flight: BTreeMap::new(),
                 stale_snapshot_peers: BTreeSet::new(),
+                members,
                 confirmed_reads: Vec::new(),
                 removed,
                 ss_changed: false,
@@ -635,6 +661,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             &self.sm,
             self.config.snapshot.trailing_entries,
             Faults::default(),
+            &self.ctx.members,
         )?;
         if let Some(index) = taken {
             self.last_snapshot_index = index;
@@ -834,6 +861,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             &self.sm,
             self.config.snapshot.trailing_entries,
             Faults::default(),
+            &self.ctx.members,
             &peers,
         )?;
         if let Some(index) = taken {
@@ -940,4 +968,71 @@ impl<S: LogStore, M: StateMachine> Drop for Runtime<S, M> {
         *self.ctx.shared.closed.write() = true;
         while self.req_rx.try_recv().is_ok() {}
     }
+}
+
+/// Whether `id` is in `cs` at all: voter (incoming or outgoing) or learner.
+fn is_member(cs: &ConfState, id: u64) -> bool {
+    cs.voters.contains(&id)
+        || cs.voters_outgoing.contains(&id)
+        || cs.learners.contains(&id)
+        || cs.learners_next.contains(&id)
+}
+
+/// The members' contexts a restarting node knows: the stored snapshot's member table,
+/// then what the membership changes in the committed log after it carried; kept for
+/// the current members only. The caller hands them to the transport.
+pub(crate) fn recover_members<S: LogStore>(raw: &RawNode<S>, logger: &Logger) -> MemberContexts {
+    use protobuf::Message as _;
+    let store = raw.store();
+    let mut members = MemberContexts::new();
+    if let Ok(snapshot) = store.snapshot(0, 0) {
+        if snapshot.get_metadata().index > 0 {
+            match snapshot_codec::decode_members(&snapshot.data) {
+                Ok(table) => members = table,
+                Err(e) => {
+                    warn!(logger, "stored snapshot's member table is unreadable"; "error" => %e)
+                }
+            }
+        }
+    }
+    let commit = raw.raft.raft_log.committed;
+    let mut low = store.first_index().unwrap_or(commit + 1);
+    while low <= commit {
+        let high = (low + 1024).min(commit + 1);
+        let entries = match store.entries(low, high, None, GetEntriesContext::empty(false)) {
+            Ok(entries) if !entries.is_empty() => entries,
+            Ok(_) => break,
+            Err(e) => {
+                warn!(logger, "reading the log for membership changes failed"; "error" => %e);
+                break;
+            }
+        };
+        low = entries.last().map_or(high, |e| e.index + 1);
+        for entry in entries {
+            let change = match entry.get_entry_type() {
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    cc.merge_from_bytes(&entry.data)
+                        .ok()
+                        .map(|()| driver::v1_to_v2(&cc))
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = ConfChangeV2::default();
+                    cc.merge_from_bytes(&entry.data).ok().map(|()| cc)
+                }
+                EntryType::EntryNormal => None,
+            };
+            let Some(change) = change.filter(|c| !c.context.is_empty()) else {
+                continue;
+            };
+            for single in change.get_changes() {
+                if driver::is_addition(single.get_change_type()) {
+                    members.insert(single.node_id, change.context.clone());
+                }
+            }
+        }
+    }
+    let cs = raw.raft.prs().conf().to_conf_state();
+    members.retain(|id, _| is_member(&cs, *id));
+    members
 }

@@ -1,57 +1,140 @@
-//! Framing of snapshot data: compressed with LZ4 when that saves space.
+//! Framing of snapshot data: the members' contexts, then the state machine's bytes,
+//! compressed with LZ4 when that saves space.
 //!
-//! Layout: magic `b"RNS"`, one codec byte (0 = stored, 1 = LZ4 with the original length
-//! prepended as u32 little-endian), then the payload. The state machine never sees the
-//! framing: it produces and receives its own bytes.
+//! Layout: magic `b"RNS"`, one codec byte, then:
+//!
+//! - when the codec byte has [`WITH_MEMBERS`] set, the member table: a `u32` count, then
+//!   per member its id (`u64`), the length of its context (`u32`) and the context (the
+//!   bytes its membership change carried: its address for `TcpTransport`); all integers
+//!   little-endian;
+//! - the payload: codec 0 stores the state machine's bytes as they are; codec 1 is LZ4
+//!   with the original length prepended as a `u32`.
+//!
+//! The member table lets a node that installs the snapshot, or restarts after its log
+//! was compacted past the membership changes, still tell its transport where every
+//! member is. The state machine never sees the framing: it produces and receives its own
+//! bytes. Frames without a table (written before it existed) read as an empty table.
+
+use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 const MAGIC: &[u8; 3] = b"RNS";
 const STORED: u8 = 0;
 const LZ4: u8 = 1;
+/// Codec-byte flag: a member table follows the codec byte.
+const WITH_MEMBERS: u8 = 0x80;
 /// Data below this size is stored as is: compressing it saves nothing worth the time.
 const MIN_COMPRESS: usize = 4096;
 /// Largest state a compressed snapshot may claim to expand to.
 pub(crate) const MAX_SNAPSHOT_BYTES: usize = 4 << 30;
+/// Most members a table may list, and the longest context it may hold.
+const MAX_MEMBERS: usize = 65_536;
+const MAX_CONTEXT_BYTES: usize = 64 << 10;
 
-/// Frames `data`, compressing it when the result is at least 10% smaller.
+/// Members' contexts by node id.
+pub(crate) type MemberContexts = BTreeMap<u64, Bytes>;
+
+/// Frames `data` with no member table.
+#[cfg(test)]
 pub(crate) fn encode(data: Bytes) -> Bytes {
+    encode_with_members(data, &MemberContexts::new())
+}
+
+/// Frames `data` after the member table, compressing the data when the result is at
+/// least 10% smaller.
+pub(crate) fn encode_with_members(data: Bytes, members: &MemberContexts) -> Bytes {
+    let table_len: usize = members.values().map(|c| 12 + c.len()).sum::<usize>() + 4;
+    let flag = if members.is_empty() { 0 } else { WITH_MEMBERS };
+    let header = |out: &mut BytesMut, codec: u8| {
+        out.put_slice(MAGIC);
+        out.put_u8(codec | flag);
+        if !members.is_empty() {
+            out.put_u32_le(members.len() as u32);
+            for (id, context) in members {
+                out.put_u64_le(*id);
+                out.put_u32_le(context.len() as u32);
+                out.put_slice(context);
+            }
+        }
+    };
     if data.len() >= MIN_COMPRESS && data.len() <= u32::MAX as usize {
         let compressed = lz4_flex::block::compress(&data);
         if compressed.len() < data.len() / 10 * 9 {
-            let mut out = BytesMut::with_capacity(compressed.len() + 8);
-            out.put_slice(MAGIC);
-            out.put_u8(LZ4);
+            let mut out = BytesMut::with_capacity(compressed.len() + table_len + 8);
+            header(&mut out, LZ4);
             out.put_u32_le(data.len() as u32);
             out.put_slice(&compressed);
             return out.freeze();
         }
     }
-    let mut out = BytesMut::with_capacity(data.len() + 4);
-    out.put_slice(MAGIC);
-    out.put_u8(STORED);
+    let mut out = BytesMut::with_capacity(data.len() + table_len + 4);
+    header(&mut out, STORED);
     out.put_slice(&data);
     out.freeze()
 }
 
-/// Returns the state machine's bytes from framed snapshot data.
-pub(crate) fn decode(framed: &Bytes) -> Result<Bytes, String> {
+/// Reads the header: the codec, the member table and where the payload starts.
+fn parse_header(framed: &[u8]) -> Result<(u8, MemberContexts, usize), String> {
     if framed.len() < 4 || &framed[..3] != MAGIC {
         return Err("missing snapshot header (not written by raftnode?)".into());
     }
-    match framed[3] {
-        STORED => Ok(framed.slice(4..)),
+    let codec = framed[3] & !WITH_MEMBERS;
+    let mut members = MemberContexts::new();
+    let mut at: usize = 4;
+    if framed[3] & WITH_MEMBERS != 0 {
+        let mut take = |n: usize, what: &str| -> Result<&[u8], String> {
+            let end = at
+                .checked_add(n)
+                .filter(|end| *end <= framed.len())
+                .ok_or_else(|| format!("member table truncated in {what}"))?;
+            let bytes = &framed[at..end];
+            at = end;
+            Ok(bytes)
+        };
+        let count = u32::from_le_bytes(take(4, "the count")?.try_into().expect("4 bytes")) as usize;
+        if count > MAX_MEMBERS {
+            return Err(format!(
+                "member table lists {count} members, above {MAX_MEMBERS}"
+            ));
+        }
+        for _ in 0..count {
+            let id = u64::from_le_bytes(take(8, "an id")?.try_into().expect("8 bytes"));
+            let len =
+                u32::from_le_bytes(take(4, "a length")?.try_into().expect("4 bytes")) as usize;
+            if len > MAX_CONTEXT_BYTES {
+                return Err(format!(
+                    "member {id}'s context is {len} bytes, above {MAX_CONTEXT_BYTES}"
+                ));
+            }
+            let context = take(len, "a context")?;
+            members.insert(id, Bytes::copy_from_slice(context));
+        }
+    }
+    Ok((codec, members, at))
+}
+
+/// Returns the member table of framed snapshot data (empty when it has none).
+pub(crate) fn decode_members(framed: &[u8]) -> Result<MemberContexts, String> {
+    parse_header(framed).map(|(_, members, _)| members)
+}
+
+/// Returns the state machine's bytes from framed snapshot data.
+pub(crate) fn decode(framed: &Bytes) -> Result<Bytes, String> {
+    let (codec, _, at) = parse_header(framed)?;
+    match codec {
+        STORED => Ok(framed.slice(at..)),
         LZ4 => {
-            if framed.len() < 8 {
+            if framed.len() < at + 4 {
                 return Err("truncated LZ4 snapshot header".into());
             }
-            let len = u32::from_le_bytes(framed[4..8].try_into().expect("4 bytes")) as usize;
+            let len = u32::from_le_bytes(framed[at..at + 4].try_into().expect("4 bytes")) as usize;
             if len > MAX_SNAPSHOT_BYTES {
                 return Err(format!(
                     "claims {len} bytes, above the {MAX_SNAPSHOT_BYTES} limit"
                 ));
             }
-            lz4_flex::block::decompress(&framed[8..], len)
+            lz4_flex::block::decompress(&framed[at + 4..], len)
                 .map(Bytes::from)
                 .map_err(|e| format!("LZ4: {e}"))
         }
@@ -72,8 +155,21 @@ mod tests {
         ] {
             let framed = encode(data.clone());
             assert_eq!(decode(&framed).unwrap(), data);
+            assert!(decode_members(&framed).unwrap().is_empty());
         }
         assert!(encode(Bytes::from(vec![7u8; 100_000])).len() < 10_000);
+    }
+
+    #[test]
+    fn member_table_roundtrips_with_both_codecs() {
+        let mut members = MemberContexts::new();
+        members.insert(4, Bytes::from_static(b"10.0.0.4:7000"));
+        members.insert(9, Bytes::new());
+        for data in [Bytes::from_static(b"abc"), Bytes::from(vec![7u8; 100_000])] {
+            let framed = encode_with_members(data.clone(), &members);
+            assert_eq!(decode(&framed).unwrap(), data);
+            assert_eq!(decode_members(&framed).unwrap(), members);
+        }
     }
 
     #[test]
@@ -81,5 +177,12 @@ mod tests {
         assert!(decode(&Bytes::from_static(b"xx")).is_err());
         assert!(decode(&Bytes::from_static(b"RNS\x09")).is_err());
         assert!(decode(&Bytes::from_static(b"RNS\x01\xff\xff\xff\xff")).is_err());
+        // A member table that claims more than the frame holds.
+        assert!(decode(&Bytes::from_static(b"RNS\x80\x01\x00\x00\x00\x04")).is_err());
+        assert!(decode_members(b"RNS\x80\xff\xff\xff\xff").is_err());
+        let mut long = b"RNS\x80\x01\x00\x00\x00".to_vec();
+        long.extend_from_slice(&4u64.to_le_bytes());
+        long.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_members(&long).is_err());
     }
 }

@@ -484,3 +484,157 @@ fn new_leader_leaves_a_joint_configuration_left_behind() {
     c.network.heal();
     wait_conf(&c, &all, &all, &[]);
 }
+
+/// A transport that records what membership told it, around an in-process one.
+struct Recording {
+    inner: raftnode::ChannelTransport,
+    peers: std::sync::Arc<parking_lot::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>>,
+}
+
+impl raftnode::Transport for Recording {
+    fn start(&mut self, mailbox: raftnode::Mailbox) -> Result<(), raftnode::TransportError> {
+        self.inner.start(mailbox)
+    }
+    fn send(&mut self, messages: Vec<raftnode::raft_types::Message>) {
+        self.inner.send(messages)
+    }
+    fn add_peer(&mut self, peer: u64, context: &[u8]) {
+        self.peers.lock().insert(peer, context.to_vec());
+        self.inner.add_peer(peer, context)
+    }
+    fn remove_peer(&mut self, peer: u64) {
+        self.peers.lock().remove(&peer);
+        self.inner.remove_peer(peer)
+    }
+    fn stop(&mut self) {
+        self.inner.stop()
+    }
+}
+
+type Book = std::sync::Arc<parking_lot::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>>;
+
+fn start_recorded(
+    id: u64,
+    voters: &[u64],
+    network: &raftnode::ChannelNetwork,
+    store: &raftnode::MemLogStore,
+) -> (Node<Kv>, Book) {
+    let mut config = test_config(id, voters);
+    config.snapshot.every_applied = 50;
+    config.snapshot.trailing_entries = 0;
+    let book = Book::default();
+    let transport = Recording {
+        inner: network.transport(id),
+        peers: book.clone(),
+    };
+    let node = Node::start(config, store.clone(), Kv::default(), transport, &logger())
+        .expect("node starts");
+    (node, book)
+}
+
+/// Proves the address a membership change carried reaches the transport of a node that
+/// never applied that change: one restarted after the log was compacted past it (from
+/// the snapshot's member table), one restarted with the change still in its log, and a
+/// member added later that caught up through a snapshot; and that a removed member's
+/// address is forgotten.
+#[test]
+fn member_addresses_survive_restart_compaction_and_snapshot_install() {
+    let network = raftnode::ChannelNetwork::new();
+    let stores: Vec<raftnode::MemLogStore> = (0..=6).map(|_| Default::default()).collect();
+    let mut nodes: std::collections::BTreeMap<u64, (Node<Kv>, Book)> = (1..=3)
+        .map(|id| {
+            (
+                id,
+                start_recorded(id, &[1, 2, 3], &network, &stores[id as usize]),
+            )
+        })
+        .collect();
+    let leader_of = |nodes: &std::collections::BTreeMap<u64, (Node<Kv>, Book)>| {
+        let mut leader = None;
+        wait_until("a leader", || {
+            leader = nodes
+                .values()
+                .find(|(n, _)| n.leader() == Some(n.id()))
+                .map(|(n, _)| n.clone());
+            leader.is_some()
+        });
+        leader.expect("leader")
+    };
+    let leader = leader_of(&nodes);
+    nodes.insert(4, start_recorded(4, &[], &network, &stores[4]));
+    leader
+        .add_learner(4, b"node-4.test:7000".to_vec(), DEADLINE)
+        .expect("learner 4 added");
+    let expect4 = |book: &Book| book.lock().get(&4).cloned() == Some(b"node-4.test:7000".to_vec());
+    for id in 1..=3 {
+        let book = nodes[&id].1.clone();
+        wait_until("every member's transport learned node 4", || expect4(&book));
+    }
+
+    // Restart a follower with the change still in its log.
+    let follower = (1..=3).find(|id| *id != leader.id()).expect("a follower");
+    nodes.remove(&follower).expect("running").0.kill();
+    let (node, book) = start_recorded(follower, &[], &network, &stores[follower as usize]);
+    assert!(expect4(&book), "restart from the log: {:?}", book.lock());
+    nodes.insert(follower, (node, book));
+
+    // Compact every log past the change, then restart the same follower.
+    for i in 0..300 {
+        leader
+            .propose(put(&format!("k{i}"), "v"))
+            .expect("queued")
+            .wait_timeout(DEADLINE)
+            .expect("committed");
+    }
+    let commit = leader.status().unwrap().commit;
+    wait_until("follower compacted past the change", || {
+        nodes[&follower]
+            .0
+            .status()
+            .is_ok_and(|s| s.applied >= commit && s.first_index > 10)
+    });
+    nodes.remove(&follower).expect("running").0.kill();
+    let (node, book) = start_recorded(follower, &[], &network, &stores[follower as usize]);
+    assert!(node.status().unwrap().first_index > 10, "log was compacted");
+    assert!(
+        expect4(&book),
+        "restart from the snapshot: {:?}",
+        book.lock()
+    );
+    nodes.insert(follower, (node, book));
+
+    // A member added now catches up through a snapshot and learns node 4 from it.
+    nodes.insert(5, start_recorded(5, &[], &network, &stores[5]));
+    leader
+        .add_learner(5, b"node-5.test:7000".to_vec(), DEADLINE)
+        .expect("learner 5 added");
+    let book5 = nodes[&5].1.clone();
+    wait_until("node 5 learned node 4 from the snapshot", || {
+        expect4(&book5)
+    });
+    assert!(nodes[&5].0.status().unwrap().metrics.snapshots_restored >= 1);
+
+    // Removing node 4 makes every member forget its address, restarted ones included.
+    leader.remove(4, DEADLINE).expect("node 4 removed");
+    for i in 300..400 {
+        leader
+            .propose(put(&format!("k{i}"), "v"))
+            .expect("queued")
+            .wait_timeout(DEADLINE)
+            .expect("committed");
+    }
+    let commit = leader.status().unwrap().commit;
+    wait_until("followers caught up", || {
+        nodes[&follower]
+            .0
+            .status()
+            .is_ok_and(|s| s.applied >= commit)
+    });
+    nodes.remove(&follower).expect("running").0.kill();
+    let (_node, book) = start_recorded(follower, &[], &network, &stores[follower as usize]);
+    assert!(!book.lock().contains_key(&4), "{:?}", book.lock());
+    assert_eq!(
+        book.lock().get(&5).cloned(),
+        Some(b"node-5.test:7000".to_vec())
+    );
+}

@@ -123,7 +123,8 @@ impl<R> Outbox<R> for NodeOutbox<R> {
         }
     }
 
-    fn snapshot_restored(&mut self, index: u64) {
+    fn snapshot_restored(&mut self, snapshot: &raft::eraftpb::Snapshot) {
+        let index = snapshot.get_metadata().index;
         // Entries inside the snapshot were applied elsewhere: whether ours was among
         // them is unknown.
         while self.pending.front().is_some_and(|(i, _, _)| *i <= index) {
@@ -445,6 +446,7 @@ impl<W: Workload> SimNode<W> {
                 &self.sm,
                 self.snapshot_trailing,
                 self.faults,
+                &Default::default(),
                 &peers,
             )? {
                 self.last_snapshot = index;
@@ -452,9 +454,13 @@ impl<W: Workload> SimNode<W> {
             }
         }
         if self.snapshot_every > 0 && applied >= self.last_snapshot + self.snapshot_every {
-            if let Some(index) =
-                driver::take_snapshot(&mut self.raw, &self.sm, self.snapshot_trailing, self.faults)?
-            {
+            if let Some(index) = driver::take_snapshot(
+                &mut self.raw,
+                &self.sm,
+                self.snapshot_trailing,
+                self.faults,
+                &Default::default(),
+            )? {
                 self.last_snapshot = index;
                 self.snapshots_taken += 1;
             }
