@@ -279,7 +279,11 @@ where
     O: Outbox<M::Response>,
 {
     for entry in entries {
-        if entry.get_entry_type() != EntryType::EntryNormal || entry.index <= sm.applied_index() {
+        if entry.get_entry_type() != EntryType::EntryNormal {
+            // Conf changes still wait for their commit; so does everything after one.
+            break;
+        }
+        if entry.index <= sm.applied_index() {
             continue;
         }
         if entry.data.is_empty() {
