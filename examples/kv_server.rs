@@ -25,6 +25,7 @@
 //! | `--tick-ms N` | raft tick length (default 100; elections after 10-20 ticks) |
 //! | `--max-connections N` | HTTP connections served at once; more get `503` (default 1024) |
 //! | `--verbose` | log raft events to stderr |
+//! | `--tls-ca FILE --tls-cert FILE --tls-key FILE` | mutual TLS between nodes (build with `--features testing,tls`): the cluster CA, this node's certificate (DNS name `node-<id>.raftnode`) and key, PEM; all three or none |
 //!
 //! On first start without `--join` the node bootstraps the group with every id of
 //! `--cluster` as a voter; later starts on the same `--data-dir` resume from it.
@@ -106,11 +107,22 @@ struct Args {
     tick: Duration,
     max_connections: usize,
     verbose: bool,
+    /// `--tls-ca`, `--tls-cert`, `--tls-key`; only accepted when built with `tls`.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    tls: Option<TlsFiles>,
+}
+
+/// The PEM files of mutual TLS between nodes.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+struct TlsFiles {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 const USAGE: &str = "usage: kv_server --id N --cluster ID=HOST:PORT,... --http HOST:PORT \
 --data-dir DIR [--peers-http ID=HOST:PORT,...] [--join] [--cluster-id N] [--tick-ms N] \
-[--max-connections N] [--verbose]";
+[--max-connections N] [--verbose] [--tls-ca FILE --tls-cert FILE --tls-key FILE]";
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut id = None;
@@ -123,6 +135,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut tick_ms = 100u64;
     let mut max_connections = 1024usize;
     let mut verbose = false;
+    let (mut tls_ca, mut tls_cert, mut tls_key) = (None, None, None);
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -152,6 +165,9 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--tick-ms" => tick_ms = parse_num(&flag, &value()?)?,
             "--max-connections" => max_connections = parse_num(&flag, &value()?)? as usize,
             "--verbose" => verbose = true,
+            "--tls-ca" => tls_ca = Some(PathBuf::from(value()?)),
+            "--tls-cert" => tls_cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => tls_key = Some(PathBuf::from(value()?)),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown flag {other:?}\n{USAGE}")),
         }
@@ -169,6 +185,18 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     if tick_ms == 0 || max_connections == 0 {
         return Err("--tick-ms and --max-connections must be at least 1".into());
     }
+    let tls = match (tls_ca, tls_cert, tls_key) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) if cfg!(feature = "tls") => {
+            Some(TlsFiles { ca, cert, key })
+        }
+        (Some(_), Some(_), Some(_)) => {
+            return Err("--tls-* need kv_server built with the `tls` feature \
+                (cargo run --features testing,tls --example kv_server)"
+                .into())
+        }
+        _ => return Err("--tls-ca, --tls-cert and --tls-key go together".into()),
+    };
     let http = http.ok_or_else(|| format!("--http is required\n{USAGE}"))?;
     peers_http.entry(id).or_insert_with(|| http.to_string());
     Ok(Args {
@@ -182,6 +210,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         tick: Duration::from_millis(tick_ms),
         max_connections,
         verbose,
+        tls,
     })
 }
 
@@ -254,6 +283,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .filter(|(id, _)| **id != args.id)
         .map(|(id, addr)| (*id, *addr))
         .collect();
+    #[cfg(feature = "tls")]
+    if let Some(files) = &args.tls {
+        let tls = raftnode::TlsConfig::from_pem_files(args.id, &files.ca, &files.cert, &files.key)
+            .map_err(|e| format!("TLS: {e}"))?;
+        tcp.tls = Some(tls);
+    }
     let transport =
         TcpTransport::bind(tcp, &logger).map_err(|e| format!("raft transport on {listen}: {e}"))?;
     // Bind HTTP before starting raft, so a busy port fails fast and cleanly.

@@ -59,6 +59,8 @@
 //! - In the box: [`MemLogStore`] (not durable), [`EngineLogStore`] (durable, on
 //!   raft-engine; `docs/durability.md`), [`ChannelNetwork`] (in-process, with fault
 //!   injection), [`TcpTransport`] (separate processes; `docs/security.md`).
+//! - `tls` (feature `tls`): mutual TLS for [`TcpTransport`], certificates bound to node
+//!   ids (`docs/security.md`).
 //! - `testing` (feature `testing`): the `LogStore` conformance suite, a deterministic
 //!   simulator with a linearizability checker, and a durable KV state machine.
 //! - `driver.rs` (private): the Ready loop, step by step as `docs/ready-loop.md` says.
@@ -103,6 +105,11 @@ pub use status::{MetricsSnapshot, PeerProgress, Role, Status};
 pub use storage::MemLogStore;
 pub use storage::{EngineLogStore, EngineOptions, LogEngine};
 pub use transport::Transport;
+/// Mutual TLS for [`TcpTransport`] (feature `tls`).
+#[cfg(feature = "tls")]
+pub use transports::tls;
+#[cfg(feature = "tls")]
+pub use transports::tls::{TlsConfig, TlsConfigError};
 pub use transports::{ChannelNetwork, ChannelTransport, NetworkStats};
 pub use transports::{RefusalReason, TcpConfig, TcpHandle, TcpStats, TcpTransport};
 

@@ -686,7 +686,10 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
                 (r.query)(Err(ReadError::Timeout));
             }
         }
-        if self.ticks % (self.config.heartbeat_ticks as u64) == 0 {
+        if self
+            .ticks
+            .is_multiple_of(self.config.heartbeat_ticks as u64)
+        {
             let ctxs: Vec<u64> = self.reads.keys().copied().collect();
             for ctx in ctxs {
                 self.raw.read_index(read_ctx(self.ctx.id, ctx));

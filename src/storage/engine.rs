@@ -921,7 +921,7 @@ impl<F: FileSystem + 'static> LogStore for EngineLogStore<F> {
         self.put_truncated()?;
         self.flush("compact", false)?;
         self.compactions += 1;
-        if self.compactions % COMPACTIONS_PER_PURGE == 0 {
+        if self.compactions.is_multiple_of(COMPACTIONS_PER_PURGE) {
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 self.engine.engine.purge_expired_files()
             }));

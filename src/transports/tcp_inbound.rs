@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::{Message, MessageType};
 use slog::{debug, warn};
 
-use super::{add, RefusalReason, Shared};
+use super::{add, Conn, RefusalReason, Shared};
 use crate::mailbox::{DeliverError, Mailbox};
 use crate::wire::{
     self, DecodeContext, Handshake, Reassembly, WireError, FRAME_HEADER_BYTES, HANDSHAKE_BYTES,
@@ -99,24 +99,42 @@ struct Reader {
 }
 
 impl Reader {
-    fn run(self, mut stream: TcpStream) {
-        match self.serve(&mut stream) {
+    fn run(self, tcp: TcpStream) {
+        let outcome = self
+            .open(tcp)
+            .and_then(|mut stream| self.serve(&mut stream));
+        match outcome {
             Ok(()) => {
                 debug!(self.shared.logger, "inbound connection closed"; "addr" => ?self.addr)
             }
             Err(r) => self.shared.refuse(r.reason, self.addr, &r.detail),
         }
-        let _ = stream.shutdown(Shutdown::Both);
-        self.shared.inbound.lock().conns.remove(&self.conn_id);
+        // The registered clone shares the socket: shut it down, whatever path got here.
+        if let Some((_, handle)) = self.shared.inbound.lock().conns.remove(&self.conn_id) {
+            let _ = handle.shutdown(Shutdown::Both);
+        }
     }
 
-    fn serve(&self, stream: &mut TcpStream) -> Result<(), Refusal> {
+    /// Sets the socket's timeouts and, with TLS configured, runs the TLS handshake
+    /// (bounded by `connect_timeout`).
+    fn open(&self, tcp: TcpStream) -> Result<Conn, Refusal> {
         let config = &self.shared.config;
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(config.io_timeout));
-        let _ = stream.set_read_timeout(Some(config.connect_timeout));
+        let _ = tcp.set_nodelay(true);
+        let _ = tcp.set_write_timeout(Some(config.io_timeout));
+        let _ = tcp.set_read_timeout(Some(config.connect_timeout));
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &config.tls {
+            return crate::transports::tls::accept(tls, tcp, config.connect_timeout)
+                .map(|stream| Conn::Tls(Box::new(stream)))
+                .map_err(|detail| refusal(RefusalReason::Tls, detail));
+        }
+        Ok(Conn::Plain(tcp))
+    }
+
+    fn serve(&self, stream: &mut Conn) -> Result<(), Refusal> {
+        let config = &self.shared.config;
         let peer = self.handshake(stream)?;
-        let _ = stream.set_read_timeout(Some(config.io_timeout));
+        let _ = stream.tcp().set_read_timeout(Some(config.io_timeout));
         let ctx = DecodeContext {
             local_id: self.mailbox.id(),
             peer_id: peer,
@@ -169,7 +187,7 @@ impl Reader {
 
     /// Reads and checks the peer's handshake, registers the connection under its id
     /// (closing an older one from the same peer), and answers.
-    fn handshake(&self, stream: &mut TcpStream) -> Result<u64, Refusal> {
+    fn handshake(&self, stream: &mut Conn) -> Result<u64, Refusal> {
         let config = &self.shared.config;
         let mut bytes = [0u8; HANDSHAKE_BYTES];
         stream
@@ -190,6 +208,12 @@ impl Reader {
         if h.from == local || !self.shared.is_member(h.from) {
             return Err(WireError::NonMember(h.from).into());
         }
+        // The claim is plausible; with TLS, the certificate must back it.
+        #[cfg(feature = "tls")]
+        if let Conn::Tls(tls) = stream {
+            crate::transports::tls::check_identity(tls, h.from)
+                .map_err(|detail| refusal(RefusalReason::Identity, detail))?;
+        }
         {
             let mut inbound = self.shared.inbound.lock();
             for (id, (from, other)) in inbound.conns.iter() {
@@ -209,6 +233,7 @@ impl Reader {
         };
         stream
             .write_all(&answer.encode())
+            .and_then(|()| stream.flush())
             .map_err(|e| refusal(RefusalReason::BadHandshake, format!("answer failed: {e}")))?;
         debug!(self.shared.logger, "peer connected"; "peer" => h.from, "addr" => ?self.addr);
         Ok(h.from)
@@ -218,7 +243,7 @@ impl Reader {
     /// node is stopping) between frames.
     fn read_frame(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Conn,
         reassembly: &mut Reassembly,
         last_chunk: Instant,
     ) -> Result<Option<Vec<u8>>, Refusal> {
@@ -275,7 +300,7 @@ impl Reader {
     }
 
     /// Queues `m` in the mailbox; acks a chunked snapshot. False: the node stopped.
-    fn deliver(&self, m: Message, transfer: Option<u64>, stream: &mut TcpStream) -> bool {
+    fn deliver(&self, m: Message, transfer: Option<u64>, stream: &mut Conn) -> bool {
         let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
         let counters = &self.shared.counters;
         let outcome = self.mailbox.deliver(m);
@@ -291,7 +316,7 @@ impl Reader {
         }
         if let (true, Some(transfer)) = (is_snapshot, transfer) {
             let ack = wire::encode_snapshot_ack(transfer, outcome.is_ok());
-            if let Err(e) = stream.write_all(&ack) {
+            if let Err(e) = stream.write_all(&ack).and_then(|()| stream.flush()) {
                 debug!(self.shared.logger, "snapshot ack not sent"; "error" => %e);
             }
         }

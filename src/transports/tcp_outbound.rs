@@ -14,7 +14,7 @@ use raft::eraftpb::{Message, MessageType};
 use raft::SnapshotStatus;
 use slog::{debug, info, warn, Logger};
 
-use super::{add, Shared, MAX_BATCH};
+use super::{add, Conn, Shared, MAX_BATCH};
 use crate::mailbox::Mailbox;
 use crate::wire::{self, Handshake, HANDSHAKE_BYTES};
 
@@ -37,7 +37,7 @@ impl WriterCtx {
 
     pub(super) fn run(self) {
         let config = &self.shared.config;
-        let mut conn: Option<TcpStream> = None;
+        let mut conn: Option<Conn> = None;
         let mut backoff = config.backoff_min;
         let mut attempted = false;
         let mut transfer = 0u64;
@@ -56,7 +56,7 @@ impl WriterCtx {
                         }
                         attempted = true;
                         backoff = config.backoff_min;
-                        *self.live.lock() = stream.try_clone().ok();
+                        *self.live.lock() = stream.tcp().try_clone().ok();
                         conn = Some(stream);
                     }
                     Err(e) => {
@@ -78,7 +78,7 @@ impl WriterCtx {
                 if !self.stopping() {
                     self.mailbox.report_unreachable(self.peer);
                 }
-                let _ = stream.shutdown(Shutdown::Both);
+                let _ = stream.tcp().shutdown(Shutdown::Both);
                 conn = None;
                 *self.live.lock() = None;
             }
@@ -86,7 +86,7 @@ impl WriterCtx {
         // Retired or stopped: whatever is still queued will never be sent.
         self.fail(self.rx.try_iter().collect());
         if let Some(stream) = conn {
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = stream.tcp().shutdown(Shutdown::Both);
         }
     }
 
@@ -122,7 +122,7 @@ impl WriterCtx {
     }
 
     /// Connects to the peer's current address and exchanges handshakes.
-    fn connect(&self) -> Result<TcpStream, String> {
+    fn connect(&self) -> Result<Conn, String> {
         let address = self
             .shared
             .peers
@@ -144,15 +144,15 @@ impl WriterCtx {
         Err(last)
     }
 
-    fn connect_to(&self, addr: SocketAddr) -> Result<TcpStream, String> {
+    fn connect_to(&self, addr: SocketAddr) -> Result<Conn, String> {
         let config = &self.shared.config;
-        let mut stream =
+        let tcp =
             TcpStream::connect_timeout(&addr, config.connect_timeout).map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        stream
-            .set_write_timeout(Some(config.io_timeout))
-            .and_then(|()| stream.set_read_timeout(Some(config.connect_timeout)))
+        let _ = tcp.set_nodelay(true);
+        tcp.set_write_timeout(Some(config.io_timeout))
+            .and_then(|()| tcp.set_read_timeout(Some(config.connect_timeout)))
             .map_err(|e| e.to_string())?;
+        let mut stream = self.secure(tcp)?;
         let hello = Handshake {
             cluster_id: config.cluster_id,
             from: self.local,
@@ -160,6 +160,7 @@ impl WriterCtx {
         };
         stream
             .write_all(&hello.encode())
+            .and_then(|()| stream.flush())
             .map_err(|e| format!("sending handshake: {e}"))?;
         let mut answer = [0u8; HANDSHAKE_BYTES];
         stream
@@ -177,12 +178,24 @@ impl WriterCtx {
         Ok(stream)
     }
 
+    /// With TLS configured, runs the TLS handshake (bounded by `connect_timeout`): the
+    /// peer must prove it is node `peer` of this cluster's CA.
+    fn secure(&self, tcp: TcpStream) -> Result<Conn, String> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.shared.config.tls {
+            let timeout = self.shared.config.connect_timeout;
+            return crate::transports::tls::connect(tls, self.peer, tcp, timeout)
+                .map(|stream| Conn::Tls(Box::new(stream)));
+        }
+        Ok(Conn::Plain(tcp))
+    }
+
     /// Writes `batch`: runs of ordinary messages as message frames in one buffer, each
     /// snapshot (or message too large for a frame) as chunks. On error, every message
     /// not yet written is failed.
     fn send_batch(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Conn,
         batch: Vec<Message>,
         transfer: &mut u64,
     ) -> io::Result<()> {
@@ -223,7 +236,7 @@ impl WriterCtx {
         frames.write(stream, counters)
     }
 
-    fn write(&self, stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    fn write(&self, stream: &mut Conn, out: &mut Vec<u8>) -> io::Result<()> {
         if !out.is_empty() {
             stream.write_all(out)?;
             out.clear();
@@ -235,7 +248,7 @@ impl WriterCtx {
     /// reports the outcome.
     fn send_chunked(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Conn,
         transfer: u64,
         encoded: &[u8],
         is_snapshot: bool,
@@ -248,10 +261,13 @@ impl WriterCtx {
             wire::encode_chunk(transfer, total, offset, data, &mut frame);
             self.write(stream, &mut frame)?;
         }
+        stream.flush()?;
         if !is_snapshot {
             return Ok(());
         }
-        stream.set_read_timeout(Some(config.snapshot_ack_timeout))?;
+        stream
+            .tcp()
+            .set_read_timeout(Some(config.snapshot_ack_timeout))?;
         let mut ack = [0u8; 14];
         stream.read_exact(&mut ack)?;
         let (acked, delivered) = wire::decode_snapshot_ack(&ack)
@@ -317,12 +333,13 @@ impl Frames {
     }
 
     /// Writes every pending message in one `write_all`; counts them sent or lost.
-    fn write(&mut self, stream: &mut TcpStream, counters: &super::Counters) -> io::Result<()> {
+    fn write(&mut self, stream: &mut Conn, counters: &super::Counters) -> io::Result<()> {
         self.close_frame();
         if self.out.is_empty() {
             return Ok(());
         }
-        let outcome = stream.write_all(&self.out);
+        // One flush per batch: TLS holds back the tail of the last record until then.
+        let outcome = stream.write_all(&self.out).and_then(|()| stream.flush());
         let n = std::mem::take(&mut self.in_out);
         self.out.clear();
         match outcome {

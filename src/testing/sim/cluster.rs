@@ -214,7 +214,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             self.run_clients();
         }
         self.expire_ops();
-        if self.step % self.cfg.tick_steps.max(1) == 0 {
+        if self.step.is_multiple_of(self.cfg.tick_steps.max(1)) {
             for slot in self.nodes.values_mut() {
                 if let Slot::Up(node) = slot {
                     node.tick();
@@ -224,7 +224,7 @@ impl<'a, W: Workload> Sim<'a, W> {
         self.drive_all()?;
         self.inject_faults();
         self.restart_due()?;
-        if self.step % 1_000 == 0 {
+        if self.step.is_multiple_of(1_000) {
             self.check_logs()?;
         }
         Ok(())

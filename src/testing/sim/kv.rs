@@ -190,7 +190,7 @@ impl StateMachine for KvMachine {
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
-        if data.len() % 9 != 0 {
+        if !data.len().is_multiple_of(9) {
             return Err(StateMachineError::new(format!(
                 "KV snapshot of {} bytes is not a whole number of 9-byte records",
                 data.len()

@@ -386,7 +386,7 @@ impl<W: Workload> SimNode<W> {
         self.rerandomize();
         self.ticks += 1;
         self.maybe_leave_joint();
-        if self.ticks % self.heartbeat_ticks as u64 == 0 {
+        if self.ticks.is_multiple_of(self.heartbeat_ticks as u64) {
             // raft drops a ReadIndex silently with no leader; ask again.
             for ctx in self.reads.keys() {
                 self.raw.read_index(ctx.to_le_bytes().to_vec());
