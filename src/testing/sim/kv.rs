@@ -92,6 +92,10 @@ impl Model for KvModel {
             | KvInput::Cas { key, .. } => u64::from(*key),
         }
     }
+
+    fn is_read_only(&self, input: &KvInput) -> bool {
+        matches!(input, KvInput::Get { .. })
+    }
 }
 
 /// The replicated key-value state machine the built-in workload runs.

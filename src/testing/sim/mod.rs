@@ -364,7 +364,7 @@ impl SimConfig {
             snapshot_trailing: rng.below(10),
             lease_reads,
             recovery_steps: 5_000,
-            check_budget: 2_000_000,
+            check_budget: 100_000_000,
             trace: false,
             bugs: Bugs::default(),
         }
