@@ -26,8 +26,10 @@ pub(crate) trait Outbox<R> {
     fn send(&mut self, messages: Vec<Message>);
     /// Step 5: the entry at `index` of `term` was applied.
     fn applied(&mut self, index: u64, term: u64, applied: AppliedAs<'_, R>);
-    /// A conf change entry was applied; `cs` is the ConfState after it.
-    fn conf_changed(&mut self, index: u64, changes: &ConfChangeV2, cs: &ConfState);
+    /// A conf change entry was applied; `cs` is the ConfState after it and `removed`
+    /// the nodes it took out of the group entirely (a leave-joint entry carries no
+    /// changes of its own, yet removes the outgoing voters that are not incoming).
+    fn conf_changed(&mut self, index: u64, changes: &ConfChangeV2, cs: &ConfState, removed: &[u64]);
     /// A snapshot from the leader was installed and the state machine restored from it.
     fn snapshot_restored(&mut self, snapshot: &Snapshot);
     /// Read index confirmations (ReadIndex); serve each once applied >= its index.
@@ -311,6 +313,7 @@ where
     M: StateMachine,
     O: Outbox<M::Response>,
 {
+    let before = raw.raft.prs().conf().to_conf_state();
     match raw.apply_conf_change(changes) {
         Ok(cs) => {
             raw.mut_store().set_conf_state(&cs)?;
@@ -318,7 +321,18 @@ where
             // counts its index as applied: make the ConfState durable now (rare, cheap).
             raw.mut_store().sync()?;
             sm.apply_noop(index);
-            out.conf_changed(index, changes, &cs);
+            let mut removed: Vec<u64> = before
+                .voters
+                .iter()
+                .chain(&before.voters_outgoing)
+                .chain(&before.learners)
+                .chain(&before.learners_next)
+                .copied()
+                .filter(|id| !is_member(&cs, *id))
+                .collect();
+            removed.sort_unstable();
+            removed.dedup();
+            out.conf_changed(index, changes, &cs, &removed);
             out.applied(index, term, AppliedAs::ConfChange(&cs));
             if raw.raft.state == raft::StateRole::Leader
                 && !raw.raft.prs().conf().voters().contains(raw.raft.id)
@@ -507,6 +521,14 @@ pub(crate) fn v1_to_v2(cc: &ConfChange) -> ConfChangeV2 {
     v2
 }
 
+/// Whether `id` is in `cs` at all: voter (incoming or outgoing) or learner.
+pub(crate) fn is_member(cs: &ConfState, id: u64) -> bool {
+    cs.voters.contains(&id)
+        || cs.voters_outgoing.contains(&id)
+        || cs.learners.contains(&id)
+        || cs.learners_next.contains(&id)
+}
+
 /// Returns true when `change_type` adds the node (as voter or learner).
 pub(crate) fn is_addition(change_type: ConfChangeType) -> bool {
     matches!(
@@ -568,7 +590,7 @@ mod tests {
     impl Outbox<u64> for Recorder {
         fn send(&mut self, _: Vec<Message>) {}
         fn applied(&mut self, _: u64, _: u64, _: AppliedAs<'_, u64>) {}
-        fn conf_changed(&mut self, _: u64, _: &ConfChangeV2, cs: &ConfState) {
+        fn conf_changed(&mut self, _: u64, _: &ConfChangeV2, cs: &ConfState, _: &[u64]) {
             self.events
                 .lock()
                 .push(Event::Conf(cs.voters.clone(), cs.voters_outgoing.clone()));

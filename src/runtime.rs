@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use raft::eraftpb::{
-    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
-    Snapshot,
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
 };
 use raft::{GetEntriesContext, RawNode, ReadState, SnapshotStatus, SoftState, StateRole};
 use slog::{debug, info, warn, Drain, Logger};
@@ -123,10 +122,16 @@ impl<M: StateMachine> Outbox<M::Response> for Ctx<M> {
         }
     }
 
-    fn conf_changed(&mut self, index: u64, changes: &ConfChangeV2, cs: &ConfState) {
+    fn conf_changed(
+        &mut self,
+        index: u64,
+        changes: &ConfChangeV2,
+        cs: &ConfState,
+        removed: &[u64],
+    ) {
         info!(self.logger, "membership changed"; "index" => index,
             "voters" => ?cs.voters, "learners" => ?cs.learners,
-            "voters_outgoing" => ?cs.voters_outgoing);
+            "voters_outgoing" => ?cs.voters_outgoing, "removed" => ?removed);
         for change in changes.get_changes() {
             let id = change.node_id;
             if driver::is_addition(change.get_change_type()) {
@@ -136,14 +141,17 @@ impl<M: StateMachine> Outbox<M::Response> for Ctx<M> {
                 if id != self.id {
                     self.transport.add_peer(id, &changes.context);
                 }
-            } else if change.get_change_type() == ConfChangeType::RemoveNode {
-                if id == self.id {
-                    warn!(self.logger, "this node was removed from the group"; "index" => index);
-                    self.removed = true;
-                } else if !is_member(cs, id) {
-                    self.members.remove(&id);
-                    self.transport.remove_peer(id);
-                }
+            }
+        }
+        // Removals come from the ConfState before and after: a node removed in a joint
+        // change leaves the group only when the (change-less) leave-joint entry applies.
+        for &id in removed {
+            if id == self.id {
+                warn!(self.logger, "this node was removed from the group"; "index" => index);
+                self.removed = true;
+            } else {
+                self.members.remove(&id);
+                self.transport.remove_peer(id);
             }
         }
     }
@@ -159,7 +167,7 @@ impl<M: StateMachine> Outbox<M::Response> for Ctx<M> {
                 let cs = snapshot.get_metadata().get_conf_state();
                 self.members = members
                     .into_iter()
-                    .filter(|(id, _)| is_member(cs, *id))
+                    .filter(|(id, _)| driver::is_member(cs, *id))
                     .collect();
                 for (id, context) in &self.members {
                     if *id != self.id && !context.is_empty() {
@@ -973,14 +981,6 @@ impl<S: LogStore, M: StateMachine> Drop for Runtime<S, M> {
     }
 }
 
-/// Whether `id` is in `cs` at all: voter (incoming or outgoing) or learner.
-fn is_member(cs: &ConfState, id: u64) -> bool {
-    cs.voters.contains(&id)
-        || cs.voters_outgoing.contains(&id)
-        || cs.learners.contains(&id)
-        || cs.learners_next.contains(&id)
-}
-
 /// The members' contexts a restarting node knows: the stored snapshot's member table,
 /// then what the membership changes in the committed log after it carried; kept for
 /// the current members only. The caller hands them to the transport.
@@ -1036,6 +1036,6 @@ pub(crate) fn recover_members<S: LogStore>(raw: &RawNode<S>, logger: &Logger) ->
         }
     }
     let cs = raw.raft.prs().conf().to_conf_state();
-    members.retain(|id, _| is_member(&cs, *id));
+    members.retain(|id, _| driver::is_member(&cs, *id));
     members
 }

@@ -488,7 +488,21 @@ fn new_leader_leaves_a_joint_configuration_left_behind() {
 /// A transport that records what membership told it, around an in-process one.
 struct Recording {
     inner: raftnode::ChannelTransport,
+    book: Book,
+}
+
+/// What membership told one node's transport: the contexts of the peers it added, and
+/// every `remove_peer` call in order.
+#[derive(Clone, Default)]
+struct Book {
     peers: std::sync::Arc<parking_lot::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>>,
+    removed: std::sync::Arc<parking_lot::Mutex<Vec<u64>>>,
+}
+
+impl Book {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, std::collections::BTreeMap<u64, Vec<u8>>> {
+        self.peers.lock()
+    }
 }
 
 impl raftnode::Transport for Recording {
@@ -499,19 +513,18 @@ impl raftnode::Transport for Recording {
         self.inner.send(messages)
     }
     fn add_peer(&mut self, peer: u64, context: &[u8]) {
-        self.peers.lock().insert(peer, context.to_vec());
+        self.book.peers.lock().insert(peer, context.to_vec());
         self.inner.add_peer(peer, context)
     }
     fn remove_peer(&mut self, peer: u64) {
-        self.peers.lock().remove(&peer);
+        self.book.peers.lock().remove(&peer);
+        self.book.removed.lock().push(peer);
         self.inner.remove_peer(peer)
     }
     fn stop(&mut self) {
         self.inner.stop()
     }
 }
-
-type Book = std::sync::Arc<parking_lot::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>>;
 
 fn start_recorded(
     id: u64,
@@ -525,7 +538,7 @@ fn start_recorded(
     let book = Book::default();
     let transport = Recording {
         inner: network.transport(id),
-        peers: book.clone(),
+        book: book.clone(),
     };
     let node = Node::start(config, store.clone(), Kv::default(), transport, &logger())
         .expect("node starts");
@@ -637,4 +650,59 @@ fn member_addresses_survive_restart_compaction_and_snapshot_install() {
         book.lock().get(&5).cloned(),
         Some(b"node-5.test:7000".to_vec())
     );
+}
+
+/// Proves a node removed through a joint change leaves the remaining members'
+/// transports (`remove_peer`) when the leave-joint entry applies: that entry carries no
+/// changes of its own, so the removal shows only in the configuration before and after
+/// it (the simulator found that it was missed, and a removed id then looked free).
+#[test]
+fn joint_removal_reaches_the_remaining_members_transports() {
+    let network = raftnode::ChannelNetwork::new();
+    let stores: Vec<raftnode::MemLogStore> = (0..=4).map(|_| Default::default()).collect();
+    let mut nodes: std::collections::BTreeMap<u64, (Node<Kv>, Book)> = (1..=3)
+        .map(|id| {
+            (
+                id,
+                start_recorded(id, &[1, 2, 3], &network, &stores[id as usize]),
+            )
+        })
+        .collect();
+    let mut leader = None;
+    wait_until("a leader", || {
+        leader = nodes
+            .values()
+            .find(|(n, _)| n.leader() == Some(n.id()))
+            .map(|(n, _)| n.clone());
+        leader.is_some()
+    });
+    let leader = leader.expect("leader");
+    let gone = (1..=3).find(|id| *id != leader.id()).expect("a follower");
+    nodes.insert(4, start_recorded(4, &[], &network, &stores[4]));
+    leader
+        .add_learner(4, b"node-4.test:7000".to_vec(), DEADLINE)
+        .expect("learner 4 added");
+    let cs = leader
+        .change_membership(
+            &[
+                MembershipChange::AddVoter(4),
+                MembershipChange::Remove(gone),
+            ],
+            bytes::Bytes::new(),
+            DEADLINE,
+        )
+        .expect("joint change");
+    assert_eq!(cs.voters_outgoing.len(), 3, "entered a joint configuration");
+    let remaining: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != gone).collect();
+    for id in &remaining {
+        let (node, book) = &nodes[id];
+        wait_until(&format!("node {id} left the joint configuration"), || {
+            node.status()
+                .is_ok_and(|s| s.voters_outgoing.is_empty() && !s.voters.contains(&gone))
+        });
+        wait_until(&format!("node {id}'s transport forgot node {gone}"), || {
+            book.removed.lock().contains(&gone)
+        });
+        assert!(!book.removed.lock().contains(id), "a node removed itself");
+    }
 }

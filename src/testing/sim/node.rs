@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Entry, Message, MessageType};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, MessageType};
 use raft::{RawNode, ReadState, SoftState, StateRole};
 use slog::Logger;
 
@@ -110,17 +110,8 @@ impl<R> Outbox<R> for NodeOutbox<R> {
         }
     }
 
-    fn conf_changed(&mut self, _index: u64, changes: &ConfChangeV2, cs: &ConfState) {
-        for change in changes.get_changes() {
-            let id = change.node_id;
-            let member = cs.voters.contains(&id)
-                || cs.voters_outgoing.contains(&id)
-                || cs.learners.contains(&id)
-                || cs.learners_next.contains(&id);
-            if change.get_change_type() == ConfChangeType::RemoveNode && !member {
-                self.removed.push(id);
-            }
-        }
+    fn conf_changed(&mut self, _: u64, _: &ConfChangeV2, _: &ConfState, removed: &[u64]) {
+        self.removed.extend_from_slice(removed);
     }
 
     fn snapshot_restored(&mut self, snapshot: &raft::eraftpb::Snapshot) {
