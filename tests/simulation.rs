@@ -93,6 +93,21 @@ fn seeds() {
     assert!(failures.is_empty(), "{} seeds failed", failures.len());
 }
 
+/// Seeds that once failed, kept as regressions. 1007638 and 1019328: the checker ran out
+/// of budget (fixed by leaving out unknown reads and a larger budget); 1016873 and
+/// 1018635: a node removed through a joint change was not seen as removed, its id came
+/// back as a "spare", and the group stalled (fixed in the driver). The simulator has
+/// changed since, so they no longer replay the original runs; they stay as extra seeds.
+#[test]
+fn regression_seeds() {
+    for seed in [1_007_638, 1_016_873, 1_018_635, 1_019_328] {
+        let config = SimConfig::from_seed(seed);
+        if let Err(failure) = sim::run(&workload(&config), &config) {
+            panic!("{failure}");
+        }
+    }
+}
+
 /// Replays one seed (`RAFTNODE_SIM_SEED`, default 1) exactly; prints every event with
 /// `RAFTNODE_SIM_TRACE=1`.
 #[test]
