@@ -163,6 +163,7 @@ fn wait_leader(nodes: &[Node<DurableKv>]) -> usize {
             }
         }
         assert!(Instant::now() < deadline, "child: no leader");
+        // Poll interval inside the deadline loop above.
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -426,6 +427,7 @@ fn crash_loop(mode: &str, cycles: u64, max_write_ms: u64) {
         let mut run = Running::spawn(mode, &dir, &stderr);
         if rng.below(8) == 0 {
             // Crash during start-up and recovery.
+            // The sleep is the point: kill at a random moment of start-up/recovery.
             std::thread::sleep(Duration::from_millis(rng.below(40)));
             for line in run.kill() {
                 ledger.record(&line, &values);

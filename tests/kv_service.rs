@@ -205,6 +205,7 @@ impl Cluster {
                 }
             }
             assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            // Poll interval; the loop is bounded by `deadline`.
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -237,6 +238,7 @@ impl Cluster {
             let live: Vec<u64> = self.children.keys().copied().collect();
             node = (node + 1) % live.len();
             addr = self.http[&live[node]].clone();
+            // Poll interval; the loop is bounded by `deadline`.
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -291,6 +293,7 @@ fn acknowledged_writes_survive_leader_sigkill_and_restart() {
                 Instant::now() < deadline,
                 "node {id} never applied {target}"
             );
+            // Poll interval; the loop is bounded by `deadline`.
             std::thread::sleep(Duration::from_millis(20));
         }
         for (key, value) in &acked {

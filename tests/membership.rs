@@ -31,6 +31,7 @@ fn on_leader<T>(
                 MembershipError::NotLeader { .. }
                 | MembershipError::Rejected(_)
                 | MembershipError::Busy,
+                // Back off before retrying; bounded by `deadline`.
             ) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => panic!("{what}: {e}"),
         }
@@ -545,16 +546,21 @@ fn start_recorded(
     (node, book)
 }
 
-/// Proves the address a membership change carried reaches the transport of a node that
-/// never applied that change: one restarted after the log was compacted past it (from
-/// the snapshot's member table), one restarted with the change still in its log, and a
-/// member added later that caught up through a snapshot; and that a removed member's
-/// address is forgotten.
-#[test]
-fn member_addresses_survive_restart_compaction_and_snapshot_install() {
+type Recorded = std::collections::BTreeMap<u64, (Node<Kv>, Book)>;
+
+/// Starts voters 1..=3 with recording transports (stores for ids up to `max_id`) and
+/// returns them with their leader once one is elected.
+fn recorded_group(
+    max_id: usize,
+) -> (
+    raftnode::ChannelNetwork,
+    Vec<raftnode::MemLogStore>,
+    Recorded,
+    Node<Kv>,
+) {
     let network = raftnode::ChannelNetwork::new();
-    let stores: Vec<raftnode::MemLogStore> = (0..=6).map(|_| Default::default()).collect();
-    let mut nodes: std::collections::BTreeMap<u64, (Node<Kv>, Book)> = (1..=3)
+    let stores: Vec<raftnode::MemLogStore> = (0..=max_id).map(|_| Default::default()).collect();
+    let nodes: Recorded = (1..=3)
         .map(|id| {
             (
                 id,
@@ -562,18 +568,25 @@ fn member_addresses_survive_restart_compaction_and_snapshot_install() {
             )
         })
         .collect();
-    let leader_of = |nodes: &std::collections::BTreeMap<u64, (Node<Kv>, Book)>| {
-        let mut leader = None;
-        wait_until("a leader", || {
-            leader = nodes
-                .values()
-                .find(|(n, _)| n.leader() == Some(n.id()))
-                .map(|(n, _)| n.clone());
-            leader.is_some()
-        });
-        leader.expect("leader")
-    };
-    let leader = leader_of(&nodes);
+    let mut leader = None;
+    wait_until("a leader", || {
+        leader = nodes
+            .values()
+            .find(|(n, _)| n.leader() == Some(n.id()))
+            .map(|(n, _)| n.clone());
+        leader.is_some()
+    });
+    (network, stores, nodes, leader.expect("leader"))
+}
+
+/// Proves the address a membership change carried reaches the transport of a node that
+/// never applied that change: one restarted after the log was compacted past it (from
+/// the snapshot's member table), one restarted with the change still in its log, and a
+/// member added later that caught up through a snapshot; and that a removed member's
+/// address is forgotten.
+#[test]
+fn member_addresses_survive_restart_compaction_and_snapshot_install() {
+    let (network, stores, mut nodes, leader) = recorded_group(6);
     nodes.insert(4, start_recorded(4, &[], &network, &stores[4]));
     leader
         .add_learner(4, b"node-4.test:7000".to_vec(), DEADLINE)
@@ -658,25 +671,7 @@ fn member_addresses_survive_restart_compaction_and_snapshot_install() {
 /// it (the simulator found that it was missed, and a removed id then looked free).
 #[test]
 fn joint_removal_reaches_the_remaining_members_transports() {
-    let network = raftnode::ChannelNetwork::new();
-    let stores: Vec<raftnode::MemLogStore> = (0..=4).map(|_| Default::default()).collect();
-    let mut nodes: std::collections::BTreeMap<u64, (Node<Kv>, Book)> = (1..=3)
-        .map(|id| {
-            (
-                id,
-                start_recorded(id, &[1, 2, 3], &network, &stores[id as usize]),
-            )
-        })
-        .collect();
-    let mut leader = None;
-    wait_until("a leader", || {
-        leader = nodes
-            .values()
-            .find(|(n, _)| n.leader() == Some(n.id()))
-            .map(|(n, _)| n.clone());
-        leader.is_some()
-    });
-    let leader = leader.expect("leader");
+    let (network, stores, mut nodes, leader) = recorded_group(4);
     let gone = (1..=3).find(|id| *id != leader.id()).expect("a follower");
     nodes.insert(4, start_recorded(4, &[], &network, &stores[4]));
     leader

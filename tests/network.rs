@@ -16,8 +16,7 @@ use common::*;
 use raftnode::raft_types::{Message, MessageType};
 use raftnode::wire::{self, Handshake};
 use raftnode::{
-    Config, MemLogStore, Node, ReadConsistency, RefusalReason, Role, TcpConfig, TcpHandle,
-    TcpTransport,
+    MemLogStore, Node, ReadConsistency, RefusalReason, Role, TcpConfig, TcpHandle, TcpTransport,
 };
 
 const CLUSTER_ID: u64 = 0xC1A5_7E12;
@@ -392,28 +391,13 @@ fn refused_traffic_is_counted_and_the_cluster_keeps_serving() {
     assert!(stats.refused_total() >= cases.len() as u64, "{stats:?}");
 }
 
-fn snapshot_bytes() -> usize {
-    let mib = std::env::var("RAFTNODE_TCP_SNAPSHOT_MIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(64);
-    mib << 20
-}
-
-fn blob_config(id: u64, voters: &[u64]) -> Config {
-    let mut config = test_config(id, voters);
-    config.snapshot.every_applied = 0;
-    config.snapshot.trailing_entries = 0;
-    config
-}
-
 /// Proves a snapshot several chunks long crosses TCP to a learner added by a
 /// membership change whose context carries its `host:port`, is reassembled and
 /// restored intact, and is reported `Finish` to the leader only after the learner
 /// acknowledged it (ERRATA 13).
 #[test]
 fn large_snapshot_crosses_tcp_in_chunks_to_a_new_learner() {
-    let size = snapshot_bytes();
+    let size = blob_bytes("RAFTNODE_TCP_SNAPSHOT_MIB", 64);
     // The leader knows no peer: it learns the learner's address from the membership
     // change's context.
     let leader_transport =

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use common::*;
 use parking_lot::Mutex;
-use raftnode::{ChannelNetwork, Config, MemLogStore, Node, ReadConsistency};
+use raftnode::{ChannelNetwork, MemLogStore, Node, ReadConsistency};
 
 /// Tests here run one at a time: the memory measurement reads the process-wide peak RSS.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -124,29 +124,13 @@ fn restart_after_snapshot_applies_nothing_twice() {
     }
 }
 
-/// State size for the large-snapshot test: `RAFTNODE_SNAPSHOT_MIB` (default 64).
-fn large_snapshot_bytes() -> usize {
-    let mib = std::env::var("RAFTNODE_SNAPSHOT_MIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(64);
-    mib << 20
-}
-
-fn blob_config(id: u64, voters: &[u64]) -> Config {
-    let mut config = test_config(id, voters);
-    config.snapshot.every_applied = 0;
-    config.snapshot.trailing_entries = 0;
-    config
-}
-
 /// Proves a 64 MiB state machine is snapshotted, sent to a new learner and restored
 /// intact, and measures the peak memory the transfer adds to the process (the leader
 /// and the learner share it here); docs/snapshots.md quotes the figure.
 #[test]
 fn large_snapshot_transfers_to_a_new_learner_within_a_memory_bound() {
     let _serial = SERIAL.lock();
-    let size = large_snapshot_bytes();
+    let size = blob_bytes("RAFTNODE_SNAPSHOT_MIB", 64);
     let network = ChannelNetwork::new();
     let logger = logger();
     let leader = Node::start(

@@ -24,8 +24,7 @@ use common::*;
 use raftnode::tls::{node_server_name, TlsConfig, TlsConfigError};
 use raftnode::wire::{self, Handshake};
 use raftnode::{
-    Config, MemLogStore, Node, ReadConsistency, RefusalReason, Role, TcpConfig, TcpHandle,
-    TcpTransport,
+    MemLogStore, Node, ReadConsistency, RefusalReason, Role, TcpConfig, TcpHandle, TcpTransport,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -336,28 +335,13 @@ fn three_nodes_elect_and_replicate_over_tls() {
     }
 }
 
-fn snapshot_bytes() -> usize {
-    let mib = std::env::var("RAFTNODE_TLS_SNAPSHOT_MIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(16);
-    mib << 20
-}
-
-fn blob_config(id: u64, voters: &[u64]) -> Config {
-    let mut config = test_config(id, voters);
-    config.snapshot.every_applied = 0;
-    config.snapshot.trailing_entries = 0;
-    config
-}
-
 /// Proves a snapshot several chunks long crosses TLS to a learner added by a membership
 /// change, is restored intact, and is reported `Finish` only after the learner's ack
 /// came back over TLS (ERRATA 13); prints the transfer time.
 #[test]
 fn large_snapshot_crosses_tls_to_a_new_learner() {
     let ca = Ca::new("cluster CA");
-    let size = snapshot_bytes();
+    let size = blob_bytes("RAFTNODE_TLS_SNAPSHOT_MIB", 16);
     let leader_transport = bind(ca.tls(1));
     let mut learner_config = TcpConfig::new(CLUSTER_ID, loopback());
     learner_config.tls = Some(ca.tls(2));

@@ -111,6 +111,7 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        // Poll interval; the loop is bounded by the deadline above.
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -243,6 +244,7 @@ impl Cluster {
                 .and_then(|h| h.wait_timeout(Duration::from_secs(5)))
             {
                 Ok(r) => return r,
+                // Back off before retrying; the loop is bounded by `deadline`.
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
@@ -360,6 +362,7 @@ impl Load {
                     .find(|node| node.leader() == Some(node.id()))
                     .cloned();
                 let Some(leader) = leader else {
+                    // Background writer: poll for a leader until told to stop.
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
@@ -372,6 +375,7 @@ impl Load {
                         t_acked.lock().push(key);
                         n += 1;
                     }
+                    // Back off after a failed write; callers bound the run with deadlines.
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
@@ -503,4 +507,22 @@ impl StateMachine for Blob {
         self.applied = index;
         Ok(())
     }
+}
+
+/// A blob state size in bytes: `var` in MiB, else `default_mib`.
+pub fn blob_bytes(var: &str, default_mib: usize) -> usize {
+    let mib = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(default_mib);
+    mib << 20
+}
+
+/// A node config for the large-snapshot tests: snapshots only when asked, nothing kept
+/// behind them, so a learner added later needs the snapshot.
+pub fn blob_config(id: u64, voters: &[u64]) -> Config {
+    let mut config = test_config(id, voters);
+    config.snapshot.every_applied = 0;
+    config.snapshot.trailing_entries = 0;
+    config
 }
