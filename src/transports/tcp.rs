@@ -992,6 +992,23 @@ mod tests {
 
     /// Proves a batch larger than one frame is split across frames of at most
     /// `max_frame_bytes` and arrives complete and in order.
+    /// `count` heartbeat responses from 1 to 2, numbered by `commit`, each with a
+    /// `context_bytes`-byte context.
+    fn heartbeat_responses(count: u64, context_bytes: usize) -> Vec<Message> {
+        (0..count)
+            .map(|i| {
+                let mut m = Message::default();
+                m.set_msg_type(MessageType::MsgHeartbeatResponse);
+                m.from = 1;
+                m.to = 2;
+                m.term = 1;
+                m.commit = i;
+                m.context = vec![b'x'; context_bytes].into();
+                m
+            })
+            .collect()
+    }
+
     #[test]
     fn batches_split_into_frames_and_keep_order() {
         let mut small = TcpConfig::new(7, loopback());
@@ -1001,18 +1018,7 @@ mod tests {
         small.peers.insert(2, receiver.local_addr());
         let (mut sender, _rx1) = started(small, 1);
         receiver.set_peer(1, sender.local_addr());
-        let batch: Vec<Message> = (0..200u64)
-            .map(|i| {
-                let mut m = Message::default();
-                m.set_msg_type(MessageType::MsgHeartbeatResponse);
-                m.from = 1;
-                m.to = 2;
-                m.term = 1;
-                m.commit = i;
-                m.context = vec![b'x'; 50].into();
-                m
-            })
-            .collect();
+        let batch = heartbeat_responses(200, 50);
         sender.send(batch);
         for i in 0..200u64 {
             assert!(matches!(next(&rx2), PeerInput::Message(m) if m.commit == i));
@@ -1106,18 +1112,7 @@ mod tests {
             next(&rx1),
             PeerInput::Snapshot(2, SnapshotStatus::Finish)
         ));
-        let batch: Vec<Message> = (0..500u64)
-            .map(|i| {
-                let mut m = Message::default();
-                m.set_msg_type(MessageType::MsgHeartbeatResponse);
-                m.from = 1;
-                m.to = 2;
-                m.term = 1;
-                m.commit = i;
-                m.context = vec![b'x'; 100].into();
-                m
-            })
-            .collect();
+        let batch = heartbeat_responses(500, 100);
         sender.send(batch);
         for i in 0..500u64 {
             assert!(matches!(next(&rx2), PeerInput::Message(m) if m.commit == i));
