@@ -7,17 +7,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use common::tcp::TcpCluster;
 use common::*;
 use raftnode::raft_types::{Message, MessageType};
 use raftnode::wire::{self, Handshake};
-use raftnode::{
-    MemLogStore, Node, ReadConsistency, RefusalReason, Role, TcpConfig, TcpHandle, TcpTransport,
-};
+use raftnode::{MemLogStore, Node, ReadConsistency, RefusalReason, TcpConfig, TcpTransport};
 
 const CLUSTER_ID: u64 = 0xC1A5_7E12;
 
@@ -30,135 +28,23 @@ fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().expect("loopback address")
 }
 
-/// Binds one transport per id on a free loopback port and tells each the others'
-/// addresses.
-fn bind_all(ids: &[u64]) -> BTreeMap<u64, TcpTransport> {
-    let mut transports: BTreeMap<u64, TcpTransport> = ids
-        .iter()
-        .map(|&id| {
-            let t = TcpTransport::bind(TcpConfig::new(CLUSTER_ID, loopback()), &logger())
-                .expect("bind");
-            (id, t)
+/// Voters 1..=n on TCP; every transport also knows `SPARE` (at a dead address).
+fn tcp_cluster(n: u64) -> TcpCluster {
+    let transports = (1..=n)
+        .map(|id| {
+            let config = TcpConfig::new(CLUSTER_ID, loopback());
+            (id, TcpTransport::bind(config, &logger()).expect("bind"))
         })
         .collect();
-    let addrs: Vec<(u64, SocketAddr)> = transports
-        .iter()
-        .map(|(&id, t)| (id, t.local_addr()))
-        .collect();
-    for (&id, t) in transports.iter_mut() {
-        for &(peer, addr) in &addrs {
-            if peer != id {
-                t.set_peer(peer, addr);
-            }
-        }
-    }
-    transports
-}
-
-/// A cluster of `Kv` nodes on TCP.
-struct TcpCluster {
-    nodes: BTreeMap<u64, Node<Kv>>,
-    handles: BTreeMap<u64, TcpHandle>,
-    states: BTreeMap<u64, Kv>,
-}
-
-impl TcpCluster {
-    fn start(n: u64) -> TcpCluster {
-        let ids: Vec<u64> = (1..=n).collect();
-        let mut cluster = TcpCluster {
-            nodes: BTreeMap::new(),
-            handles: BTreeMap::new(),
-            states: BTreeMap::new(),
-        };
-        for (id, mut transport) in bind_all(&ids) {
-            transport.set_peer(SPARE, "127.0.0.1:9".parse().expect("address"));
-            let kv = Kv::default();
-            cluster.handles.insert(id, transport.handle());
-            let node = Node::start(
-                test_config(id, &ids),
-                MemLogStore::new(),
-                kv.clone(),
-                transport,
-                &logger(),
-            )
-            .expect("node starts");
-            cluster.nodes.insert(id, node);
-            cluster.states.insert(id, kv);
-        }
-        cluster
-    }
-
-    fn addr(&self, id: u64) -> SocketAddr {
-        self.handles[&id].local_addr()
-    }
-
-    /// Waits until exactly one of the running nodes leads and all agree on it.
-    fn wait_leader(&self) -> u64 {
-        let mut leader = 0;
-        wait_until("one agreed leader over TCP", || {
-            let statuses: Vec<_> = self
-                .nodes
-                .values()
-                .filter_map(|n| n.status().ok())
-                .collect();
-            let leaders: Vec<_> = statuses.iter().filter(|s| s.role == Role::Leader).collect();
-            if statuses.len() != self.nodes.len() || leaders.len() != 1 {
-                return false;
-            }
-            leader = leaders[0].id;
-            let term = leaders[0].term;
-            statuses
-                .iter()
-                .all(|s| s.leader == Some(leader) && s.term == term)
-        });
-        leader
-    }
-
-    /// Proposes on the leader, retrying across leader changes, until applied.
-    fn propose_ok(&self, command: Vec<u8>) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            assert!(Instant::now() < deadline, "proposal never committed");
-            let leader = self.wait_leader();
-            let outcome = self.nodes[&leader]
-                .propose(command.clone())
-                .and_then(|h| h.wait_timeout(Duration::from_secs(5)));
-            if outcome.is_ok() {
-                return;
-            }
-        }
-    }
-
-    /// Waits until every running node applied the same map, and returns it.
-    fn wait_same_maps(&self) -> BTreeMap<String, String> {
-        let mut map = BTreeMap::new();
-        wait_until("every node applied the same map", || {
-            let maps: Vec<_> = self
-                .states
-                .iter()
-                .filter(|(id, _)| self.nodes.contains_key(id))
-                .map(|(_, kv)| kv.state.lock().map.clone())
-                .collect();
-            map = maps[0].clone();
-            maps.iter().all(|m| *m == map)
-        });
-        map
-    }
-}
-
-impl Drop for TcpCluster {
-    fn drop(&mut self) {
-        for node in self.nodes.values() {
-            node.kill();
-        }
-    }
+    let spare = (SPARE, "127.0.0.1:9".parse().expect("address"));
+    TcpCluster::start(transports, &[spare])
 }
 
 /// Proves three nodes over TCP elect one leader and replicate every committed write to
 /// every node (Raft §5.2, §5.3), with no refusals between honest peers.
 #[test]
 fn three_nodes_elect_and_replicate_over_tcp() {
-    let c = TcpCluster::start(3);
+    let c = tcp_cluster(3);
     c.wait_leader();
     for i in 0..20 {
         c.propose_ok(put(&format!("k{i}"), &i.to_string()));
@@ -180,7 +66,7 @@ fn three_nodes_elect_and_replicate_over_tcp() {
 /// dead node without blocking anything.
 #[test]
 fn killed_leader_is_replaced_over_tcp() {
-    let mut c = TcpCluster::start(3);
+    let mut c = tcp_cluster(3);
     let old = c.wait_leader();
     c.propose_ok(put("before", "1"));
     c.nodes.remove(&old).expect("leader").kill();
@@ -259,7 +145,7 @@ fn raw_message_frame(payload: &[u8]) -> Vec<u8> {
 /// closed, and that the cluster still commits after each (ERRATA 19, 20).
 #[test]
 fn refused_traffic_is_counted_and_the_cluster_keeps_serving() {
-    let c = TcpCluster::start(3);
+    let c = tcp_cluster(3);
     let leader = c.wait_leader();
     // Valid handshakes come as the spare member; misrouted traffic names a real one.
     let spare = SPARE;

@@ -14,18 +14,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::tcp::TcpCluster;
 use common::*;
 use raftnode::tls::{node_server_name, TlsConfig, TlsConfigError};
 use raftnode::wire::{self, Handshake};
-use raftnode::{
-    MemLogStore, Node, ReadConsistency, RefusalReason, Role, TcpConfig, TcpHandle, TcpTransport,
-};
+use raftnode::{MemLogStore, Node, ReadConsistency, RefusalReason, TcpConfig, TcpTransport};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -114,123 +112,11 @@ fn bind(tls: TlsConfig) -> TcpTransport {
     TcpTransport::bind(config, &logger()).expect("bind")
 }
 
-/// A cluster of `Kv` nodes over mutual TLS.
-struct TlsCluster {
-    nodes: BTreeMap<u64, Node<Kv>>,
-    handles: BTreeMap<u64, TcpHandle>,
-    states: BTreeMap<u64, Kv>,
-}
-
-impl TlsCluster {
-    /// Starts nodes `1..=n` with certificates from `ca`. Every transport also knows
-    /// `extra` members (not raft voters) at the given addresses.
-    fn start(ca: &Ca, n: u64, extra: &[(u64, SocketAddr)]) -> TlsCluster {
-        let ids: Vec<u64> = (1..=n).collect();
-        let mut transports: BTreeMap<u64, TcpTransport> =
-            ids.iter().map(|&id| (id, bind(ca.tls(id)))).collect();
-        let addrs: Vec<(u64, SocketAddr)> = transports
-            .iter()
-            .map(|(&id, t)| (id, t.local_addr()))
-            .collect();
-        let mut cluster = TlsCluster {
-            nodes: BTreeMap::new(),
-            handles: BTreeMap::new(),
-            states: BTreeMap::new(),
-        };
-        for (&id, transport) in transports.iter_mut() {
-            for &(peer, addr) in addrs.iter().chain(extra) {
-                if peer != id {
-                    transport.set_peer(peer, addr);
-                }
-            }
-        }
-        for (id, transport) in transports {
-            let kv = Kv::default();
-            cluster.handles.insert(id, transport.handle());
-            let node = Node::start(
-                test_config(id, &ids),
-                MemLogStore::new(),
-                kv.clone(),
-                transport,
-                &logger(),
-            )
-            .expect("node starts");
-            cluster.nodes.insert(id, node);
-            cluster.states.insert(id, kv);
-        }
-        cluster
-    }
-
-    fn addr(&self, id: u64) -> SocketAddr {
-        self.handles[&id].local_addr()
-    }
-
-    /// Waits until exactly one node leads and all agree on it.
-    fn wait_leader(&self) -> u64 {
-        let mut leader = 0;
-        wait_until("one agreed leader over TLS", || {
-            let statuses: Vec<_> = self
-                .nodes
-                .values()
-                .filter_map(|n| n.status().ok())
-                .collect();
-            let leaders: Vec<_> = statuses.iter().filter(|s| s.role == Role::Leader).collect();
-            if statuses.len() != self.nodes.len() || leaders.len() != 1 {
-                return false;
-            }
-            leader = leaders[0].id;
-            let term = leaders[0].term;
-            statuses
-                .iter()
-                .all(|s| s.leader == Some(leader) && s.term == term)
-        });
-        leader
-    }
-
-    /// Proposes on the leader, retrying across leader changes, until applied.
-    fn propose_ok(&self, command: Vec<u8>) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            assert!(Instant::now() < deadline, "proposal never committed");
-            let leader = self.wait_leader();
-            let outcome = self.nodes[&leader]
-                .propose(command.clone())
-                .and_then(|h| h.wait_timeout(Duration::from_secs(5)));
-            if outcome.is_ok() {
-                return;
-            }
-        }
-    }
-
-    /// Waits until every node applied the same map, and returns it.
-    fn wait_same_maps(&self) -> BTreeMap<String, String> {
-        let mut map = BTreeMap::new();
-        wait_until("every node applied the same map", || {
-            let maps: Vec<_> = self
-                .states
-                .values()
-                .map(|kv| kv.state.lock().map.clone())
-                .collect();
-            map = maps[0].clone();
-            maps.iter().all(|m| *m == map)
-        });
-        map
-    }
-
-    fn refused_everywhere(&self, reason: RefusalReason) -> u64 {
-        self.handles
-            .values()
-            .map(|h| h.stats().refused(reason))
-            .sum()
-    }
-}
-
-impl Drop for TlsCluster {
-    fn drop(&mut self) {
-        for node in self.nodes.values() {
-            node.kill();
-        }
-    }
+/// Voters 1..=n over mutual TLS with certificates from `ca`; every transport also
+/// knows the `extra` members (not raft voters) at the given addresses.
+fn tls_cluster(ca: &Ca, n: u64, extra: &[(u64, SocketAddr)]) -> TcpCluster {
+    let transports = (1..=n).map(|id| (id, bind(ca.tls(id)))).collect();
+    TcpCluster::start(transports, extra)
 }
 
 /// A raw TLS client speaking the wire format by hand, with `identity` as its client
@@ -308,7 +194,7 @@ fn answered_then_closed(stream: &mut impl Read) -> bool {
 #[test]
 fn three_nodes_elect_and_replicate_over_tls() {
     let ca = Ca::new("cluster CA");
-    let c = TlsCluster::start(&ca, 3, &[]);
+    let c = tls_cluster(&ca, 3, &[]);
     c.wait_leader();
     for i in 0..20 {
         c.propose_ok(put(&format!("k{i}"), &i.to_string()));
@@ -425,7 +311,7 @@ fn node_with_a_foreign_ca_cannot_join() {
     let mut stranger_transport = bind(foreign.tls(stranger_id));
     let stranger_addr = stranger_transport.local_addr();
     let stranger_handle = stranger_transport.handle();
-    let c = TlsCluster::start(&ca, 3, &[(stranger_id, stranger_addr)]);
+    let c = tls_cluster(&ca, 3, &[(stranger_id, stranger_addr)]);
     for id in 1..=3 {
         stranger_transport.set_peer(id, c.addr(id));
     }
@@ -477,7 +363,7 @@ fn node_with_a_foreign_ca_cannot_join() {
 #[test]
 fn another_nodes_identity_is_refused() {
     let ca = Ca::new("cluster CA");
-    let c = TlsCluster::start(&ca, 3, &[(SPARE, "127.0.0.1:9".parse().expect("addr"))]);
+    let c = tls_cluster(&ca, 3, &[(SPARE, "127.0.0.1:9".parse().expect("addr"))]);
     let leader = c.wait_leader();
     let addr = c.addr(leader);
     let handle = c.handles[&leader].clone();
@@ -523,7 +409,7 @@ fn another_nodes_identity_is_refused() {
 #[test]
 fn client_without_a_certificate_is_refused() {
     let ca = Ca::new("cluster CA");
-    let c = TlsCluster::start(&ca, 3, &[(SPARE, "127.0.0.1:9".parse().expect("addr"))]);
+    let c = tls_cluster(&ca, 3, &[(SPARE, "127.0.0.1:9".parse().expect("addr"))]);
     let leader = c.wait_leader();
     let handle = c.handles[&leader].clone();
     let before = handle.stats().refused(RefusalReason::Tls);
@@ -544,7 +430,7 @@ fn client_without_a_certificate_is_refused() {
 #[test]
 fn plaintext_and_silent_peers_are_refused() {
     let ca = Ca::new("cluster CA");
-    let c = TlsCluster::start(&ca, 3, &[(SPARE, "127.0.0.1:9".parse().expect("addr"))]);
+    let c = tls_cluster(&ca, 3, &[(SPARE, "127.0.0.1:9".parse().expect("addr"))]);
     let leader = c.wait_leader();
     let addr = c.addr(leader);
     let handle = c.handles[&leader].clone();

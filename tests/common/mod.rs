@@ -3,6 +3,8 @@
 //! and hopes.
 #![allow(dead_code)]
 
+pub mod tcp;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
