@@ -66,9 +66,15 @@ pub struct Config {
     /// A node asks for votes in a pre-vote round first, so a partitioned node does not
     /// disrupt the cluster when it returns.
     pub pre_vote: bool,
-    /// Serve [`crate::ReadConsistency::Lease`] reads from the leader's lease.
-    /// Requires `check_quorum`; correct only while clocks advance at similar rates.
+    /// Serve [`crate::ReadConsistency::Lease`] reads from the leader's lease
+    /// (docs/reads.md). Requires `check_quorum`. `Linearizable` reads always cost a
+    /// quorum round, whatever this says.
     pub lease_reads: bool,
+    /// The most a follower's clock may run faster than the leader's, as a fraction of
+    /// the time measured (0.1: ten per cent). The lease lasts
+    /// `(election_ticks - 1) * tick_interval * (1 - max_clock_drift)` from when its
+    /// quorum round was sent; a drift beyond this bound can make a lease read stale.
+    pub max_clock_drift: f64,
     /// Most bytes of proposed-but-uncommitted entries a leader holds; beyond it proposals
     /// are dropped. `0` means no limit.
     pub max_uncommitted_bytes: u64,
@@ -107,6 +113,7 @@ impl Config {
     /// | `max_inflight_msgs` | 256 |
     /// | `check_quorum`, `pre_vote` | on |
     /// | `lease_reads` | off |
+    /// | `max_clock_drift` | 0.1 |
     /// | `max_uncommitted_bytes` | 256 MiB |
     /// | `max_committed_bytes_per_ready` | 16 MiB |
     /// | `max_proposal_bytes` | 1 MiB |
@@ -124,6 +131,7 @@ impl Config {
             check_quorum: true,
             pre_vote: true,
             lease_reads: false,
+            max_clock_drift: 0.1,
             max_uncommitted_bytes: 256 << 20,
             max_committed_bytes_per_ready: 16 << 20,
             max_proposal_bytes: 1 << 20,
@@ -200,6 +208,18 @@ impl Config {
                 "lease reads need check_quorum = true (a leader must step down when it loses its quorum)",
             ));
         }
+        if !(0.0..1.0).contains(&self.max_clock_drift) {
+            return Err(ConfigError::new(
+                "max_clock_drift",
+                format!("({}) must be at least 0 and below 1", self.max_clock_drift),
+            ));
+        }
+        if self.lease_reads && self.lease_length().is_zero() {
+            return Err(ConfigError::new(
+                "lease_reads",
+                "the lease would be empty: election_ticks must be at least 2",
+            ));
+        }
         if self.max_committed_bytes_per_ready == 0 {
             return Err(ConfigError::new(
                 "max_committed_bytes_per_ready",
@@ -272,6 +292,17 @@ impl Config {
         })
     }
 
+    /// How long a leader's lease lasts from when its quorum round was sent: shorter than
+    /// any follower's election timeout (`election_ticks` ticks, of which the first may
+    /// come at once) by the drift bound. See docs/reads.md.
+    pub fn lease_length(&self) -> Duration {
+        let base = self
+            .tick_interval
+            .saturating_mul(self.election_ticks.saturating_sub(1) as u32);
+        let drift = self.max_clock_drift.clamp(0.0, 1.0);
+        base.mul_f64(1.0 - drift)
+    }
+
     /// The `raft::Config` this configuration gives, starting from `applied`.
     pub(crate) fn to_raft(&self, applied: u64) -> raft::Config {
         let (min_election_tick, max_election_tick) = self.election_tick_range.unwrap_or((0, 0));
@@ -286,11 +317,10 @@ impl Config {
             pre_vote: self.pre_vote,
             min_election_tick,
             max_election_tick,
-            read_only_option: if self.lease_reads {
-                raft::ReadOnlyOption::LeaseBased
-            } else {
-                raft::ReadOnlyOption::Safe
-            },
+            // Always safe: raft-rs's lease-based mode answers every ReadIndex from a
+            // lease check_quorum alone keeps, which a cut-off leader holds for up to two
+            // election timeouts. Lease reads use the replica's own provable lease.
+            read_only_option: raft::ReadOnlyOption::Safe,
             max_uncommitted_size: if self.max_uncommitted_bytes == 0 {
                 raft::NO_LIMIT
             } else {
@@ -328,6 +358,10 @@ mod tests {
         c.lease_reads = true;
         c.check_quorum = false;
         assert_eq!(c.validate().unwrap_err().field, "lease_reads");
+
+        let mut c = Config::new(1);
+        c.max_clock_drift = 1.0;
+        assert_eq!(c.validate().unwrap_err().field, "max_clock_drift");
 
         let mut c = Config::new(1);
         c.initial_voters = vec![1, 2, 2];

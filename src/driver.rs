@@ -69,31 +69,89 @@ impl DriverError {
 }
 
 /// Counters the driver keeps; read by `Node::status` and the benchmarks.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct DriverStats {
     pub readies: u64,
     pub syncs: u64,
     pub entries_appended: u64,
     pub entries_applied: u64,
     pub snapshots_restored: u64,
+    /// Committed entries the `advance_before_apply` fault holds for the next drive.
+    pub deferred: Vec<Entry>,
 }
 
-/// Test-only switches that re-introduce classic Ready-loop bugs, so the simulator can
-/// prove it catches them. All off in normal builds.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Faults {
+/// Declares [`Faults`]: with `cfg(test)` or the `testing` feature, a set of switches;
+/// otherwise a zero-sized type whose every switch is the constant `false`, so the bug
+/// branches are compiled out of the mandated loop of a normal build.
+macro_rules! faults {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Test-only switches that re-introduce classic Ready-loop and core bugs, so the
+        /// simulator and the integration tests can prove they catch them. All off by
+        /// default; without `cfg(test)` or the `testing` feature they do not exist.
+        #[cfg(any(test, feature = "testing"))]
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub(crate) struct Faults {
+            $($(#[$doc])* pub(crate) $name: bool,)*
+        }
+
+        /// Without `cfg(test)` or the `testing` feature: no switches at all.
+        #[cfg(not(any(test, feature = "testing")))]
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub(crate) struct Faults;
+
+        impl Faults {
+            $(
+                $(#[$doc])*
+                #[inline(always)]
+                pub(crate) fn $name(&self) -> bool {
+                    #[cfg(any(test, feature = "testing"))]
+                    {
+                        self.$name
+                    }
+                    #[cfg(not(any(test, feature = "testing")))]
+                    {
+                        false
+                    }
+                }
+            )*
+        }
+    };
+}
+
+faults! {
     /// Send persisted messages before syncing (votes and acks ahead of durability).
-    pub send_before_sync: bool,
+    send_before_sync,
     /// Install a leader's snapshot in the log store but leave the state machine as it
-    /// was (ERRATA 5 ignored): replicas then diverge.
-    pub skip_snapshot_restore: bool,
+    /// was (docs/snapshots.md): replicas then diverge.
+    skip_snapshot_restore,
     /// Apply (and acknowledge) a leader's new entries as soon as they are durable on its
     /// own disk, before a quorum has them: before the commit is durable. An entry a
     /// later leader overwrites was then applied and acknowledged anyway.
-    pub apply_before_commit: bool,
+    apply_before_commit,
     /// Compact the log to its last index when taking a snapshot, dropping entries past
-    /// the snapshot (ERRATA 14 ignored): raft then needs entries nobody can serve.
-    pub compact_past_snapshot: bool,
+    /// the snapshot (docs/snapshots.md): raft then needs entries nobody can serve.
+    compact_past_snapshot,
+    /// Tell raft a Ready's committed entries were applied before the state machine has
+    /// applied them (the guide's `advance` before apply): they are applied on the next
+    /// drive, so in between raft's applied index runs ahead of the state machine.
+    advance_before_apply,
+    /// Forget to persist the commit index a `LightReady` carries.
+    light_commit_not_persisted,
+    /// Forget to persist the ConfState `apply_conf_change` returns.
+    conf_state_not_persisted,
+    /// Serve a linearizable or lease read on a node that believes it leads, from local
+    /// state, without ReadIndex or lease.
+    read_without_read_index,
+    /// Hand `Linearizable` reads to raft-rs's `LeaseBased` read-only mode, as 0.1 did
+    /// with `lease_reads` on: a cut-off leader answers them from its lease.
+    linearizable_from_raft_lease,
+    /// Measure the lease from when a quorum round's confirmation was received instead
+    /// of when the round was sent.
+    lease_from_receipt,
+    /// Number ReadIndex contexts from 1 at every start and retry a waiting read with
+    /// its first context, as 0.1 did: a late acknowledgement of an earlier use then
+    /// confirms a later round.
+    read_ctx_reused,
 }
 
 /// Handles every pending Ready (raft paginates committed entries): loops while
@@ -116,6 +174,13 @@ where
     O: Outbox<M::Response>,
 {
     let mut handled = 0;
+    if faults.advance_before_apply() && !stats.deferred.is_empty() {
+        // The fault's other half: what raft already counts as applied reaches the state
+        // machine one drive late.
+        let deferred = std::mem::take(&mut stats.deferred);
+        let mut applied = sm.applied_index();
+        apply_entries(raw, sm, out, deferred, &mut applied, stats, faults)?;
+    }
     while raw.has_ready() {
         handle_ready(raw, sm, out, stats, faults)?;
         handled += 1;
@@ -152,7 +217,7 @@ where
         let snapshot = rd.snapshot().clone();
         let index = snapshot.get_metadata().index;
         raw.mut_store().apply_snapshot(snapshot.clone())?;
-        if !faults.skip_snapshot_restore {
+        if !faults.skip_snapshot_restore() {
             restore_state_machine(sm, &snapshot)?;
         }
         applied = index;
@@ -170,14 +235,14 @@ where
     if let Some(hs) = rd.hs() {
         raw.mut_store().set_hard_state(hs)?;
     }
-    if faults.send_before_sync && !rd.persisted_messages().is_empty() {
+    if faults.send_before_sync() && !rd.persisted_messages().is_empty() {
         out.send(rd.take_persisted_messages());
     }
     if rd.must_sync() {
         raw.mut_store().sync()?;
         stats.syncs += 1;
     }
-    if faults.apply_before_commit && raw.raft.state == raft::StateRole::Leader {
+    if faults.apply_before_commit() && raw.raft.state == raft::StateRole::Leader {
         // The bug: the leader's own copy is durable, so it applies the entries now.
         let early = rd.entries().to_vec();
         apply_early(sm, out, early);
@@ -195,16 +260,20 @@ where
         out.read_states(rd.take_read_states());
     }
 
-    // 5. Apply committed entries, before `advance` (ERRATA 2).
+    // 5. Apply committed entries, before `advance` (docs/ready-loop.md, step 5).
     let committed = rd.take_committed_entries();
-    apply_entries(raw, sm, out, committed, &mut applied, stats, faults)?;
+    if faults.advance_before_apply() {
+        defer_apply(committed, &mut applied, stats);
+    } else {
+        apply_entries(raw, sm, out, committed, &mut applied, stats, faults)?;
+    }
 
     // 6. Advance: the Ready's writes are persisted; applying is reported separately.
     let mut light = raw.advance_append(rd);
 
     // 7. LightReady, in full (ERRATA 3): persist its commit index, send its messages,
     //    apply its committed entries, then report the applied index.
-    if light.commit_index().is_some() {
+    if light.commit_index().is_some() && !faults.light_commit_not_persisted() {
         let hs = raw.raft.hard_state();
         raw.mut_store().set_hard_state(&hs)?;
     }
@@ -212,10 +281,23 @@ where
         out.send(light.take_messages());
     }
     let committed = light.take_committed_entries();
-    apply_entries(raw, sm, out, committed, &mut applied, stats, faults)?;
+    if faults.advance_before_apply() {
+        defer_apply(committed, &mut applied, stats);
+    } else {
+        apply_entries(raw, sm, out, committed, &mut applied, stats, faults)?;
+    }
     raw.advance_apply_to(applied);
     out.advanced(applied);
     Ok(())
+}
+
+/// The `advance_before_apply` fault: counts `entries` as applied for raft now and
+/// keeps them for the next drive.
+fn defer_apply(entries: Vec<Entry>, applied: &mut u64, stats: &mut DriverStats) {
+    if let Some(last) = entries.last() {
+        *applied = (*applied).max(last.index);
+    }
+    stats.deferred.extend(entries);
 }
 
 fn apply_entries<S, M, O>(
@@ -238,7 +320,7 @@ where
             // Defensive: raft never hands an applied entry twice; never apply one twice.
             continue;
         }
-        if faults.apply_before_commit && index <= sm.applied_index() {
+        if faults.apply_before_commit() && index <= sm.applied_index() {
             // The bug's other half: whatever committed at this index, the state machine
             // already applied what this node once proposed there.
             *applied = index;
@@ -258,13 +340,13 @@ where
                 let mut cc = ConfChange::default();
                 cc.merge_from_bytes(&entry.data)
                     .map_err(|e| corrupt(index, format!("ConfChange: {e}")))?;
-                apply_conf_change(raw, sm, out, index, term, &v1_to_v2(&cc))?;
+                apply_conf_change(raw, sm, out, index, term, &v1_to_v2(&cc), faults)?;
             }
             EntryType::EntryConfChangeV2 => {
                 let mut cc = ConfChangeV2::default();
                 cc.merge_from_bytes(&entry.data)
                     .map_err(|e| corrupt(index, format!("ConfChangeV2: {e}")))?;
-                apply_conf_change(raw, sm, out, index, term, &cc)?;
+                apply_conf_change(raw, sm, out, index, term, &cc, faults)?;
             }
         }
         *applied = index;
@@ -307,6 +389,7 @@ fn apply_conf_change<S, M, O>(
     index: u64,
     term: u64,
     changes: &ConfChangeV2,
+    faults: Faults,
 ) -> Result<(), DriverError>
 where
     S: LogStore,
@@ -316,7 +399,9 @@ where
     let before = raw.raft.prs().conf().to_conf_state();
     match raw.apply_conf_change(changes) {
         Ok(cs) => {
-            raw.mut_store().set_conf_state(&cs)?;
+            if !faults.conf_state_not_persisted() {
+                raw.mut_store().set_conf_state(&cs)?;
+            }
             // A membership change must not be lost behind a state machine that already
             // counts its index as applied: make the ConfState durable now (rare, cheap).
             raw.mut_store().sync()?;
@@ -427,7 +512,11 @@ where
     if applied == 0 || applied <= stored {
         return Ok(None);
     }
-    debug_assert!(faults.apply_before_commit || sm.applied_index() == applied);
+    debug_assert!(
+        faults.apply_before_commit()
+            || faults.advance_before_apply()
+            || sm.applied_index() == applied
+    );
     let term = raw
         .raft
         .raft_log
@@ -444,7 +533,7 @@ where
     meta.set_conf_state(raw.raft.prs().conf().to_conf_state());
     raw.mut_store().store_snapshot(snapshot)?;
     let mut compact_to = (applied + 1).saturating_sub(trailing_entries);
-    if faults.compact_past_snapshot {
+    if faults.compact_past_snapshot() {
         // The bug: everything on disk is "covered", entries past the snapshot included.
         compact_to = raw.raft.raft_log.last_index() + 1;
     }
@@ -738,5 +827,314 @@ mod tests {
         assert!(cs.voters_outgoing.is_empty(), "left joint: {cs:?}");
         assert_eq!(cs.learners, vec![2, 3]);
         assert!(out.events.lock().contains(&Event::Conf(vec![1], vec![])));
+    }
+
+    /// Every step of the Ready loop, in one log: the store's writes, the sends, the
+    /// state machine's applies and restores, and raft being told what was applied.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Step {
+        Snapshot(u64),
+        Append(u64),
+        HardState { term: u64, commit: u64 },
+        ConfState(Vec<u64>),
+        Sync,
+        Send(raft::eraftpb::MessageType),
+        Apply(u64),
+        Restore(u64),
+        Advance(u64),
+    }
+
+    type Steps = std::sync::Arc<parking_lot::Mutex<Vec<Step>>>;
+
+    #[derive(Clone)]
+    struct RecStore {
+        inner: MemLogStore,
+        steps: Steps,
+    }
+
+    impl raft::Storage for RecStore {
+        fn initial_state(&self) -> raft::Result<raft::RaftState> {
+            self.inner.initial_state()
+        }
+        fn entries(
+            &self,
+            low: u64,
+            high: u64,
+            max: impl Into<Option<u64>>,
+            ctx: raft::GetEntriesContext,
+        ) -> raft::Result<Vec<Entry>> {
+            self.inner.entries(low, high, max, ctx)
+        }
+        fn term(&self, idx: u64) -> raft::Result<u64> {
+            self.inner.term(idx)
+        }
+        fn first_index(&self) -> raft::Result<u64> {
+            self.inner.first_index()
+        }
+        fn last_index(&self) -> raft::Result<u64> {
+            self.inner.last_index()
+        }
+        fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+            self.inner.snapshot(request_index, to)
+        }
+    }
+
+    impl LogStore for RecStore {
+        fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+            let last = entries.last().map_or(0, |e| e.index);
+            self.steps.lock().push(Step::Append(last));
+            self.inner.append(entries)
+        }
+        fn set_hard_state(&mut self, hs: &raft::eraftpb::HardState) -> Result<(), StorageError> {
+            self.steps.lock().push(Step::HardState {
+                term: hs.term,
+                commit: hs.commit,
+            });
+            self.inner.set_hard_state(hs)
+        }
+        fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError> {
+            self.steps.lock().push(Step::ConfState(cs.voters.clone()));
+            self.inner.set_conf_state(cs)
+        }
+        fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+            self.steps
+                .lock()
+                .push(Step::Snapshot(snapshot.get_metadata().index));
+            self.inner.apply_snapshot(snapshot)
+        }
+        fn store_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+            self.inner.store_snapshot(snapshot)
+        }
+        fn compact(&mut self, index: u64) -> Result<(), StorageError> {
+            self.inner.compact(index)
+        }
+        fn sync(&mut self) -> Result<(), StorageError> {
+            self.steps.lock().push(Step::Sync);
+            self.inner.sync()
+        }
+    }
+
+    struct RecSm {
+        applied: u64,
+        steps: Steps,
+    }
+
+    impl StateMachine for RecSm {
+        type Response = u64;
+        fn apply(&mut self, index: u64, _: &[u8]) -> u64 {
+            self.applied = index;
+            self.steps.lock().push(Step::Apply(index));
+            index
+        }
+        fn apply_noop(&mut self, index: u64) {
+            self.applied = index;
+            self.steps.lock().push(Step::Apply(index));
+        }
+        fn applied_index(&self) -> u64 {
+            self.applied
+        }
+        fn snapshot(&self) -> Result<bytes::Bytes, StateMachineError> {
+            Ok(bytes::Bytes::from_static(b"state"))
+        }
+        fn restore(&mut self, index: u64, _: &[u8]) -> Result<(), StateMachineError> {
+            self.applied = index;
+            self.steps.lock().push(Step::Restore(index));
+            Ok(())
+        }
+    }
+
+    struct RecOut {
+        steps: Steps,
+        sent: Vec<Message>,
+        logger: slog::Logger,
+    }
+
+    impl Outbox<u64> for RecOut {
+        fn send(&mut self, messages: Vec<Message>) {
+            for m in &messages {
+                self.steps.lock().push(Step::Send(m.get_msg_type()));
+            }
+            self.sent.extend(messages);
+        }
+        fn applied(&mut self, _: u64, _: u64, _: AppliedAs<'_, u64>) {}
+        fn conf_changed(&mut self, _: u64, _: &ConfChangeV2, _: &ConfState, _: &[u64]) {}
+        fn snapshot_restored(&mut self, _: &Snapshot) {}
+        fn read_states(&mut self, _: Vec<ReadState>) {}
+        fn soft_state(&mut self, _: &SoftState) {}
+        fn logger(&self) -> &slog::Logger {
+            &self.logger
+        }
+        fn advanced(&mut self, applied: u64) {
+            self.steps.lock().push(Step::Advance(applied));
+        }
+    }
+
+    struct Rec {
+        raw: RawNode<RecStore>,
+        sm: RecSm,
+        out: RecOut,
+        steps: Steps,
+    }
+
+    impl Rec {
+        fn new(id: u64, voters: &[u64]) -> Rec {
+            let steps = Steps::default();
+            let mut inner = MemLogStore::new();
+            let mut cs = ConfState::default();
+            cs.voters = voters.to_vec();
+            inner.set_conf_state(&cs).unwrap();
+            let store = RecStore {
+                inner,
+                steps: steps.clone(),
+            };
+            let logger = slog::Logger::root(slog::Discard, slog::o!());
+            let raw = RawNode::new(&crate::Config::new(id).to_raft(0), store, &logger).unwrap();
+            Rec {
+                raw,
+                sm: RecSm {
+                    applied: 0,
+                    steps: steps.clone(),
+                },
+                out: RecOut {
+                    steps: steps.clone(),
+                    sent: Vec::new(),
+                    logger,
+                },
+                steps,
+            }
+        }
+
+        /// Handles one Ready and returns the steps it took.
+        fn one_ready(&mut self) -> Vec<Step> {
+            assert!(self.raw.has_ready());
+            handle_ready(
+                &mut self.raw,
+                &mut self.sm,
+                &mut self.out,
+                &mut DriverStats::default(),
+                Faults::default(),
+            )
+            .unwrap();
+            std::mem::take(&mut *self.steps.lock())
+        }
+    }
+
+    /// The exact order of one leader's Ready for a proposal in a single-node group: the
+    /// entry is appended and synced; raft commits it when told it is persisted, so the
+    /// LightReady carries the commit index, which is persisted before the entry is
+    /// applied, and raft hears of the apply last.
+    #[test]
+    fn ready_order_on_a_single_node_leader() {
+        let mut n = Rec::new(1, &[1]);
+        n.raw.campaign().unwrap();
+        let steps = n.one_ready();
+        // Becoming leader appends its empty entry at index 1 in term 1.
+        assert_eq!(
+            steps,
+            vec![
+                Step::Append(1),
+                Step::HardState { term: 1, commit: 0 },
+                Step::Sync,
+                Step::HardState { term: 1, commit: 1 },
+                Step::Apply(1),
+                Step::Advance(1),
+            ]
+        );
+        n.raw.propose(Vec::new(), b"x".to_vec()).unwrap();
+        let steps = n.one_ready();
+        assert_eq!(
+            steps,
+            vec![
+                Step::Append(2),
+                Step::Sync,
+                Step::HardState { term: 1, commit: 2 },
+                Step::Apply(2),
+                Step::Advance(2),
+            ]
+        );
+    }
+
+    /// The order on a follower: append, one sync, then the append response (a persisted
+    /// message); the commit index persisted before the apply of what the leader
+    /// committed, then raft hears of it. And the exact order for a snapshot: installed
+    /// in the store, state machine restored, then the HardState, the sync, the response,
+    /// and raft told last.
+    #[test]
+    fn ready_order_on_a_follower_and_for_a_snapshot() {
+        let mut leader = Rec::new(1, &[1, 2]);
+        let mut follower = Rec::new(2, &[1, 2]);
+        leader.raw.campaign().unwrap();
+        // Shuttle messages until nothing is left, taking each node's Readies.
+        let mut follower_readies = Vec::new();
+        for _ in 0..20 {
+            while leader.raw.has_ready() {
+                leader.one_ready();
+            }
+            for m in std::mem::take(&mut leader.out.sent) {
+                follower.raw.step(m).unwrap();
+            }
+            while follower.raw.has_ready() {
+                follower_readies.push(follower.one_ready());
+            }
+            for m in std::mem::take(&mut follower.out.sent) {
+                leader.raw.step(m).unwrap();
+            }
+        }
+        assert_eq!(leader.raw.raft.state, raft::StateRole::Leader);
+        // The follower's Ready that took the leader's first entry (index 1).
+        let append = follower_readies
+            .iter()
+            .find(|r| r.contains(&Step::Append(1)))
+            .expect("the follower appended the leader's entry");
+        let pos = |s: &Step| append.iter().position(|x| x == s).expect("step present");
+        assert!(pos(&Step::Append(1)) < pos(&Step::Sync), "{append:?}");
+        assert!(
+            pos(&Step::Sync) < pos(&Step::Send(raft::eraftpb::MessageType::MsgAppendResponse)),
+            "the ack leaves after the sync: {append:?}"
+        );
+        // The follower applies index 1 once the leader's commit reaches it, before raft
+        // hears of it.
+        let apply = follower_readies
+            .iter()
+            .find(|r| r.contains(&Step::Apply(1)))
+            .expect("the follower applied index 1");
+        let a = apply.iter().position(|x| *x == Step::Apply(1)).unwrap();
+        let adv = apply.iter().position(|x| *x == Step::Advance(1)).unwrap();
+        let hs = apply
+            .iter()
+            .position(|x| matches!(x, Step::HardState { commit, .. } if *commit >= 1))
+            .expect("the commit index is persisted");
+        assert!(hs < a && a < adv, "{apply:?}");
+
+        // A snapshot at index 5 of term 1 sent to a fresh follower.
+        let mut fresh = Rec::new(3, &[1, 3]);
+        let mut snapshot = Snapshot::default();
+        snapshot.data = snapshot_codec::encode_with_members(
+            bytes::Bytes::from_static(b"state"),
+            &MemberContexts::new(),
+        );
+        let meta = snapshot.mut_metadata();
+        meta.index = 5;
+        meta.term = 1;
+        meta.mut_conf_state().voters = vec![1, 3];
+        let mut m = Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+        m.from = 1;
+        m.to = 3;
+        m.term = 1;
+        m.set_snapshot(snapshot);
+        fresh.raw.step(m).unwrap();
+        let steps = fresh.one_ready();
+        assert_eq!(
+            steps,
+            vec![
+                Step::Snapshot(5),
+                Step::Restore(5),
+                Step::HardState { term: 1, commit: 5 },
+                Step::Sync,
+                Step::Send(raft::eraftpb::MessageType::MsgAppendResponse),
+                Step::Advance(5),
+            ]
+        );
     }
 }

@@ -76,6 +76,7 @@ mod mailbox;
 mod membership;
 mod node;
 mod proposals;
+mod replica;
 mod runtime;
 mod snapshot_codec;
 mod state_machine;

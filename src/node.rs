@@ -9,11 +9,10 @@ use bytes::Bytes;
 use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState};
-use raft::RawNode;
 use slog::{info, o, Logger};
 
 use crate::config::Config;
-use crate::driver;
+use crate::driver::Faults;
 use crate::error::{
     MembershipError, ProposeError, ReadError, StartError, StopReason, StorageError,
 };
@@ -54,6 +53,19 @@ pub(crate) struct Shared {
     /// senders hold the read lock across their send. So no request is ever left in the
     /// queue with nobody to resolve it (crossbeam keeps queued items while a sender lives).
     pub closed: RwLock<bool>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Shared {
+            metrics: Metrics::default(),
+            stop_reason: Mutex::new(None),
+            leader: AtomicU64::new(0),
+            peers_queued: AtomicUsize::new(0),
+            requests_queued: AtomicUsize::new(0),
+            closed: RwLock::new(false),
+        }
+    }
 }
 
 struct Inner<M: StateMachine> {
@@ -142,54 +154,85 @@ impl<M: StateMachine> Node<M> {
     /// hold, raft refuses the stored state, or the transport cannot start.
     pub fn start<S: LogStore, T: Transport>(
         config: Config,
+        store: S,
+        state_machine: M,
+        transport: T,
+        logger: &Logger,
+    ) -> Result<Self, StartError> {
+        Self::start_with_faults(
+            config,
+            store,
+            state_machine,
+            transport,
+            logger,
+            Faults::default(),
+        )
+    }
+
+    /// [`Node::start`] with the core's bug switches set (the test kit's
+    /// [`crate::testing::sim::Bugs`]), to prove a test catches the bug each one puts
+    /// back. Never use it outside such a test.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::start`].
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn start_with_bugs<S: LogStore, T: Transport>(
+        config: Config,
+        store: S,
+        state_machine: M,
+        transport: T,
+        logger: &Logger,
+        bugs: &crate::testing::sim::Bugs,
+    ) -> Result<Self, StartError> {
+        Self::start_with_faults(
+            config,
+            store,
+            state_machine,
+            transport,
+            logger,
+            bugs.faults(),
+        )
+    }
+
+    fn start_with_faults<S: LogStore, T: Transport>(
+        config: Config,
         mut store: S,
         mut state_machine: M,
         mut transport: T,
         logger: &Logger,
+        faults: Faults,
     ) -> Result<Self, StartError> {
         config.validate()?;
         let logger = logger.new(o!("raft_id" => config.id));
-        bootstrap_if_new(&config, &mut store, &logger)?;
-        let applied = recover_applied(&mut store, &mut state_machine, &logger)?;
-        let raw = RawNode::new(&config.to_raft(applied), store, &logger)
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let applied = crate::replica::recover(&config, &mut store, &mut state_machine, &logger)?;
 
         let (req_tx, req_rx) = bounded(config.max_pending_requests + config.max_pending_messages);
-        let shared = Arc::new(Shared {
-            metrics: Metrics::default(),
-            stop_reason: Mutex::new(None),
-            leader: AtomicU64::new(0),
-            peers_queued: AtomicUsize::new(0),
-            requests_queued: AtomicUsize::new(0),
-            closed: RwLock::new(false),
-        });
+        let shared = Arc::new(Shared::new());
         let mailbox = Mailbox::from_fn(
             config.id,
             peer_push(req_tx.clone(), shared.clone(), config.max_pending_messages),
         );
         transport.start(mailbox.clone())?;
-        // Members added by membership changes: their contexts (addresses) outlive
-        // compaction in the snapshot's member table (docs/membership.md).
-        let members = crate::runtime::recover_members(&raw, &logger);
-        for (peer, context) in &members {
-            if *peer != config.id {
-                transport.add_peer(*peer, context);
-            }
-        }
 
         let id = config.id;
         let max_proposal_bytes = config.max_proposal_bytes;
         let max_pending_requests = config.max_pending_requests;
+        // Members added by membership changes get their contexts (addresses) back from
+        // the snapshot's member table and the log (docs/membership.md) as the replica
+        // starts, and hands them to the transport.
         let runtime = Runtime::new(
-            raw,
+            store,
             state_machine,
+            applied,
             Box::new(transport),
             config,
             req_rx,
             shared.clone(),
             logger.clone(),
-            members,
-        );
+            faults,
+        )?;
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("raftnode-{id}"))
@@ -712,45 +755,6 @@ fn bootstrap_entries(voters: &[u64]) -> Result<Vec<Entry>, StartError> {
             Ok(entry)
         })
         .collect()
-}
-
-/// Brings the state machine up to the store's snapshot if it is behind it, and returns
-/// the applied index raft resumes from (ERRATA 16).
-fn recover_applied<S: LogStore, M: StateMachine>(
-    store: &mut S,
-    sm: &mut M,
-    logger: &Logger,
-) -> Result<u64, StartError> {
-    let first = store.first_index().map_err(raft_to_storage)?;
-    let last = store.last_index().map_err(raft_to_storage)?;
-    if sm.applied_index() + 1 < first {
-        let snapshot = store.snapshot(0, 0).map_err(raft_to_storage)?;
-        info!(logger, "restoring state machine from the stored snapshot";
-            "state_machine_applied" => sm.applied_index(), "snapshot_index" => snapshot.get_metadata().index);
-        driver::restore_state_machine(sm, &snapshot).map_err(|e| match e {
-            driver::DriverError::StateMachine(e) => StartError::StateMachine(e),
-            other => StartError::Raft(other.to_string()),
-        })?;
-    }
-    let applied = sm.applied_index();
-    if applied > last {
-        return Err(StartError::Storage(StorageError::Invalid {
-            op: "start",
-            detail: format!(
-                "the state machine has applied index {applied} but the log ends at {last}: \
-                 the log store lost entries the state machine saw (wrong data directory?)"
-            ),
-        }));
-    }
-    // Commit index writes are not synced on their own; the state machine only applies
-    // committed entries, so its applied index is a commit index we may trust.
-    let mut hs = store.initial_state().map_err(raft_to_storage)?.hard_state;
-    if hs.commit < applied {
-        hs.commit = applied;
-        store.set_hard_state(&hs)?;
-        store.sync()?;
-    }
-    Ok(applied)
 }
 
 fn raft_to_storage(e: raft::Error) -> StorageError {

@@ -238,18 +238,14 @@ impl<R> std::fmt::Debug for ProposalHandle<R> {
     }
 }
 
-/// What a waiter expects at its index.
-pub(crate) enum Waiter<R> {
+/// What a waiter expects at its index: a command's token `P` or a conf change's `C`
+/// (the runtime's completers, the simulator's operation ids).
+pub(crate) enum Waiter<P, C> {
     /// A normal command; resolved with the state machine's response.
-    Command(Completer<R, ProposeError>),
+    Command(P),
     /// A conf change; resolved with the ConfState after it, or `Rejected` when raft
-    /// turned it into an empty entry (ERRATA 9).
-    ConfChange(Completer<raft::eraftpb::ConfState, MembershipError>),
-}
-
-/// Waiters in log order.
-pub(crate) struct Pending<R> {
-    queue: VecDeque<(u64, u64, Waiter<R>)>,
+    /// turned it into an empty entry (docs/ready-loop.md, "Refused conf changes").
+    ConfChange(C),
 }
 
 /// What was applied at an index, for [`Pending::resolve`].
@@ -260,7 +256,22 @@ pub(crate) enum AppliedAs<'a, R> {
     Empty,
 }
 
-impl<R> Default for Pending<R> {
+/// How a waiter ended.
+pub(crate) enum Outcome<'a, R> {
+    /// Its entry was applied: this is what was applied there.
+    Applied(AppliedAs<'a, R>),
+    /// Another entry took its place: it will never be applied.
+    Dropped,
+    /// It may or may not have been applied (leadership lost, or a snapshot covered it).
+    Unknown { index: u64, term: u64 },
+}
+
+/// Waiters in log order.
+pub(crate) struct Pending<P, C> {
+    queue: VecDeque<(u64, u64, Waiter<P, C>)>,
+}
+
+impl<P, C> Default for Pending<P, C> {
     fn default() -> Self {
         Pending {
             queue: VecDeque::new(),
@@ -268,13 +279,13 @@ impl<R> Default for Pending<R> {
     }
 }
 
-impl<R> Pending<R> {
+impl<P, C> Pending<P, C> {
     pub(crate) fn len(&self) -> usize {
         self.queue.len()
     }
 
     /// Registers a waiter; indexes must be increasing.
-    pub(crate) fn push(&mut self, index: u64, term: u64, waiter: Waiter<R>) {
+    pub(crate) fn push(&mut self, index: u64, term: u64, waiter: Waiter<P, C>) {
         debug_assert!(self.queue.back().is_none_or(|(i, _, _)| *i < index));
         self.queue.push_back((index, term, waiter));
     }
@@ -285,54 +296,82 @@ impl<R> Pending<R> {
         self.queue.front().is_some_and(|(i, _, _)| *i <= index)
     }
 
-    /// Resolves the waiter at `index` with what was applied there in `term`, and fails
-    /// any waiter below `index` (its entry can no longer be applied).
-    pub(crate) fn resolve(&mut self, index: u64, term: u64, applied: AppliedAs<'_, R>) {
+    /// Resolves the waiter at `index` with what was applied there in `term`, and drops
+    /// any waiter below `index` (its entry can no longer be applied). `done` receives
+    /// each waiter with its outcome.
+    pub(crate) fn resolve<R>(
+        &mut self,
+        index: u64,
+        term: u64,
+        applied: AppliedAs<'_, R>,
+        mut done: impl FnMut(Waiter<P, C>, Outcome<'_, R>),
+    ) {
         while let Some((i, _, _)) = self.queue.front() {
             if *i > index {
                 return;
             }
             let (i, t, waiter) = self.queue.pop_front().expect("front exists");
             if i < index {
-                fail_dropped(waiter);
+                done(waiter, Outcome::Dropped);
                 continue;
             }
             if t != term {
-                fail_dropped(waiter);
-                return;
-            }
-            match (waiter, applied) {
-                (Waiter::Command(c), AppliedAs::Command(r)) => c.complete(Ok(r)),
-                (Waiter::ConfChange(c), AppliedAs::ConfChange(cs)) => c.complete(Ok(cs.clone())),
-                (Waiter::ConfChange(c), AppliedAs::Empty) => {
-                    c.complete(Err(MembershipError::Rejected(
-                        "raft refused the change (another change pending or wrong joint state)"
-                            .into(),
-                    )))
-                }
-                (waiter, _) => fail_dropped(waiter),
+                done(waiter, Outcome::Dropped);
+            } else {
+                done(waiter, Outcome::Applied(applied));
             }
             return;
         }
     }
 
-    /// Fails every waiter: leadership was lost, so their outcome is unknown.
-    pub(crate) fn fail_all_unknown(&mut self) {
-        for (index, term, waiter) in self.queue.drain(..) {
-            match waiter {
-                Waiter::Command(c) => c.complete(Err(ProposeError::OutcomeUnknown { index, term })),
-                Waiter::ConfChange(c) => c.complete(Err(MembershipError::OutcomeUnknown { index })),
-            }
+    /// Ends every waiter at or below `index` as unknown: a snapshot from the leader
+    /// covered them, so whether their entry was the one applied there is not known.
+    pub(crate) fn unknown_up_to<R>(
+        &mut self,
+        index: u64,
+        mut done: impl FnMut(Waiter<P, C>, Outcome<'_, R>),
+    ) {
+        while self.queue.front().is_some_and(|(i, _, _)| *i <= index) {
+            let (index, term, waiter) = self.queue.pop_front().expect("front exists");
+            done(waiter, Outcome::Unknown { index, term });
         }
+    }
+
+    /// Ends every waiter as unknown: leadership was lost, so their entries may or may
+    /// not commit.
+    pub(crate) fn unknown_all<R>(&mut self, done: impl FnMut(Waiter<P, C>, Outcome<'_, R>)) {
+        self.unknown_up_to(u64::MAX, done);
+    }
+
+    /// Takes every waiter out without resolving it (the simulator's crash).
+    #[cfg(feature = "testing")]
+    pub(crate) fn take_all(&mut self) -> impl Iterator<Item = Waiter<P, C>> + '_ {
+        self.queue.drain(..).map(|(_, _, w)| w)
     }
 }
 
-fn fail_dropped<R>(waiter: Waiter<R>) {
-    match waiter {
-        Waiter::Command(c) => c.complete(Err(ProposeError::Dropped)),
-        Waiter::ConfChange(c) => c.complete(Err(MembershipError::Rejected(
-            "the entry was overwritten by a new leader".into(),
-        ))),
+/// The runtime's resolution of a command waiter with its outcome.
+pub(crate) fn propose_result<R>(outcome: Outcome<'_, R>) -> Result<R, ProposeError> {
+    match outcome {
+        Outcome::Applied(AppliedAs::Command(r)) => Ok(r),
+        Outcome::Applied(_) | Outcome::Dropped => Err(ProposeError::Dropped),
+        Outcome::Unknown { index, term } => Err(ProposeError::OutcomeUnknown { index, term }),
+    }
+}
+
+/// The resolution of a conf-change waiter with its outcome.
+pub(crate) fn conf_change_result<R>(
+    outcome: Outcome<'_, R>,
+) -> Result<raft::eraftpb::ConfState, MembershipError> {
+    match outcome {
+        Outcome::Applied(AppliedAs::ConfChange(cs)) => Ok(cs.clone()),
+        Outcome::Applied(AppliedAs::Empty) => Err(MembershipError::Rejected(
+            "raft refused the change (another change pending or wrong joint state)".into(),
+        )),
+        Outcome::Applied(AppliedAs::Command(_)) | Outcome::Dropped => Err(
+            MembershipError::Rejected("the entry was overwritten by a new leader".into()),
+        ),
+        Outcome::Unknown { index, .. } => Err(MembershipError::OutcomeUnknown { index }),
     }
 }
 
@@ -358,23 +397,47 @@ mod tests {
 
     #[test]
     fn resolve_matches_index_and_term() {
-        let mut p: Pending<u32> = Pending::default();
-        let (h1, c1) = slot();
-        let (h2, c2) = slot();
-        let (h3, c3) = slot();
-        p.push(5, 2, Waiter::Command(c1));
-        p.push(6, 2, Waiter::Command(c2));
-        p.push(7, 2, Waiter::Command(c3));
-        p.resolve(5, 2, AppliedAs::Command(50));
+        let mut p: Pending<u32, ()> = Pending::default();
+        p.push(5, 2, Waiter::Command(1));
+        p.push(6, 2, Waiter::Command(2));
+        p.push(7, 2, Waiter::Command(3));
+        let mut seen = Vec::new();
+        let mut record = |w: Waiter<u32, ()>, o: Outcome<'_, u32>| {
+            let Waiter::Command(id) = w else {
+                unreachable!()
+            };
+            seen.push((id, propose_result(o)));
+        };
+        p.resolve(5, 2, AppliedAs::Command(50), &mut record);
         // Index 6 was overwritten by term 3: the waiter must never see success.
-        p.resolve(6, 3, AppliedAs::Command(60));
-        assert_eq!(h1.try_take(), Some(Ok(50)));
-        assert_eq!(h2.try_take(), Some(Err(ProposeError::Dropped)));
-        assert!(h3.try_take().is_none());
-        p.fail_all_unknown();
+        p.resolve(6, 3, AppliedAs::Command(60), &mut record);
+        p.unknown_all(&mut record);
         assert_eq!(
-            h3.try_take(),
-            Some(Err(ProposeError::OutcomeUnknown { index: 7, term: 2 }))
+            seen,
+            vec![
+                (1, Ok(50)),
+                (2, Err(ProposeError::Dropped)),
+                (3, Err(ProposeError::OutcomeUnknown { index: 7, term: 2 })),
+            ]
         );
+    }
+
+    #[test]
+    fn a_snapshot_leaves_covered_waiters_unknown() {
+        let mut p: Pending<u32, ()> = Pending::default();
+        p.push(5, 2, Waiter::Command(1));
+        p.push(9, 2, Waiter::Command(2));
+        let mut seen = Vec::new();
+        p.unknown_up_to(7, |w: Waiter<u32, ()>, o: Outcome<'_, u32>| {
+            let Waiter::Command(id) = w else {
+                unreachable!()
+            };
+            seen.push((id, propose_result(o)));
+        });
+        assert_eq!(
+            seen,
+            vec![(1, Err(ProposeError::OutcomeUnknown { index: 5, term: 2 }))]
+        );
+        assert_eq!(p.len(), 1);
     }
 }

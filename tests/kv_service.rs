@@ -41,12 +41,32 @@ fn server_binary() -> &'static Path {
     })
 }
 
-/// A free loopback port (bound, read, released; good enough on a test machine).
+/// A free loopback port outside the kernel's ephemeral range.
+///
+/// A port from binding port 0 is an ephemeral one: once released, the kernel may hand
+/// it to any outgoing connection as its source port, and a restarted server then finds
+/// it taken ("Address already in use", seen in CI). Ports below the ephemeral range are
+/// never handed out that way. Each process starts at its own offset (its pid) and walks
+/// the range, skipping ports some other socket holds, so parallel test binaries do not
+/// pick the same ones.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u32, ephemeral_low.clamp(10_001, 49_152));
+    let span = high - low;
+    let start = std::process::id().wrapping_mul(97) % span;
+    for _ in 0..span {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(port).expect("below 49152");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
 }
 
 /// One HTTP answer.

@@ -259,3 +259,98 @@ fn bug_compact_past_snapshot_is_caught() {
     };
     assert_caught("compact_past_snapshot", bugs, |_| {});
 }
+
+/// Telling raft entries were applied before the state machine applied them (the guide's
+/// `advance` before apply) is caught within 500 seeds: raft's applied index runs ahead of
+/// the state machine's, which the simulator checks after every drive (and which serves
+/// reads and snapshots from state that lacks the entries).
+#[test]
+fn bug_advance_before_apply_is_caught() {
+    let bugs = Bugs {
+        advance_before_apply: true,
+        ..Bugs::default()
+    };
+    assert_caught("advance_before_apply", bugs, |_| {});
+}
+
+/// Not persisting the commit index a `LightReady` carries is caught within 500 seeds:
+/// the store's commit index falls behind what was applied.
+#[test]
+fn bug_light_commit_not_persisted_is_caught() {
+    let bugs = Bugs {
+        light_commit_not_persisted: true,
+        ..Bugs::default()
+    };
+    assert_caught("light_commit_not_persisted", bugs, |_| {});
+}
+
+/// Not persisting the ConfState `apply_conf_change` returns is caught within 500 seeds:
+/// the store's membership is not raft's, and a restarted node would come back with the
+/// old membership.
+#[test]
+fn bug_conf_state_not_persisted_is_caught() {
+    let bugs = Bugs {
+        conf_state_not_persisted: true,
+        ..Bugs::default()
+    };
+    assert_caught("conf_state_not_persisted", bugs, |c| {
+        c.faults.membership_per_million = c.faults.membership_per_million.max(2_000);
+    });
+}
+
+/// Answering `Linearizable` reads from raft-rs's lease (raftnode 0.1 with `lease_reads`
+/// on) is caught within 500 seeds: a leader cut off by a partition answers with a value
+/// the new leader has already overwritten.
+#[test]
+fn bug_linearizable_from_raft_lease_is_caught() {
+    let bugs = Bugs {
+        linearizable_from_raft_lease: true,
+        ..Bugs::default()
+    };
+    assert_caught("linearizable_from_raft_lease", bugs, |c| {
+        c.lease_reads = true;
+        c.pinned_clients = true;
+        c.faults.partition_per_million = c.faults.partition_per_million.max(2_000);
+    });
+}
+
+/// Measuring the lease from when a round's confirmation arrived instead of when the
+/// round was sent is caught within 500 seeds: with slow links into the leader and a
+/// partition that lets messages in flight arrive, the lease outlives the followers'
+/// election timeouts, and the old leader serves a stale lease read.
+#[test]
+fn bug_lease_from_receipt_is_caught() {
+    let bugs = Bugs {
+        lease_from_receipt: true,
+        ..Bugs::default()
+    };
+    assert_caught("lease_from_receipt", bugs, |c| {
+        c.lease_reads = true;
+        c.pinned_clients = true;
+        c.faults.slow_leader_per_million = c.faults.slow_leader_per_million.max(3_000);
+        // Partitions long enough for the rest to elect a leader and commit; no
+        // transfers, which void the lease anyway.
+        c.faults.partition_steps = (150, 400);
+        c.faults.partition_per_million = 5_000;
+        c.faults.transfer_per_million = 0;
+        c.faults.crash_per_million = 0;
+        c.faults.membership_per_million = 0;
+    });
+}
+
+/// Reusing ReadIndex contexts (numbered from 1 at every start, a retry sent with its
+/// first context, as raftnode 0.1 did) is caught within 500 seeds: a late
+/// acknowledgement of an earlier round with the same context confirms a later one, and
+/// a deposed leader serves a stale read.
+#[test]
+fn bug_read_ctx_reused_is_caught() {
+    let bugs = Bugs {
+        read_ctx_reused: true,
+        ..Bugs::default()
+    };
+    assert_caught("read_ctx_reused", bugs, |c| {
+        c.pinned_clients = true;
+        c.faults.slow_leader_per_million = c.faults.slow_leader_per_million.max(2_000);
+        c.faults.crash_per_million = c.faults.crash_per_million.max(500);
+    });
+}

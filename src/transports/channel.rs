@@ -157,6 +157,8 @@ struct Faults {
     /// Per directed link; replaces `drop_rate` on that link.
     link_drop_rates: BTreeMap<(u64, u64), f64>,
     delay: Duration,
+    /// Per directed link; replaces `delay` on that link.
+    link_delays: BTreeMap<(u64, u64), Duration>,
 }
 
 /// Padded to its own cache lines so counting does not contend with the table lock.
@@ -273,7 +275,7 @@ impl ChannelNetwork {
         });
     }
 
-    /// Removes every fault: cuts, partitions, isolations, drop rates and the delay.
+    /// Removes every fault: cuts, partitions, isolations, drop rates and delays.
     ///
     /// Messages already delayed are still delivered at their due time.
     pub fn heal(&self) {
@@ -326,6 +328,23 @@ impl ChannelNetwork {
             self.hub.delay_thread();
         }
         self.hub.core.update_faults(|faults| faults.delay = delay);
+    }
+
+    /// Delays the delivery of every message sent from `from` to `to` from now on by
+    /// `delay`; on this one-way link it replaces the network-wide delay
+    /// ([`set_delay`](Self::set_delay)), so `Duration::ZERO` makes the link instant.
+    /// Asymmetric links are where a lease measured from the wrong instant goes wrong.
+    ///
+    /// # Panics
+    ///
+    /// If the delay thread cannot be spawned.
+    pub fn set_link_delay(&self, from: u64, to: u64, delay: Duration) {
+        if !delay.is_zero() {
+            self.hub.delay_thread();
+        }
+        self.hub.core.update_faults(|faults| {
+            faults.link_delays.insert((from, to), delay);
+        });
     }
 
     /// The message counts so far.
@@ -410,11 +429,10 @@ impl Transport for ChannelTransport {
             }
             drop(table);
         } else {
-            let delay = table.faults.delay;
             let delayed = core.route_with_faults(&table, own, messages, &mut tally);
             drop(table);
-            if !delayed.is_empty() {
-                self.hub.send_delayed(own, delay, delayed, &mut tally);
+            for (delay, messages) in delayed {
+                self.hub.send_delayed(own, delay, messages, &mut tally);
             }
         }
         core.stats.add(&tally);
@@ -522,25 +540,27 @@ impl Core {
         }
     }
 
-    /// Applies cuts and drop rates to `messages`, delivers the survivors now if there is
-    /// no delay, and returns those to be delayed.
+    /// Applies cuts and drop rates to `messages`, delivers the survivors now if their
+    /// link has no delay, and returns those to be delayed, grouped by delay. Each link
+    /// has one delay, so a link's messages stay in one group, in order.
     fn route_with_faults(
         &self,
         table: &Table,
         own: &Mailbox,
         messages: Vec<Message>,
         tally: &mut Tally,
-    ) -> Vec<Message> {
+    ) -> BTreeMap<Duration, Vec<Message>> {
         let from = own.id();
         let faults = &table.faults;
-        let mut delayed = Vec::new();
+        let mut delayed: BTreeMap<Duration, Vec<Message>> = BTreeMap::new();
         for msg in messages {
+            let delay = faults.delay(from, msg.to);
             if faults.is_cut(from, msg.to) || self.roll(faults.drop_rate(from, msg.to)) {
                 drop_by_fault(own, &msg, tally);
-            } else if faults.delay.is_zero() {
+            } else if delay.is_zero() {
                 deliver(&table.peers, own, msg, tally);
             } else {
-                delayed.push(msg);
+                delayed.entry(delay).or_default().push(msg);
             }
         }
         delayed
@@ -604,6 +624,14 @@ impl Faults {
             && self.drop_rate == 0.0
             && self.link_drop_rates.is_empty()
             && self.delay.is_zero()
+            && self.link_delays.is_empty()
+    }
+
+    fn delay(&self, from: u64, to: u64) -> Duration {
+        self.link_delays
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(self.delay)
     }
 
     fn is_cut(&self, from: u64, to: u64) -> bool {
@@ -1103,6 +1131,30 @@ mod tests {
         // The delay thread counts a batch after handing it over; wait for that.
         let stats = settled_stats(&network, |s| s.delayed == 0);
         assert_eq!(stats.delivered, 201);
+    }
+
+    /// A link delay holds only its own link; the other direction stays instant.
+    #[test]
+    fn link_delay_holds_only_its_link() {
+        let network = ChannelNetwork::new();
+        let mut nodes = cluster(&network, 2);
+        let delay = Duration::from_millis(500);
+        network.set_link_delay(2, 1, delay);
+        let sent = Instant::now();
+        nodes[0].send(2, MsgAppend, 1);
+        nodes[1].send(1, MsgAppend, 2);
+        match nodes[1].rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(PeerInput::Message(m)) => assert_eq!(m.index, 1),
+            _ => panic!("the instant direction did not deliver"),
+        }
+        assert!(sent.elapsed() < delay, "the undelayed direction was held");
+        match nodes[0].rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(PeerInput::Message(m)) => assert_eq!(m.index, 2),
+            _ => panic!("the delayed direction did not deliver"),
+        }
+        assert!(sent.elapsed() >= delay, "the delayed link delivered early");
+        network.heal();
+        assert!(!network.hub.core.table.read().faults_active);
     }
 
     /// A cut made while a message is delayed drops it when it falls due.

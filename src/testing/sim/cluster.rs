@@ -56,6 +56,10 @@ enum Slot<W: Workload> {
 struct Client {
     id: u64,
     target: u64,
+    /// Stays on `target` whatever it answers.
+    pinned: bool,
+    /// Issues only the reads the workload draws (see `reader_takes`), skipping the rest.
+    reads_only: bool,
     current: Option<(OpId, u64)>,
     next_at: u64,
 }
@@ -78,6 +82,8 @@ struct Sim<'a, W: Workload> {
     next_id: u64,
     max_id: u64,
     settings: NodeSettings,
+    /// Where every node's clock starts; each reads it with its own drift.
+    base: std::time::Instant,
     nodes: BTreeMap<u64, Slot<W>>,
     net: Network,
     history: History<Input<W>, Output<W>>,
@@ -106,6 +112,8 @@ impl<'a, W: Workload> Sim<'a, W> {
         let settings = NodeSettings {
             election_tick: cfg.election_ticks.max(cfg.heartbeat_ticks + 1),
             heartbeat_ticks: cfg.heartbeat_ticks.max(1),
+            tick_steps: cfg.tick_steps.max(1),
+            read_timeout_steps: cfg.client_timeout_steps,
             lease_reads: cfg.lease_reads,
             snapshot_every: cfg.snapshot_every,
             snapshot_trailing: cfg.snapshot_trailing,
@@ -120,14 +128,32 @@ impl<'a, W: Workload> Sim<'a, W> {
                 },
             );
         }
-        let clients = (0..cfg.clients)
+        let mut clients: Vec<Client> = (0..cfg.clients)
             .map(|k| Client {
                 id: k + 1,
                 target: ids[(k as usize) % ids.len()],
+                pinned: false,
+                reads_only: false,
                 current: None,
                 next_at: 0,
             })
             .collect();
+        if cfg.pinned_clients {
+            // Two per node: a reader, which is never stuck behind a write that cannot
+            // commit, and one with the whole mix, which writes on whoever leads.
+            for &target in &ids {
+                for reads_only in [true, false] {
+                    clients.push(Client {
+                        id: clients.len() as u64 + 1,
+                        target,
+                        pinned: true,
+                        reads_only,
+                        current: None,
+                        next_at: 0,
+                    });
+                }
+            }
+        }
         Sim {
             w,
             cfg,
@@ -143,6 +169,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             ids,
             initial_voters,
             settings,
+            base: std::time::Instant::now(),
             nodes,
             net: Network::default(),
             history: History::new(),
@@ -176,7 +203,11 @@ impl<'a, W: Workload> Sim<'a, W> {
             seed: self.cfg.seed,
             step: self.step,
             message,
-            recent_events: self.recent.iter().cloned().collect(),
+            // With tracing on, the whole trace: the cause may be long before the failure.
+            recent_events: match &self.trace {
+                Some(trace) => trace.lines().map(str::to_string).collect(),
+                None => self.recent.iter().cloned().collect(),
+            },
         }
     }
 
@@ -215,9 +246,10 @@ impl<'a, W: Workload> Sim<'a, W> {
         }
         self.expire_ops();
         if self.step.is_multiple_of(self.cfg.tick_steps.max(1)) {
+            let step = self.step;
             for slot in self.nodes.values_mut() {
                 if let Slot::Up(node) = slot {
-                    node.tick();
+                    node.tick(step);
                 }
             }
         }
@@ -231,7 +263,8 @@ impl<'a, W: Workload> Sim<'a, W> {
     }
 
     fn deliver(&mut self) {
-        while let Some(delivery) = self.net.next_due(self.step) {
+        let step = self.step;
+        while let Some(delivery) = self.net.next_due(step) {
             let (m, delivered) = match delivery {
                 Delivery::Deliver(m) => (m, true),
                 Delivery::Blocked(m) => (m, false),
@@ -242,12 +275,12 @@ impl<'a, W: Workload> Sim<'a, W> {
             self.event(|| describe(&m, delivered && up));
             if delivered && up {
                 if let Some(Slot::Up(node)) = self.nodes.get_mut(&to) {
-                    node.step(m);
+                    node.step(m, step);
                 }
             }
             if let Some(Slot::Up(sender)) = self.nodes.get_mut(&from) {
                 if !(delivered && up) {
-                    sender.raw.report_unreachable(to);
+                    sender.report_unreachable(to);
                 }
                 if is_snapshot {
                     // ERRATA 13: report every snapshot sent, success or failure.
@@ -256,7 +289,7 @@ impl<'a, W: Workload> Sim<'a, W> {
                     } else {
                         SnapshotStatus::Failure
                     };
-                    sender.raw.report_snapshot(to, status);
+                    sender.report_snapshot(to, status);
                 }
             }
         }
@@ -269,9 +302,22 @@ impl<'a, W: Workload> Sim<'a, W> {
                 continue;
             }
             let op = self.w.next_op(&mut self.rng_clients);
+            if self.clients[k].reads_only && !self.reader_takes(&op) {
+                continue;
+            }
             let target = self.clients[k].target;
             let cid = self.clients[k].id;
             self.invoke(k, cid, target, op);
+        }
+    }
+
+    /// Whether a reads-only client issues `op`: reads only, and with lease reads on only
+    /// `Lease` reads, which a leader cut off from the group answers until its lease
+    /// ends instead of holding the client until a quorum answers.
+    fn reader_takes(&self, op: &ClientOp<Input<W>>) -> bool {
+        match op {
+            ClientOp::Write(..) => false,
+            ClientOp::Read(_, mode) => !self.cfg.lease_reads || *mode == ReadMode::Lease,
         }
     }
 
@@ -287,7 +333,7 @@ impl<'a, W: Workload> Sim<'a, W> {
         let result = match self.nodes.get_mut(&target) {
             Some(Slot::Up(node)) => match request {
                 Ok(command) => node.propose(id, command),
-                Err(mode) => node.read(id, mode),
+                Err(mode) => node.read(id, mode, step),
             },
             _ => Err(Refused { leader: None }),
         };
@@ -298,6 +344,10 @@ impl<'a, W: Workload> Sim<'a, W> {
             }
             Err(refused) => {
                 self.history.discard(id);
+                if self.clients[k].pinned {
+                    self.clients[k].next_at = step + 1 + self.rng_clients.below(5);
+                    return;
+                }
                 let next = match refused.leader {
                     Some(l) if l != target => l,
                     _ => self.ids[self.rng_clients.below(self.ids.len() as u64) as usize],
@@ -336,13 +386,13 @@ impl<'a, W: Workload> Sim<'a, W> {
             let Some(Slot::Up(node)) = self.nodes.get_mut(&id) else {
                 continue;
             };
-            let result = node.drive();
+            let result = node.drive(self.step);
             // A drive cut short by a failed sync may leave the state machine ahead of
             // raft's applied index: the node is about to stop, so skip the state check.
             self.collect(id, result.is_ok())?;
             if let Err(e) = result {
                 let sync_failed = match self.nodes.get(&id) {
-                    Some(Slot::Up(node)) => node.raw.store().sync_failed(),
+                    Some(Slot::Up(node)) => node.raw().store().sync_failed(),
                     _ => false,
                 };
                 if !sync_failed {
@@ -361,36 +411,37 @@ impl<'a, W: Workload> Sim<'a, W> {
         let Some(Slot::Up(node)) = self.nodes.get_mut(&id) else {
             return Ok(());
         };
-        let sent = std::mem::take(&mut node.out.sent);
-        let completed = std::mem::take(&mut node.out.completed);
-        let dropped = std::mem::take(&mut node.out.dropped);
-        let unknown = std::mem::take(&mut node.out.unknown);
-        let served = std::mem::take(&mut node.served);
-        let terms = std::mem::take(&mut node.out.applied_terms);
-        let hashes = std::mem::take(&mut node.sm.applied);
-        let removed = std::mem::take(&mut node.out.removed);
-        let machine_applied = node.sm.applied_index();
-        let (role, term, commit) = (
-            node.raw.raft.state,
-            node.raw.raft.term,
-            node.raw.raft.raft_log.committed,
-        );
-        let applied = node.raw.raft.raft_log.applied;
+        let host = node.host();
+        let sent = std::mem::take(&mut host.sent);
+        let completed = std::mem::take(&mut host.completed);
+        let dropped = std::mem::take(&mut host.dropped);
+        let unknown = std::mem::take(&mut host.unknown);
+        let served = std::mem::take(&mut host.served);
+        let terms = std::mem::take(&mut host.applied_terms);
+        let removed = std::mem::take(&mut host.removed);
+        let hashes = std::mem::take(&mut node.machine_mut().applied);
+        let machine_applied = node.machine().applied_index();
+        let raw = node.raw();
+        let (role, term, commit) = (raw.raft.state, raw.raft.term, raw.raft.raft_log.committed);
+        let applied = raw.raft.raft_log.applied;
+        // What the store holds now (written, synced or not), for the durability checks.
+        let stored = raft::Storage::initial_state(raw.store()).ok();
+        let raft_conf = raw.raft.prs().conf().to_conf_state();
         let detail = format!(
             "machine applied {}, raft applied {applied}, commit {commit}, store first {}, \
              snapshot {}",
-            node.sm.applied_index(),
-            raft::Storage::first_index(node.raw.store()).unwrap_or(0),
-            raft::Storage::snapshot(node.raw.store(), 0, 0)
+            node.machine().applied_index(),
+            raft::Storage::first_index(node.raw().store()).unwrap_or(0),
+            raft::Storage::snapshot(node.raw().store(), 0, 0)
                 .map(|s| s.get_metadata().index)
                 .unwrap_or(0)
         );
         let digest = if !check_state || (terms.is_empty() && applied == 0) {
             None
         } else {
-            self.w.digest(&node.sm.inner)
+            self.w.digest(&node.machine().inner)
         };
-        self.snapshots += std::mem::take(&mut node.snapshots_taken);
+        self.snapshots += node.take_snapshots_taken();
         let step = self.step;
         let mut outputs = Vec::with_capacity(completed.len() + served.len());
         for (op, response) in completed {
@@ -400,7 +451,7 @@ impl<'a, W: Workload> Sim<'a, W> {
         }
         for op in served {
             if let Some(input) = self.history.open_input(op) {
-                outputs.push((op, self.w.read_output(&node.sm.inner, input)));
+                outputs.push((op, self.w.read_output(&node.machine().inner, input)));
             }
         }
         for m in sent {
@@ -421,6 +472,9 @@ impl<'a, W: Workload> Sim<'a, W> {
         }
         // Invariant: at most one leader per term (Raft §5.2, Election Safety).
         if role == StateRole::Leader {
+            if !self.leaders.contains_key(&term) {
+                self.event(|| format!("node {id} leads term {term}"));
+            }
             let first = *self.leaders.entry(term).or_insert(id);
             if first != id {
                 return Err(self.failure(format!(
@@ -429,6 +483,32 @@ impl<'a, W: Workload> Sim<'a, W> {
             }
         }
         self.max_commit = self.max_commit.max(commit);
+        if check_state {
+            // Invariant: raft is told an entry was applied only after the state machine
+            // applied it (docs/ready-loop.md, step 5).
+            if applied > machine_applied {
+                return Err(self.failure(format!(
+                    "node {id}: raft counts index {applied} as applied, the state machine                      has applied only {machine_applied}"
+                )));
+            }
+            if let Some(stored) = stored {
+                // Invariant: what was applied is known committed on disk, so a restart
+                // never starts below it (docs/ready-loop.md, step 7).
+                if stored.hard_state.commit < applied {
+                    return Err(self.failure(format!(
+                        "node {id}: applied index {applied} is above the commit index its                          store holds ({})",
+                        stored.hard_state.commit
+                    )));
+                }
+                // Invariant: the store's ConfState is raft's (docs/ready-loop.md, step 5).
+                if !same_conf(&stored.conf_state, &raft_conf) {
+                    return Err(self.failure(format!(
+                        "node {id}: the store's ConfState {:?} is not raft's {:?}",
+                        stored.conf_state, raft_conf
+                    )));
+                }
+            }
+        }
         // Invariant: every node applies the same entry at each index (State Machine
         // Safety, §5.4.3); a committed entry is never lost or changed.
         if terms.len() != hashes.len() {
@@ -511,8 +591,8 @@ impl<'a, W: Workload> Sim<'a, W> {
         };
         let (cs, pending) = match self.nodes.get(&leader) {
             Some(Slot::Up(node)) => (
-                node.raw.raft.prs().conf().to_conf_state(),
-                node.raw.raft.has_pending_conf(),
+                node.raw().raft.prs().conf().to_conf_state(),
+                node.raw().raft.has_pending_conf(),
             ),
             _ => return,
         };
@@ -570,22 +650,47 @@ impl<'a, W: Workload> Sim<'a, W> {
         if !self.plan.active {
             return;
         }
-        if let Some(what) =
-            self.net
-                .update_partitions(self.step, &self.ids, &self.plan, &mut self.rng_faults)
-        {
+        let leader = self.nodes.iter().find_map(|(id, slot)| match slot {
+            Slot::Up(node) if node.is_leader() => Some(*id),
+            _ => None,
+        });
+        if let Some(what) = self.net.update_partitions(
+            self.step,
+            &self.ids,
+            leader,
+            &self.plan,
+            &mut self.rng_faults,
+        ) {
             self.event(|| what);
+        }
+        // The slowness follows the leader: the node everyone sends to is the congested one.
+        if !self.net.move_slowness(self.step, leader)
+            && self.rng_faults.chance(self.plan.slow_leader_per_million)
+        {
+            if let Some(leader) = leader {
+                let (min, max) = self.plan.partition_steps;
+                let until = self.step + self.rng_faults.between(min, max);
+                self.net.slow_inbound(leader, until);
+                self.event(|| format!("messages to the leader are slow until step {until}"));
+            }
         }
         for id in self.ids.clone() {
             if !matches!(self.nodes.get(&id), Some(Slot::Up(_))) {
                 continue;
+            }
+            if self.rng_faults.chance(self.plan.clock_jump_per_million) {
+                let by = std::time::Duration::from_millis(self.rng_faults.between(1, 1_000));
+                self.event(|| format!("node {id}'s clock jumps {by:?} ahead"));
+                if let Some(Slot::Up(node)) = self.nodes.get_mut(&id) {
+                    node.jump_clock(by);
+                }
             }
             if self.rng_faults.chance(self.plan.crash_per_million) {
                 self.event(|| format!("node {id} crashes"));
                 self.crash(id);
             } else if self.rng_faults.chance(self.plan.sync_failure_per_million) {
                 if let Some(Slot::Up(node)) = self.nodes.get_mut(&id) {
-                    node.raw.mut_store().fail_next_sync();
+                    node.raw_mut().mut_store().fail_next_sync();
                 }
             }
         }
@@ -600,8 +705,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             });
             if let Some((from, node)) = leader {
                 if from != to {
-                    node.raw.transfer_leader(to);
-                    node.rerandomize();
+                    node.transfer_leader(to, self.step);
                     self.event(|| format!("leadership transfer {from} -> {to}"));
                 }
             }
@@ -652,6 +756,8 @@ impl<'a, W: Workload> Sim<'a, W> {
                 self.settings,
                 self.cfg.bugs,
                 self.rng_timeouts.fork(),
+                self.base,
+                self.step,
                 &self.logger,
             )
             .map_err(|e| self.failure(format!("node {id} failed to restart: {e}")))?;
@@ -680,6 +786,8 @@ impl<'a, W: Workload> Sim<'a, W> {
         self.clients.push(Client {
             id: 0,
             target: self.ids[0],
+            pinned: false,
+            reads_only: false,
             current: None,
             next_at: 0,
         });
@@ -722,8 +830,8 @@ impl<'a, W: Workload> Sim<'a, W> {
     fn leader_committed_in_term(&self) -> bool {
         self.nodes.values().any(|slot| match slot {
             Slot::Up(node) => {
-                let log = &node.raw.raft.raft_log;
-                node.is_leader() && log.term(log.committed).ok() == Some(node.raw.raft.term)
+                let log = &node.raw().raft.raft_log;
+                node.is_leader() && log.term(log.committed).ok() == Some(node.raw().raft.term)
             }
             Slot::Down { .. } => false,
         })
@@ -735,8 +843,8 @@ impl<'a, W: Workload> Sim<'a, W> {
     fn check_logs(&self) -> Result<(), SimFailure> {
         for (id, slot) in &self.nodes {
             let Slot::Up(node) = slot else { continue };
-            let commit = node.raw.raft.raft_log.committed;
-            for e in node.raw.store().written().entries() {
+            let commit = node.raw().raft.raft_log.committed;
+            for e in node.raw().store().written().entries() {
                 if e.index > commit {
                     break;
                 }
@@ -762,8 +870,16 @@ impl<'a, W: Workload> Sim<'a, W> {
 }
 
 fn describe(m: &Message, delivered: bool) -> String {
+    let ctx = match m.context.len() {
+        16 => format!(
+            " ctx={}:{}",
+            u64::from_le_bytes(m.context[..8].try_into().expect("8 bytes")),
+            u64::from_le_bytes(m.context[8..].try_into().expect("8 bytes"))
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{} {}->{} {:?} term={} index={} log_term={} commit={} entries={} reject={}",
+        "{} {}->{} {:?} term={} index={} log_term={} commit={} entries={} reject={}{ctx}",
         if delivered { "deliver" } else { "lost" },
         m.from,
         m.to,
@@ -775,4 +891,18 @@ fn describe(m: &Message, delivered: bool) -> String {
         m.entries.len(),
         m.reject
     )
+}
+
+/// Whether two ConfStates name the same members in the same roles.
+fn same_conf(a: &raft::eraftpb::ConfState, b: &raft::eraftpb::ConfState) -> bool {
+    let set = |v: &[u64]| {
+        v.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<u64>>()
+    };
+    set(&a.voters) == set(&b.voters)
+        && set(&a.voters_outgoing) == set(&b.voters_outgoing)
+        && set(&a.learners) == set(&b.learners)
+        && set(&a.learners_next) == set(&b.learners_next)
+        && a.auto_leave == b.auto_leave
 }

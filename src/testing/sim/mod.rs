@@ -217,6 +217,13 @@ pub struct FaultPlan {
     /// as a learner, promote a learner, remove a voter or a learner, or replace a voter
     /// by a learner through a joint configuration.
     pub membership_per_million: u32,
+    /// Chance per step and node that its clock jumps forward by up to a second (a
+    /// paused VM, an NTP step): a leader's lease must then end early, never late.
+    pub clock_jump_per_million: u32,
+    /// Chance per step that the leader's inbound links turn slow for a partition's
+    /// length: every message to it takes 30 to 90 steps more (a congested leader),
+    /// while its own messages go out at normal speed.
+    pub slow_leader_per_million: u32,
 }
 
 impl FaultPlan {
@@ -236,6 +243,8 @@ impl FaultPlan {
             restart_steps: (20, 300),
             transfer_per_million: 0,
             membership_per_million: 0,
+            clock_jump_per_million: 0,
+            slow_leader_per_million: 0,
         }
     }
 
@@ -257,6 +266,8 @@ impl FaultPlan {
         let sync_failure = rate(300);
         let transfer = rate(2_000);
         let membership = rate(2_000);
+        let clock_jump = rate(200);
+        let slow_leader = rate(1_000);
         FaultPlan {
             active: true,
             drop_per_million: drop,
@@ -271,6 +282,8 @@ impl FaultPlan {
             restart_steps: (5, rng.between(50, 500)),
             transfer_per_million: transfer,
             membership_per_million: membership,
+            clock_jump_per_million: clock_jump,
+            slow_leader_per_million: slow_leader,
         }
     }
 }
@@ -297,6 +310,43 @@ pub struct Bugs {
     /// (the driver's `compact_past_snapshot` fault; the simulated disk then accepts it,
     /// as a store that does not check would).
     pub compact_past_snapshot: bool,
+    /// Tell raft a Ready's entries were applied before the state machine applied them
+    /// (the guide's `advance` before apply); they reach the state machine a drive later.
+    pub advance_before_apply: bool,
+    /// Forget to persist the commit index a `LightReady` carries.
+    pub light_commit_not_persisted: bool,
+    /// Forget to persist the ConfState `apply_conf_change` returns.
+    pub conf_state_not_persisted: bool,
+    /// Hand `Linearizable` reads to raft-rs's `LeaseBased` read-only mode when
+    /// `lease_reads` is on (raftnode 0.1's bug: a cut-off leader answers them).
+    pub linearizable_from_raft_lease: bool,
+    /// Measure the leader lease from when a quorum round's confirmation was received,
+    /// not from when the round was sent.
+    pub lease_from_receipt: bool,
+    /// Number ReadIndex contexts from 1 at every start and retry a waiting read with
+    /// the same context (raftnode 0.1's bug: a late acknowledgement of the first use
+    /// confirms the second, and every read queued before it).
+    pub read_ctx_reused: bool,
+}
+
+impl Bugs {
+    /// The switches the per-group core itself honours (all but `ack_before_sync`, which
+    /// is the simulated disk's).
+    pub(crate) fn faults(&self) -> crate::driver::Faults {
+        crate::driver::Faults {
+            send_before_sync: self.send_before_sync,
+            skip_snapshot_restore: self.skip_snapshot_restore,
+            apply_before_commit: self.apply_before_commit,
+            compact_past_snapshot: self.compact_past_snapshot,
+            advance_before_apply: self.advance_before_apply,
+            light_commit_not_persisted: self.light_commit_not_persisted,
+            conf_state_not_persisted: self.conf_state_not_persisted,
+            read_without_read_index: self.read_without_read_index,
+            linearizable_from_raft_lease: self.linearizable_from_raft_lease,
+            lease_from_receipt: self.lease_from_receipt,
+            read_ctx_reused: self.read_ctx_reused,
+        }
+    }
 }
 
 /// Everything that defines one run. [`SimConfig::from_seed`] derives it all from the
@@ -313,8 +363,15 @@ pub struct SimConfig {
     /// the seed). A removed node never comes back; a fresh spare with a new id takes
     /// its place, up to `nodes + spare_nodes + 6` ids in all.
     pub spare_nodes: u64,
-    /// Number of clients, each with at most one operation outstanding.
+    /// Number of clients, each with at most one operation outstanding. They follow
+    /// refusals to the leader.
     pub clients: u64,
+    /// Two more clients per node, pinned to it: they never follow a refusal, so they
+    /// keep reading on a leader cut off from the group (`Lease` reads there) and on
+    /// followers (`Linearizable` reads forwarded to the leader). One of each pair only
+    /// reads, so it is never stuck behind a write that cannot commit. On in half the
+    /// seeds.
+    pub pinned_clients: bool,
     /// The faults to inject.
     pub faults: FaultPlan,
     /// Steps per raft tick.
@@ -367,6 +424,7 @@ impl SimConfig {
             check_budget: 100_000_000,
             trace: false,
             bugs: Bugs::default(),
+            pinned_clients: rng.below(2) == 0,
         }
     }
 }
@@ -407,7 +465,7 @@ pub struct SimFailure {
     pub step: u64,
     /// What was violated.
     pub message: String,
-    /// The last events before the failure.
+    /// The last events before the failure; every event when [`SimConfig::trace`] was set.
     pub recent_events: Vec<String>,
 }
 

@@ -12,6 +12,8 @@ use super::{FaultPlan, SimRng};
 struct InFlight {
     at: u64,
     seq: u64,
+    /// The step it was sent at.
+    sent: u64,
     message: Message,
 }
 
@@ -48,16 +50,22 @@ pub(crate) struct Network {
     blocked: BTreeSet<(u64, u64)>,
     /// Step at which the current partition heals.
     heal_at: Option<u64>,
+    /// For a leaky partition, the step it started: messages sent before it were past
+    /// the break already and still arrive, as on a real network.
+    leaky_from: Option<u64>,
+    /// A node whose inbound messages are slow, until the given step.
+    slow_to: Option<(u64, u64)>,
     pub(crate) sent: u64,
     pub(crate) dropped: u64,
 }
 
 impl Network {
-    fn push(&mut self, at: u64, message: Message) {
+    fn push(&mut self, sent: u64, at: u64, message: Message) {
         self.seq += 1;
         self.queue.push(Reverse(InFlight {
             at,
             seq: self.seq,
+            sent,
             message,
         }));
     }
@@ -76,10 +84,16 @@ impl Network {
         };
         for _ in 0..copies {
             let mut delay = 1 + rng.below(plan.max_delay_steps.max(1));
+            let slow = self
+                .slow_to
+                .is_some_and(|(node, until)| node == message.to && now < until);
+            if plan.active && slow {
+                delay += rng.between(30, 90);
+            }
             if plan.active && rng.chance(plan.long_delay_per_million) {
                 delay += rng.between(20, 200);
             }
-            self.push(now + delay, message.clone());
+            self.push(now, now + delay, message.clone());
         }
     }
 
@@ -89,7 +103,8 @@ impl Network {
             return None;
         }
         let Reverse(m) = self.queue.pop().expect("peeked");
-        if self.blocked.contains(&(m.message.from, m.message.to)) {
+        let in_flight_before = self.leaky_from.is_some_and(|from| m.sent < from);
+        if !in_flight_before && self.blocked.contains(&(m.message.from, m.message.to)) {
             self.dropped += 1;
             return Some(Delivery::Blocked(m.message));
         }
@@ -102,6 +117,7 @@ impl Network {
         &mut self,
         now: u64,
         ids: &[u64],
+        leader: Option<u64>,
         plan: &FaultPlan,
         rng: &mut SimRng,
     ) -> Option<String> {
@@ -113,6 +129,12 @@ impl Network {
             return None;
         }
         self.heal_at = Some(now + rng.between(plan.partition_steps.0, plan.partition_steps.1));
+        // Half the partitions drop what is in flight too; the other half let it arrive
+        // (a confirmation sent before the break arriving after it is where a lease
+        // measured from the wrong instant goes wrong).
+        let leaky = rng.below(2) == 0;
+        self.leaky_from = leaky.then_some(now);
+        let kind = if leaky { "leaky " } else { "" };
         if rng.below(3) == 0 {
             // One-way: a → b drops, b → a still flows.
             let a = ids[rng.below(ids.len() as u64) as usize];
@@ -121,10 +143,15 @@ impl Network {
                 b = ids[(ids.iter().position(|&x| x == a).expect("member") + 1) % ids.len()];
             }
             self.blocked.insert((a, b));
-            return Some(format!("partition one-way {a}->{b}"));
+            return Some(format!("{kind}partition one-way {a}->{b}"));
         }
-        // Symmetric: a random minority side (often the leader alone, by chance).
-        let mut side: Vec<u64> = ids.iter().copied().filter(|_| rng.below(2) == 0).collect();
+        // Symmetric: the leader alone in a third of them (a Jepsen classic), else a
+        // random side.
+        let alone = rng.below(3) == 0;
+        let mut side: Vec<u64> = match leader {
+            Some(leader) if alone => vec![leader],
+            _ => ids.iter().copied().filter(|_| rng.below(2) == 0).collect(),
+        };
         if side.is_empty() {
             side.push(ids[rng.below(ids.len() as u64) as usize]);
         }
@@ -137,12 +164,31 @@ impl Network {
                 self.blocked.insert((b, a));
             }
         }
-        Some(format!("partition {side:?} | rest"))
+        Some(format!("{kind}partition {side:?} | rest"))
+    }
+
+    /// Makes every message to `node` slow until step `until`.
+    pub(crate) fn slow_inbound(&mut self, node: u64, until: u64) {
+        self.slow_to = Some((node, until));
+    }
+
+    /// Moves the slowness to `node` if some node's inbound links are slow at step `now`;
+    /// returns whether they are.
+    pub(crate) fn move_slowness(&mut self, now: u64, node: Option<u64>) -> bool {
+        match (&mut self.slow_to, node) {
+            (Some((slow, until)), Some(node)) if now < *until => {
+                *slow = node;
+                true
+            }
+            (Some((_, until)), None) => now < *until,
+            _ => false,
+        }
     }
 
     /// Removes every partition.
     pub(crate) fn heal(&mut self) {
         self.blocked.clear();
         self.heal_at = None;
+        self.leaky_from = None;
     }
 }

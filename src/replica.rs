@@ -1,0 +1,1448 @@
+//! The per-group core: one Raft group's `RawNode`, state machine and bookkeeping,
+//! free of threads, sockets and clocks.
+//!
+//! [`Replica`] decides everything between a request and a Ready: proposal batching,
+//! waiters, reads (ReadIndex and the leader lease), membership checks, leaving a joint
+//! configuration, snapshot policy and report timeouts, leadership transfers, graceful
+//! shutdown, the members' table and start-up recovery. Time comes in as ticks and as the
+//! `now` every call carries; effects leave through one narrow [`Host`]. The runtime
+//! thread (`runtime.rs`) and the simulator (`testing/sim/node.rs`) both drive this one
+//! copy, so the simulator checks the code that ships (docs/architecture.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
+use raft::{GetEntriesContext, RawNode, ReadState, SnapshotStatus, SoftState, StateRole};
+use slog::{debug, info, warn, Drain, Logger};
+
+use crate::config::Config;
+use crate::driver::{self, DriverError, DriverStats, Faults, Outbox};
+use crate::error::{MembershipError, ProposeError, ReadError, StartError, StorageError};
+use crate::log_store::LogStore;
+use crate::node::{ReadConsistency, Shared};
+use crate::proposals::{self, AppliedAs, Outcome, Pending, Waiter};
+use crate::snapshot_codec::{self, MemberContexts};
+use crate::state_machine::StateMachine;
+use crate::status::{bump, PeerProgress, Role, Status};
+
+/// What a [`Replica`] needs from whoever runs it: a way to reach peers, and somewhere to
+/// deliver each request's outcome. The tokens are the host's own handles for waiting
+/// callers (the runtime's completers, the simulator's operation ids).
+pub(crate) trait Host<M: StateMachine> {
+    /// What a proposal's caller waits on.
+    type Propose;
+    /// What a membership change's caller waits on.
+    type ConfChange;
+    /// What a read's caller waits on.
+    type Read;
+    /// What a leadership transfer's caller waits on.
+    type Transfer;
+
+    /// Messages that may leave now: the Ready's writes they depend on are synced.
+    fn send(&mut self, messages: Vec<Message>);
+    /// A member joined (or its context is known again after a restart or snapshot).
+    fn add_peer(&mut self, id: u64, context: &[u8]);
+    /// A member left the group.
+    fn remove_peer(&mut self, id: u64);
+    /// A proposal ended.
+    fn proposed(&mut self, token: Self::Propose, result: Result<M::Response, ProposeError>);
+    /// A membership change ended.
+    fn conf_change_done(
+        &mut self,
+        token: Self::ConfChange,
+        result: Result<ConfState, MembershipError>,
+    );
+    /// A read may run now against the state machine, or failed.
+    fn read_done(&mut self, token: Self::Read, result: Result<&M, ReadError>);
+    /// A leadership transfer ended.
+    fn transfer_done(&mut self, token: Self::Transfer, result: Result<(), MembershipError>);
+    /// The entry at `index` of `term` was applied (observers only).
+    fn applied_entry(&mut self, index: u64, term: u64) {
+        let _ = (index, term);
+    }
+    /// Draws the next randomized election timeout in `[min, max]` ticks, or `None` to
+    /// keep raft-rs's own draw. The simulator seeds it (raft-rs's RNG is unseeded).
+    fn election_timeout(&mut self, min: usize, max: usize) -> Option<usize> {
+        let _ = (min, max);
+        None
+    }
+}
+
+struct PendingRead<T> {
+    deadline: Instant,
+    token: T,
+}
+
+struct Transfer<T> {
+    to: u64,
+    deadline: Instant,
+    token: T,
+}
+
+/// Leader-election bookkeeping for metrics and the storm warning.
+struct Elections {
+    role: StateRole,
+    leader: u64,
+    since_stable_leader: u64,
+    leader_ticks: u64,
+}
+
+/// How the replica ends: running, handing leadership over before a graceful
+/// shutdown, or done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Running,
+    /// Graceful shutdown: leadership is being handed over until the deadline.
+    Leaving(Instant),
+    Exit,
+}
+
+/// The leader lease (docs/reads.md, "Lease reads").
+///
+/// A quorum round is a ReadIndex request: raft-rs (in its safe mode) broadcasts a
+/// heartbeat carrying the request's context and releases it once a quorum answered that
+/// heartbeat. Every voter that answered reset its election timer after the round was
+/// sent, and with `check_quorum` on, raft-rs makes a voter refuse to vote for anyone
+/// else until `election_ticks` ticks pass on its own clock. So no other leader can exist
+/// before `sent + (election_ticks - 1) * tick_interval` measured on a follower's clock;
+/// the lease ends `max_clock_drift` earlier than that on the leader's.
+struct Lease {
+    /// Rounds this leader started and has not seen confirmed: context → (sent, term).
+    rounds: BTreeMap<u64, (Instant, u64)>,
+    /// The lease holds until this instant, in `term`.
+    until: Option<(Instant, u64)>,
+    /// A leadership transfer started in this term: `MsgTimeoutNow` makes its target
+    /// campaign past every voter's lease, and it may still be in flight, so no lease
+    /// read is served for the rest of the term.
+    void_term: u64,
+    /// When the last lease read was asked for: renewal rounds run only while in use.
+    last_wanted: Option<Instant>,
+    length: Duration,
+}
+
+/// Everything the driver's [`Outbox`] touches, apart from the RawNode and the state
+/// machine.
+struct Book<M: StateMachine, H: Host<M>> {
+    id: u64,
+    /// Differs on every start of this node, so that its ReadIndex contexts never repeat
+    /// (see [`read_ctx`]).
+    incarnation: u64,
+    host: H,
+    pending: Pending<H::Propose, H::ConfChange>,
+    shared: Arc<Shared>,
+    logger: Logger,
+    log_messages: bool,
+    /// The instant of the current call, for deadlines set while sending.
+    now: Instant,
+    snapshot_report_timeout: Duration,
+    /// Peers sent a `MsgSnapshot` whose fate the transport has not reported yet, with
+    /// the time after which the replica reports a failure itself
+    /// (docs/implementing-transport.md, `report_snapshot`).
+    snapshots_in_flight: BTreeMap<u64, Instant>,
+    /// Peers raft wanted to send a snapshot that does not hold them in its ConfState
+    /// (they were added after it was taken): they would ignore it, so it is not sent;
+    /// the replica takes a fresh snapshot and reports the failure so raft sends that.
+    stale_snapshot_peers: BTreeSet<u64>,
+    /// The context (address) each member's membership change carried, for the
+    /// transport; written into every snapshot so it outlives log compaction.
+    members: MemberContexts,
+    /// Read index confirmations not yet matched to their reads: (context, index).
+    confirmed_reads: Vec<(u64, u64)>,
+    removed: bool,
+    ss_changed: bool,
+}
+
+fn finish_waiter<M: StateMachine, H: Host<M>>(
+    host: &mut H,
+    waiter: Waiter<H::Propose, H::ConfChange>,
+    outcome: Outcome<'_, M::Response>,
+) {
+    match waiter {
+        Waiter::Command(token) => host.proposed(token, proposals::propose_result(outcome)),
+        Waiter::ConfChange(token) => {
+            host.conf_change_done(token, proposals::conf_change_result(outcome))
+        }
+    }
+}
+
+impl<M: StateMachine, H: Host<M>> Book<M, H> {
+    fn fail_pending_unknown(&mut self) {
+        let n = self.pending.len() as u64;
+        self.shared
+            .metrics
+            .proposals_failed
+            .fetch_add(n, Ordering::Relaxed);
+        let host = &mut self.host;
+        self.pending
+            .unknown_all(|w, o: Outcome<'_, M::Response>| finish_waiter::<M, H>(host, w, o));
+    }
+}
+
+impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
+    fn send(&mut self, mut messages: Vec<Message>) {
+        for to in driver::hold_back_stale_snapshots(&mut messages) {
+            info!(self.logger, "not sending a snapshot that predates the peer's membership";
+                "to" => to);
+            self.stale_snapshot_peers.insert(to);
+        }
+        for m in &messages {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                bump(&self.shared.metrics.snapshots_sent);
+                self.snapshots_in_flight
+                    .insert(m.to, self.now + self.snapshot_report_timeout);
+                info!(self.logger, "sending snapshot"; "to" => m.to,
+                    "index" => m.get_snapshot().get_metadata().index,
+                    "bytes" => m.get_snapshot().data.len());
+            }
+            if self.log_messages {
+                debug!(self.logger, "send"; "type" => ?m.get_msg_type(), "to" => m.to,
+                    "term" => m.term, "index" => m.index, "log_term" => m.log_term,
+                    "commit" => m.commit, "entries" => m.entries.len());
+            }
+        }
+        if !messages.is_empty() {
+            self.host.send(messages);
+        }
+    }
+
+    fn applied(&mut self, index: u64, term: u64, applied: AppliedAs<'_, M::Response>) {
+        self.host.applied_entry(index, term);
+        if self.pending.wants(index) {
+            let host = &mut self.host;
+            self.pending.resolve(index, term, applied, |w, o| {
+                finish_waiter::<M, H>(host, w, o)
+            });
+        }
+    }
+
+    fn conf_changed(
+        &mut self,
+        index: u64,
+        changes: &ConfChangeV2,
+        cs: &ConfState,
+        removed: &[u64],
+    ) {
+        info!(self.logger, "membership changed"; "index" => index,
+            "voters" => ?cs.voters, "learners" => ?cs.learners,
+            "voters_outgoing" => ?cs.voters_outgoing, "removed" => ?removed);
+        for change in changes.get_changes() {
+            let id = change.node_id;
+            if driver::is_addition(change.get_change_type()) {
+                if !changes.context.is_empty() {
+                    self.members.insert(id, changes.context.clone());
+                }
+                if id != self.id {
+                    self.host.add_peer(id, &changes.context);
+                }
+            }
+        }
+        // Removals come from the ConfState before and after: a node removed in a joint
+        // change leaves the group only when the (change-less) leave-joint entry applies.
+        for &id in removed {
+            if id == self.id {
+                warn!(self.logger, "this node was removed from the group"; "index" => index);
+                self.removed = true;
+            } else {
+                self.members.remove(&id);
+                self.host.remove_peer(id);
+            }
+        }
+    }
+
+    fn snapshot_restored(&mut self, snapshot: &Snapshot) {
+        let index = snapshot.get_metadata().index;
+        bump(&self.shared.metrics.snapshots_restored);
+        info!(self.logger, "restored snapshot from leader"; "index" => index);
+        // Entries the snapshot covers were applied elsewhere: whether a waiter's entry
+        // was the one applied at its index is unknown.
+        let host = &mut self.host;
+        self.pending
+            .unknown_up_to(index, |w, o: Outcome<'_, M::Response>| {
+                finish_waiter::<M, H>(host, w, o)
+            });
+        // The snapshot replaces the log, membership changes included: take the members'
+        // contexts from it.
+        match snapshot_codec::decode_members(&snapshot.data) {
+            Ok(members) => {
+                let cs = snapshot.get_metadata().get_conf_state();
+                self.members = members
+                    .into_iter()
+                    .filter(|(id, _)| driver::is_member(cs, *id))
+                    .collect();
+                for (id, context) in &self.members {
+                    if *id != self.id && !context.is_empty() {
+                        self.host.add_peer(*id, context);
+                    }
+                }
+            }
+            Err(e) => warn!(self.logger, "snapshot's member table is unreadable"; "error" => %e),
+        }
+    }
+
+    fn read_states(&mut self, states: Vec<ReadState>) {
+        for rs in states {
+            if let Some(ctx) = parse_read_ctx(self.id, self.incarnation, &rs.request_ctx) {
+                self.confirmed_reads.push((ctx, rs.index));
+            }
+        }
+    }
+
+    fn soft_state(&mut self, _ss: &SoftState) {
+        self.ss_changed = true;
+    }
+
+    fn logger(&self) -> &Logger {
+        &self.logger
+    }
+}
+
+/// One Raft group's core. See the module docs.
+pub(crate) struct Replica<S: LogStore, M: StateMachine, H: Host<M>> {
+    raw: RawNode<S>,
+    sm: M,
+    book: Book<M, H>,
+    config: Config,
+    faults: Faults,
+    batch: Vec<Entry>,
+    batch_tokens: Vec<H::Propose>,
+    reads: BTreeMap<u64, PendingRead<H::Read>>,
+    /// Rounds issued again for reads still waiting, each with a fresh context: the
+    /// round's context, and the reads (keys of `reads`) its confirmation answers.
+    reissued: BTreeMap<u64, Vec<u64>>,
+    /// Reads confirmed at an index, served once applied reaches it: (index, seq).
+    ready_reads: BTreeMap<(u64, u64), H::Read>,
+    next_read_ctx: u64,
+    lease: Lease,
+    transfers: Vec<Transfer<H::Transfer>>,
+    stats: DriverStats,
+    elections: Elections,
+    last_snapshot_index: u64,
+    ticks: u64,
+    /// Set on each tick: `after_ready` then runs the checks that need no faster pace.
+    housekeeping_due: bool,
+    phase: Phase,
+    /// (term, role, leader) when the election timeout was last drawn by the host.
+    timeout_key: (u64, StateRole, u64),
+}
+
+/// Opens a group's storage the way every start does: bootstraps a new group, restores
+/// the state machine from the stored snapshot when it is behind it, and repairs a
+/// commit index the state machine has proven. Returns the applied index to start from.
+///
+/// # Errors
+///
+/// [`StartError`] when the store cannot be read or written, the snapshot cannot be
+/// restored, or the state machine claims entries the log does not hold.
+pub(crate) fn recover<S: LogStore, M: StateMachine>(
+    config: &Config,
+    store: &mut S,
+    sm: &mut M,
+    logger: &Logger,
+) -> Result<u64, StartError> {
+    crate::node::bootstrap_if_new(config, store, logger)?;
+    let first = store.first_index().map_err(raft_to_storage)?;
+    let last = store.last_index().map_err(raft_to_storage)?;
+    if sm.applied_index() + 1 < first {
+        let snapshot = store.snapshot(0, 0).map_err(raft_to_storage)?;
+        info!(logger, "restoring state machine from the stored snapshot";
+            "state_machine_applied" => sm.applied_index(), "snapshot_index" => snapshot.get_metadata().index);
+        driver::restore_state_machine(sm, &snapshot).map_err(|e| match e {
+            DriverError::StateMachine(e) => StartError::StateMachine(e),
+            other => StartError::Raft(other.to_string()),
+        })?;
+    }
+    let applied = sm.applied_index();
+    if applied > last {
+        return Err(StartError::Storage(StorageError::Invalid {
+            op: "start",
+            detail: format!(
+                "the state machine has applied index {applied} but the log ends at {last}: \
+                 the log store lost entries the state machine saw (wrong data directory?)"
+            ),
+        }));
+    }
+    // Commit index writes are not synced on their own; the state machine only applies
+    // committed entries, so its applied index is a commit index we may trust.
+    let mut hs = store.initial_state().map_err(raft_to_storage)?.hard_state;
+    if hs.commit < applied {
+        hs.commit = applied;
+        store.set_hard_state(&hs)?;
+        store.sync()?;
+    }
+    Ok(applied)
+}
+
+fn raft_to_storage(e: raft::Error) -> StorageError {
+    StorageError::Engine {
+        op: "read",
+        detail: e.to_string(),
+    }
+}
+
+impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
+    /// Starts the core on a recovered store (see [`recover`]): creates the `RawNode`,
+    /// reads the members' table back and hands it to the host.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::Raft`] when raft-rs refuses the stored state.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: Config,
+        store: S,
+        sm: M,
+        applied: u64,
+        mut host: H,
+        shared: Arc<Shared>,
+        logger: Logger,
+        faults: Faults,
+        incarnation: u64,
+        now: Instant,
+    ) -> Result<Self, StartError> {
+        let mut raft_config = config.to_raft(applied);
+        if faults.linearizable_from_raft_lease() && config.lease_reads {
+            raft_config.read_only_option = raft::ReadOnlyOption::LeaseBased;
+        }
+        let raw = RawNode::new(&raft_config, store, &logger)
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let members = recover_members(&raw, &logger);
+        for (peer, context) in &members {
+            if *peer != config.id {
+                host.add_peer(*peer, context);
+            }
+        }
+        let last_snapshot_index = raw
+            .store()
+            .snapshot(0, 0)
+            .map(|s| s.get_metadata().index)
+            .unwrap_or(0)
+            .max(raw.raft.raft_log.applied);
+        let role = raw.raft.state;
+        let removed = {
+            let cs = raw.raft.prs().conf().to_conf_state();
+            raw.raft.raft_log.last_index() > 0
+                && !cs.voters.contains(&config.id)
+                && !cs.learners.contains(&config.id)
+                && !cs.voters.is_empty()
+        };
+        let lease_length = config.lease_length();
+        let mut replica = Replica {
+            book: Book {
+                id: config.id,
+                incarnation: if faults.read_ctx_reused() {
+                    0
+                } else {
+                    incarnation
+                },
+                host,
+                pending: Pending::default(),
+                shared,
+                log_messages: logger.is_debug_enabled(),
+                logger,
+                now,
+                snapshot_report_timeout: config.snapshot.report_timeout,
+                snapshots_in_flight: BTreeMap::new(),
+                stale_snapshot_peers: BTreeSet::new(),
+                members,
+                confirmed_reads: Vec::new(),
+                removed,
+                ss_changed: false,
+            },
+            raw,
+            sm,
+            faults,
+            batch: Vec::new(),
+            batch_tokens: Vec::new(),
+            reads: BTreeMap::new(),
+            reissued: BTreeMap::new(),
+            ready_reads: BTreeMap::new(),
+            next_read_ctx: 1,
+            lease: Lease {
+                rounds: BTreeMap::new(),
+                until: None,
+                void_term: 0,
+                last_wanted: None,
+                length: lease_length,
+            },
+            transfers: Vec::new(),
+            stats: DriverStats::default(),
+            elections: Elections {
+                role,
+                leader: 0,
+                since_stable_leader: 0,
+                leader_ticks: 0,
+            },
+            last_snapshot_index,
+            ticks: 0,
+            housekeeping_due: true,
+            phase: Phase::Running,
+            timeout_key: (u64::MAX, StateRole::Leader, u64::MAX),
+            config,
+        };
+        replica.rerandomize();
+        Ok(replica)
+    }
+
+    /// The host, for the caller's own bookkeeping.
+    pub(crate) fn host_mut(&mut self) -> &mut H {
+        &mut self.book.host
+    }
+
+    /// The state machine.
+    #[cfg(feature = "testing")]
+    pub(crate) fn state_machine(&self) -> &M {
+        &self.sm
+    }
+
+    /// The state machine, for the simulator's bookkeeping (never for applying).
+    #[cfg(feature = "testing")]
+    pub(crate) fn state_machine_mut(&mut self) -> &mut M {
+        &mut self.sm
+    }
+
+    /// raft-rs's node, read-only.
+    #[cfg(feature = "testing")]
+    pub(crate) fn raw(&self) -> &RawNode<S> {
+        &self.raw
+    }
+
+    /// raft-rs's node, for the simulator's storage faults.
+    #[cfg(feature = "testing")]
+    pub(crate) fn raw_mut(&mut self) -> &mut RawNode<S> {
+        &mut self.raw
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Stops the replica on the next check of [`Replica::phase`].
+    pub(crate) fn exit(&mut self) {
+        self.phase = Phase::Exit;
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub(crate) fn leader_hint(&self) -> Option<u64> {
+        match self.raw.raft.leader_id {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Replaces raft-rs's randomized election timeout with the host's draw after every
+    /// change of term, role or leader (where raft-rs draws a new one).
+    fn rerandomize(&mut self) {
+        let raft = &self.raw.raft;
+        let key = (raft.term, raft.state, raft.leader_id);
+        if key == self.timeout_key {
+            return;
+        }
+        self.timeout_key = key;
+        let (min, max) = match self.config.election_tick_range {
+            Some((min, max)) => (min, max - 1),
+            None => (
+                self.config.election_ticks,
+                2 * self.config.election_ticks - 1,
+            ),
+        };
+        if let Some(timeout) = self.book.host.election_timeout(min, max) {
+            self.raw.raft.set_randomized_election_timeout(timeout);
+        }
+    }
+
+    /// Steps a message from a peer, after the checks every message gets.
+    pub(crate) fn step(&mut self, m: Message, now: Instant) {
+        self.book.now = now;
+        if let Err(reason) = crate::validate::check_message(&m, self.book.id, &self.raw) {
+            bump(&self.book.shared.metrics.step_errors);
+            warn!(self.book.logger, "dropping invalid message"; "reason" => reason,
+                "type" => ?m.get_msg_type(), "from" => m.from, "to" => m.to);
+            return;
+        }
+        if self.holds_vote_after_restart(&m) {
+            debug!(self.book.logger, "not voting yet: a lease granted before the restart may still hold";
+                "type" => ?m.get_msg_type(), "from" => m.from, "term" => m.term);
+            return;
+        }
+        if self.book.log_messages {
+            debug!(self.book.logger, "recv"; "type" => ?m.get_msg_type(), "from" => m.from,
+                "term" => m.term, "index" => m.index, "log_term" => m.log_term,
+                "commit" => m.commit, "entries" => m.entries.len());
+        }
+        let (from, msg_type) = (m.from, m.get_msg_type());
+        if let Err(e) = self.raw.step(m) {
+            // Unknown or removed peers, local types: routine, never fatal.
+            bump(&self.book.shared.metrics.step_errors);
+            debug!(self.book.logger, "message dropped by raft"; "from" => from,
+                "type" => ?msg_type, "error" => %e);
+        }
+        self.note_transfer();
+        self.rerandomize();
+    }
+
+    /// With leases on, a node that just started refuses (pre-)votes for an election
+    /// timeout: before its restart it may have answered a leader's quorum round, and
+    /// the leader's lease counts on it not voting for anyone else until an election
+    /// timeout after that answer. A forced campaign (leadership transfer) is exempt.
+    fn holds_vote_after_restart(&self, m: &Message) -> bool {
+        self.config.lease_reads
+            && self.ticks < self.config.election_ticks as u64
+            && matches!(
+                m.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+            && m.term > self.raw.raft.term
+            && m.context.as_ref() != raft::CAMPAIGN_TRANSFER
+    }
+
+    /// A transfer raft started (ours, or one a follower forwarded) voids the lease for
+    /// the rest of the term.
+    fn note_transfer(&mut self) {
+        if self.raw.raft.lead_transferee.is_some() {
+            self.lease.void_term = self.raw.raft.term;
+        }
+    }
+
+    pub(crate) fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+
+    /// The transport's report on a snapshot sent to `peer`; ignored unless one is in
+    /// flight (a late report after the replica's own timeout would confuse raft).
+    pub(crate) fn report_snapshot(&mut self, peer: u64, status: SnapshotStatus) {
+        if self.book.snapshots_in_flight.remove(&peer).is_some() {
+            self.raw.report_snapshot(peer, status);
+        }
+    }
+
+    /// Queues a command for the next batch, or refuses it at once.
+    pub(crate) fn propose(&mut self, data: Bytes, token: H::Propose) {
+        if !self.is_leader() || self.phase != Phase::Running {
+            let err = self.refusal();
+            bump(&self.book.shared.metrics.proposals_failed);
+            return self.book.host.proposed(token, Err(err));
+        }
+        let mut entry = Entry::default();
+        entry.data = data;
+        self.batch.push(entry);
+        self.batch_tokens.push(token);
+    }
+
+    fn refusal(&self) -> ProposeError {
+        if self.phase == Phase::Running {
+            ProposeError::NotLeader {
+                leader: self.leader_hint(),
+            }
+        } else {
+            ProposeError::Dropped
+        }
+    }
+
+    /// Proposes everything queued as one `MsgPropose`, and registers one waiter per
+    /// entry at `(index, term)` read right after (docs/ready-loop.md, "Proposals").
+    pub(crate) fn flush_proposals(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let entries = std::mem::take(&mut self.batch);
+        let tokens = std::mem::take(&mut self.batch_tokens);
+        let metrics = &self.book.shared.metrics;
+        if !self.is_leader() || self.phase != Phase::Running {
+            let err = self.refusal();
+            metrics
+                .proposals_failed
+                .fetch_add(tokens.len() as u64, Ordering::Relaxed);
+            for t in tokens {
+                self.book.host.proposed(t, Err(err.clone()));
+            }
+            return;
+        }
+        let n = entries.len() as u64;
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.book.id;
+        m.set_entries(entries.into());
+        match self.raw.step(m) {
+            Ok(()) => {
+                metrics.proposals.fetch_add(n, Ordering::Relaxed);
+                let last = self.raw.raft.raft_log.last_index();
+                let term = self.raw.raft.term;
+                for (i, t) in (last + 1 - n..).zip(tokens) {
+                    self.book.pending.push(i, term, Waiter::Command(t));
+                }
+            }
+            Err(e) => {
+                debug!(self.book.logger, "proposals dropped by raft"; "count" => n, "error" => %e);
+                metrics.proposals_failed.fetch_add(n, Ordering::Relaxed);
+                for t in tokens {
+                    self.book.host.proposed(t, Err(ProposeError::Dropped));
+                }
+            }
+        }
+    }
+
+    /// Proposes a membership change after checking it against the current
+    /// configuration.
+    pub(crate) fn propose_conf_change(&mut self, cc: ConfChangeV2, token: H::ConfChange) {
+        let host = &mut self.book.host;
+        if !(self.raw.raft.state == StateRole::Leader) || self.phase != Phase::Running {
+            let leader = Some(self.raw.raft.leader_id).filter(|&l| l != 0);
+            return host.conf_change_done(token, Err(MembershipError::NotLeader { leader }));
+        }
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        if let Err(e) = crate::membership::validate_change(&cc, &conf) {
+            return host.conf_change_done(token, Err(e));
+        }
+        if self.raw.raft.has_pending_conf() {
+            return host.conf_change_done(
+                token,
+                Err(MembershipError::Rejected(
+                    "another membership change is still pending".into(),
+                )),
+            );
+        }
+        if !conf.voters_outgoing.is_empty() && !cc.changes.is_empty() {
+            return host.conf_change_done(
+                token,
+                Err(MembershipError::Rejected(
+                    "the group is in a joint configuration; it must leave it first".into(),
+                )),
+            );
+        }
+        // Flush queued commands first so waiters stay in index order.
+        self.flush_proposals();
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => {
+                let last = self.raw.raft.raft_log.last_index();
+                let term = self.raw.raft.term;
+                // raft turns a refused change into an empty normal entry.
+                let refused = self
+                    .raw
+                    .raft
+                    .raft_log
+                    .unstable_entries()
+                    .last()
+                    .is_some_and(|e| {
+                        e.index == last && e.get_entry_type() == EntryType::EntryNormal
+                    });
+                if refused {
+                    self.book.host.conf_change_done(
+                        token,
+                        Err(MembershipError::Rejected(
+                            "raft refused the change (pending change or joint state)".into(),
+                        )),
+                    );
+                } else {
+                    self.book
+                        .pending
+                        .push(last, term, Waiter::ConfChange(token));
+                }
+            }
+            Err(e) => self
+                .book
+                .host
+                .conf_change_done(token, Err(MembershipError::Rejected(e.to_string()))),
+        }
+    }
+
+    /// Starts a read at `consistency` (docs/reads.md).
+    pub(crate) fn read(
+        &mut self,
+        consistency: ReadConsistency,
+        deadline: Instant,
+        token: H::Read,
+        now: Instant,
+    ) {
+        self.book.now = now;
+        match consistency {
+            ReadConsistency::Stale => self.serve(token),
+            ReadConsistency::Lease => {
+                if !self.config.lease_reads {
+                    return self
+                        .book
+                        .host
+                        .read_done(token, Err(ReadError::LeaseNotEnabled));
+                }
+                if !self.is_leader() {
+                    let leader = self.leader_hint();
+                    return self
+                        .book
+                        .host
+                        .read_done(token, Err(ReadError::NotLeader { leader }));
+                }
+                if self.faults.read_without_read_index() {
+                    return self.serve(token);
+                }
+                self.lease.last_wanted = Some(now);
+                if self.lease_holds(now) {
+                    // No other leader can exist now, so every write acknowledged so far
+                    // is at or below our commit index: serve once applied reaches it.
+                    let index = self.raw.raft.raft_log.committed;
+                    let seq = self.next_seq();
+                    self.ready_reads.insert((index, seq), token);
+                } else {
+                    self.start_read_index(deadline, token, now);
+                }
+            }
+            ReadConsistency::Linearizable => {
+                if self.faults.read_without_read_index() && self.is_leader() {
+                    return self.serve(token);
+                }
+                self.start_read_index(deadline, token, now);
+            }
+        }
+    }
+
+    /// Whether this leader's lease provably holds at `now` (see [`Lease`]).
+    fn lease_holds(&self, now: Instant) -> bool {
+        let raft = &self.raw.raft;
+        let log = &raft.raft_log;
+        raft.state == StateRole::Leader
+            && self.lease.void_term != raft.term
+            && raft.lead_transferee.is_none()
+            && log.term(log.committed).ok() == Some(raft.term)
+            && self
+                .lease
+                .until
+                .is_some_and(|(until, term)| term == raft.term && now < until)
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let seq = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        seq
+    }
+
+    fn start_read_index(&mut self, deadline: Instant, token: H::Read, now: Instant) {
+        let seq = self.issue_round(now);
+        self.reads.insert(seq, PendingRead { deadline, token });
+    }
+
+    /// Starts a ReadIndex round; a leader remembers when it was sent, for the lease.
+    fn issue_round(&mut self, now: Instant) -> u64 {
+        let seq = self.next_seq();
+        if self.config.lease_reads && self.is_leader() {
+            self.lease.rounds.insert(seq, (now, self.raw.raft.term));
+        }
+        self.raw
+            .read_index(read_ctx(self.book.id, self.book.incarnation, seq));
+        seq
+    }
+
+    fn serve(&mut self, token: H::Read) {
+        bump(&self.book.shared.metrics.reads_served);
+        self.book.host.read_done(token, Ok(&self.sm));
+    }
+
+    /// Starts a leadership transfer to `to`.
+    pub(crate) fn transfer_leader(&mut self, to: u64, deadline: Instant, token: H::Transfer) {
+        if !self.is_leader() {
+            let leader = self.leader_hint();
+            return self
+                .book
+                .host
+                .transfer_done(token, Err(MembershipError::NotLeader { leader }));
+        }
+        if to == self.book.id {
+            return self.book.host.transfer_done(token, Ok(()));
+        }
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        if !conf.voters.contains(&to) {
+            let what = if conf.learners.contains(&to) {
+                "is a learner; promote it first"
+            } else {
+                "is not a member"
+            };
+            return self.book.host.transfer_done(
+                token,
+                Err(MembershipError::Invalid(format!(
+                    "cannot transfer leadership to node {to}: it {what}"
+                ))),
+            );
+        }
+        info!(self.book.logger, "transferring leadership"; "to" => to);
+        self.lease.void_term = self.raw.raft.term;
+        self.raw.transfer_leader(to);
+        self.rerandomize();
+        self.transfers.push(Transfer {
+            to,
+            deadline,
+            token,
+        });
+    }
+
+    /// Starts an election now.
+    pub(crate) fn campaign(&mut self) {
+        if let Err(e) = self.raw.campaign() {
+            warn!(self.book.logger, "campaign refused"; "error" => %e);
+        }
+        self.rerandomize();
+    }
+
+    /// Begins shutting down: a graceful shutdown of a leader hands leadership over
+    /// first (until `shutdown_transfer_timeout`); anything else ends at once.
+    pub(crate) fn begin_shutdown(&mut self, graceful: bool, now: Instant) {
+        if !graceful || !self.is_leader() {
+            self.phase = Phase::Exit;
+            return;
+        }
+        match self.best_transfer_target() {
+            Some(to) => {
+                info!(self.book.logger, "shutting down: transferring leadership first"; "to" => to);
+                self.lease.void_term = self.raw.raft.term;
+                self.raw.transfer_leader(to);
+                self.phase = Phase::Leaving(now + self.config.shutdown_transfer_timeout);
+            }
+            None => self.phase = Phase::Exit,
+        }
+    }
+
+    /// The most up-to-date voter other than this node, the one a hand-over goes to.
+    fn best_transfer_target(&self) -> Option<u64> {
+        let prs = self.raw.raft.prs();
+        prs.iter()
+            .filter(|(id, _)| **id != self.book.id && prs.conf().voters().contains(**id))
+            .max_by_key(|(id, pr)| (pr.recent_active, pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Takes a snapshot now, if anything was applied since the last one.
+    ///
+    /// # Errors
+    ///
+    /// As `driver::take_snapshot`: the node must stop.
+    pub(crate) fn snapshot_now(&mut self) -> Result<Option<u64>, DriverError> {
+        let taken = driver::take_snapshot(
+            &mut self.raw,
+            &self.sm,
+            self.config.snapshot.trailing_entries,
+            self.faults,
+            &self.book.members,
+        )?;
+        if let Some(index) = taken {
+            self.last_snapshot_index = index;
+            bump(&self.book.shared.metrics.snapshots_taken);
+            info!(self.book.logger, "snapshot taken"; "index" => index,
+                "first_index" => self.raw.store().first_index().unwrap_or(0));
+        }
+        Ok(taken)
+    }
+
+    /// One tick of raft's logical clock, and the chores that run at its pace.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.book.now = now;
+        self.raw.tick();
+        self.ticks += 1;
+        self.housekeeping_due = true;
+        self.note_transfer();
+        self.rerandomize();
+        // Reads past their deadline fail; the others are re-issued every heartbeat:
+        // raft drops a ReadIndex silently with no leader or before the leader committed
+        // in its term, and ignores a context that is still pending.
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in expired {
+            if let Some(r) = self.reads.remove(&ctx) {
+                self.book.host.read_done(r.token, Err(ReadError::Timeout));
+            }
+        }
+        if self
+            .ticks
+            .is_multiple_of(self.config.heartbeat_ticks as u64)
+        {
+            // One fresh round answers every read still waiting: they were all invoked
+            // before it was sent. Never the old context again: a late acknowledgement
+            // of its first round would confirm the second, and with it every request
+            // queued before it, without a quorum having answered after they came.
+            let reads = &self.reads;
+            self.reissued
+                .retain(|_, waiting| waiting.iter().any(|seq| reads.contains_key(seq)));
+            if self.faults.read_ctx_reused() {
+                let ctxs: Vec<u64> = self.reads.keys().copied().collect();
+                for seq in ctxs {
+                    let ctx = read_ctx(self.book.id, self.book.incarnation, seq);
+                    self.raw.read_index(ctx);
+                }
+            } else if !self.reads.is_empty() {
+                let waiting: Vec<u64> = self.reads.keys().copied().collect();
+                let round = self.issue_round(now);
+                self.reissued.insert(round, waiting);
+            }
+            self.renew_lease(now);
+        }
+        // Transfers: expired, or re-issued when raft gave up on the first try.
+        let mut i = 0;
+        while i < self.transfers.len() {
+            if self.transfers[i].deadline <= now {
+                let t = self.transfers.swap_remove(i);
+                self.book
+                    .host
+                    .transfer_done(t.token, Err(MembershipError::Timeout));
+            } else {
+                if self.is_leader() && self.raw.raft.lead_transferee.is_none() {
+                    self.lease.void_term = self.raw.raft.term;
+                    self.raw.transfer_leader(self.transfers[i].to);
+                }
+                i += 1;
+            }
+        }
+        // Backstop for transports that never report on a snapshot.
+        let overdue: Vec<u64> = self
+            .book
+            .snapshots_in_flight
+            .iter()
+            .filter(|(_, due)| **due <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in overdue {
+            warn!(self.book.logger, "no report on snapshot sent; reporting failure"; "peer" => peer);
+            self.book.snapshots_in_flight.remove(&peer);
+            self.raw.report_snapshot(peer, SnapshotStatus::Failure);
+        }
+        if let Phase::Leaving(deadline) = self.phase {
+            if deadline <= now {
+                warn!(
+                    self.book.logger,
+                    "leadership transfer did not finish before shutdown"
+                );
+                self.phase = Phase::Exit;
+            } else if self.is_leader() && self.raw.raft.lead_transferee.is_none() {
+                // raft gave up on the last target after an election timeout: try the best
+                // one again, keeping the first deadline so shutdown always ends.
+                match self.best_transfer_target() {
+                    Some(to) => self.raw.transfer_leader(to),
+                    None => self.phase = Phase::Exit,
+                }
+            }
+        }
+        // A leader stable for an election timeout ends an election storm.
+        if self.raw.raft.leader_id != 0 {
+            self.elections.leader_ticks += 1;
+            if self.elections.leader_ticks >= self.config.election_ticks as u64 {
+                self.elections.since_stable_leader = 0;
+            }
+        }
+        self.rerandomize();
+    }
+
+    /// Keeps the lease warm while lease reads are asked for: one quorum round per
+    /// heartbeat, and stale unconfirmed rounds forgotten.
+    fn renew_lease(&mut self, now: Instant) {
+        if !self.config.lease_reads {
+            return;
+        }
+        let length = self.lease.length;
+        self.lease
+            .rounds
+            .retain(|_, (sent, _)| now.saturating_duration_since(*sent) < length);
+        let in_use = self
+            .lease
+            .last_wanted
+            .is_some_and(|t| now.saturating_duration_since(t) < length);
+        if in_use && self.is_leader() && self.lease.void_term != self.raw.raft.term {
+            self.issue_round(now);
+        }
+    }
+
+    /// Handles every Ready, then the follow-ups: role changes, reads, transfers,
+    /// snapshots.
+    ///
+    /// # Errors
+    ///
+    /// A [`DriverError`] means the node must stop.
+    pub(crate) fn drive(&mut self, now: Instant) -> Result<(), DriverError> {
+        self.book.now = now;
+        self.flush_proposals();
+        driver::drive(
+            &mut self.raw,
+            &mut self.sm,
+            &mut self.book,
+            &mut self.stats,
+            self.faults,
+        )?;
+        self.rerandomize();
+        self.after_ready(now)
+    }
+
+    fn after_ready(&mut self, now: Instant) -> Result<(), DriverError> {
+        if self.book.ss_changed {
+            self.book.ss_changed = false;
+            self.on_soft_state_change();
+        }
+        if !self.book.confirmed_reads.is_empty() {
+            for (ctx, index) in std::mem::take(&mut self.book.confirmed_reads) {
+                self.on_round_confirmed(ctx, now);
+                let answered = self.reissued.remove(&ctx).unwrap_or_default();
+                for seq in answered.into_iter().chain([ctx]) {
+                    if let Some(r) = self.reads.remove(&seq) {
+                        self.ready_reads.insert((index, seq), r.token);
+                    }
+                }
+            }
+        }
+        let applied = self.raw.raft.raft_log.applied;
+        while let Some(entry) = self.ready_reads.first_entry() {
+            if entry.key().0 > applied {
+                break;
+            }
+            let token = entry.remove();
+            self.serve(token);
+        }
+        if !self.transfers.is_empty() {
+            // A transfer makes us step down before the new leader is known: keep waiting
+            // until a leader is known (or the deadline passes).
+            let leader = self.raw.raft.leader_id;
+            let deposed = !self.is_leader() && leader != 0;
+            let mut i = 0;
+            while i < self.transfers.len() {
+                if self.transfers[i].to == leader {
+                    let t = self.transfers.swap_remove(i);
+                    self.book.host.transfer_done(t.token, Ok(()));
+                } else if deposed {
+                    let t = self.transfers.swap_remove(i);
+                    self.book.host.transfer_done(
+                        t.token,
+                        Err(MembershipError::NotLeader {
+                            leader: Some(leader),
+                        }),
+                    );
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        if matches!(self.phase, Phase::Leaving(_)) && !self.is_leader() {
+            self.phase = Phase::Exit;
+        }
+        if !self.book.stale_snapshot_peers.is_empty() {
+            self.replace_stale_snapshot()?;
+        }
+        if self.housekeeping_due {
+            // Once per tick, off the per-Ready hot path: none of these is urgent.
+            self.housekeeping_due = false;
+            self.maybe_leave_joint();
+        }
+        let every = self.config.snapshot.every_applied;
+        if every > 0 && applied >= self.last_snapshot_index + every {
+            self.snapshot_now()?;
+        }
+        Ok(())
+    }
+
+    /// A quorum confirmed the round `ctx`: the lease now runs from when it was sent.
+    fn on_round_confirmed(&mut self, ctx: u64, now: Instant) {
+        let Some((sent, term)) = self.lease.rounds.remove(&ctx) else {
+            return;
+        };
+        if term != self.raw.raft.term || !self.is_leader() {
+            return;
+        }
+        // Rounds are released in order: every earlier one is answered by this one.
+        self.lease.rounds.retain(|c, _| *c > ctx);
+        let from = if self.faults.lease_from_receipt() {
+            now
+        } else {
+            sent
+        };
+        let until = from + self.lease.length;
+        let longer = match self.lease.until {
+            Some((u, t)) if t == term => until > u,
+            _ => true,
+        };
+        if longer {
+            self.lease.until = Some((until, term));
+        }
+    }
+
+    fn on_soft_state_change(&mut self) {
+        let raft = &self.raw.raft;
+        let (role, leader) = (raft.state, raft.leader_id);
+        let metrics = &self.book.shared.metrics;
+        let was = self.elections.role;
+        if role != was {
+            match role {
+                StateRole::PreCandidate => {
+                    bump(&metrics.elections_started);
+                    self.elections.since_stable_leader += 1;
+                }
+                StateRole::Candidate if was != StateRole::PreCandidate => {
+                    bump(&metrics.elections_started);
+                    self.elections.since_stable_leader += 1;
+                }
+                StateRole::Leader => bump(&metrics.elections_won),
+                StateRole::Follower
+                    if matches!(was, StateRole::Candidate | StateRole::PreCandidate) =>
+                {
+                    bump(&metrics.elections_lost)
+                }
+                _ => {}
+            }
+            if self.elections.since_stable_leader >= self.config.election_storm_threshold
+                && matches!(role, StateRole::PreCandidate | StateRole::Candidate)
+            {
+                warn!(self.book.logger, "election storm: elections keep starting without a stable leader";
+                    "elections" => self.elections.since_stable_leader,
+                    "hint" => "raise election_ticks or tick_interval, check the network");
+            }
+        }
+        if leader != self.elections.leader {
+            bump(&metrics.leader_changes);
+            self.elections.leader_ticks = 0;
+        }
+        info!(self.book.logger, "role changed";
+            "role" => ?role, "term" => raft.term, "leader" => leader,
+            "commit" => raft.raft_log.committed, "applied" => raft.raft_log.applied,
+            "last_index" => raft.raft_log.last_index());
+        self.book.shared.leader.store(leader, Ordering::Relaxed);
+        if was == StateRole::Leader && role != StateRole::Leader {
+            // Entries appended under our leadership may or may not commit now.
+            self.book.fail_pending_unknown();
+            self.lease.until = None;
+            self.lease.rounds.clear();
+        }
+        self.elections.role = role;
+        self.elections.leader = leader;
+    }
+
+    /// Raft chose to send a snapshot that predates some peer's membership (see
+    /// [`Book::stale_snapshot_peers`]): take a fresh one, which holds the current
+    /// membership, and report the unsent one as failed so raft sends the fresh one on
+    /// its next probe.
+    fn replace_stale_snapshot(&mut self) -> Result<(), DriverError> {
+        let peers: Vec<u64> = std::mem::take(&mut self.book.stale_snapshot_peers)
+            .into_iter()
+            .collect();
+        let taken = driver::replace_stale_snapshot(
+            &mut self.raw,
+            &self.sm,
+            self.config.snapshot.trailing_entries,
+            self.faults,
+            &self.book.members,
+            &peers,
+        )?;
+        if let Some(index) = taken {
+            self.last_snapshot_index = index;
+            bump(&self.book.shared.metrics.snapshots_taken);
+            info!(self.book.logger, "stored snapshot predated a new member; took a fresh one";
+                "peers" => ?peers, "index" => index);
+        }
+        Ok(())
+    }
+
+    /// A new leader that finds the group in a joint configuration leaves it itself:
+    /// raft-rs only auto-leaves on the leader that applied the entering change
+    /// (docs/membership.md).
+    fn maybe_leave_joint(&mut self) {
+        if !self.is_leader() || self.phase != Phase::Running {
+            return;
+        }
+        let raft = &self.raw.raft;
+        if raft.prs().conf().to_conf_state().voters_outgoing.is_empty() || raft.has_pending_conf() {
+            return;
+        }
+        info!(
+            self.book.logger,
+            "leaving joint configuration left behind by the previous leader"
+        );
+        if let Err(e) = self
+            .raw
+            .propose_conf_change(Vec::new(), ConfChangeV2::default())
+        {
+            warn!(self.book.logger, "proposing leave-joint failed"; "error" => %e);
+        }
+    }
+
+    /// Takes back every token the replica holds without resolving it (the simulator's
+    /// crash; the runtime lets them drop, which resolves them `Stopped`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn take_all_tokens(&mut self) -> Tokens<M, H> {
+        let mut tokens = Tokens {
+            proposals: std::mem::take(&mut self.batch_tokens),
+            conf_changes: Vec::new(),
+            reads: Vec::new(),
+        };
+        self.batch.clear();
+        for w in self.book.pending.take_all() {
+            match w {
+                Waiter::Command(t) => tokens.proposals.push(t),
+                Waiter::ConfChange(t) => tokens.conf_changes.push(t),
+            }
+        }
+        self.reissued.clear();
+        tokens.reads.extend(
+            std::mem::take(&mut self.reads)
+                .into_values()
+                .map(|r| r.token),
+        );
+        tokens
+            .reads
+            .extend(std::mem::take(&mut self.ready_reads).into_values());
+        tokens
+    }
+
+    /// A point-in-time view of this replica.
+    pub(crate) fn status(&self) -> Status {
+        let raft = &self.raw.raft;
+        let cs = raft.prs().conf().to_conf_state();
+        let mut progress = if raft.state == StateRole::Leader {
+            raft.prs()
+                .iter()
+                .map(|(id, pr)| PeerProgress {
+                    id: *id,
+                    matched: pr.matched,
+                    next_index: pr.next_idx,
+                    state: format!("{:?}", pr.state),
+                    is_learner: cs.learners.contains(id),
+                    recent_active: pr.recent_active,
+                })
+                .collect::<Vec<_>>()
+        } else {
+            Vec::new()
+        };
+        progress.sort_by_key(|p| p.id);
+        let store = self.raw.store();
+        Status {
+            id: self.book.id,
+            role: Role::from(raft.state),
+            term: raft.term,
+            leader: self.leader_hint(),
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+            last_index: raft.raft_log.last_index(),
+            first_index: store.first_index().unwrap_or(0),
+            snapshot_index: store
+                .snapshot(0, 0)
+                .map(|s| s.get_metadata().index)
+                .unwrap_or(0),
+            voters: cs.voters.clone(),
+            voters_outgoing: cs.voters_outgoing.clone(),
+            learners: cs.learners.clone(),
+            progress,
+            removed: self.book.removed,
+            metrics: self.book.shared.metrics.snapshot(&self.stats),
+        }
+    }
+}
+
+/// Tokens taken back from a crashed replica.
+#[cfg(feature = "testing")]
+pub(crate) struct Tokens<M: StateMachine, H: Host<M>> {
+    pub(crate) proposals: Vec<H::Propose>,
+    pub(crate) conf_changes: Vec<H::ConfChange>,
+    pub(crate) reads: Vec<H::Read>,
+}
+
+/// A ReadIndex context never used before in the cluster: node id, incarnation, round.
+///
+/// raft-rs matches acknowledgements to rounds by context alone, and a confirmed round
+/// releases every request queued before it. A context used twice (by two nodes, by one
+/// node before and after a restart, or for a retry) lets a late acknowledgement of the
+/// first use confirm the second: a read served without a quorum having answered after
+/// it arrived, which the simulator caught as a stale read.
+fn read_ctx(id: u64, incarnation: u64, seq: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(READ_CTX_LEN);
+    ctx.extend_from_slice(&id.to_le_bytes());
+    ctx.extend_from_slice(&incarnation.to_le_bytes());
+    ctx.extend_from_slice(&seq.to_le_bytes());
+    ctx
+}
+
+/// Length of a [`read_ctx`].
+const READ_CTX_LEN: usize = 24;
+
+/// The round of a context this incarnation of node `id` made, if it did.
+fn parse_read_ctx(id: u64, incarnation: u64, ctx: &[u8]) -> Option<u64> {
+    if ctx.len() != READ_CTX_LEN
+        || ctx[..8] != id.to_le_bytes()
+        || ctx[8..16] != incarnation.to_le_bytes()
+    {
+        return None;
+    }
+    Some(u64::from_le_bytes(ctx[16..].try_into().ok()?))
+}
+
+/// An incarnation number for a node starting now: random, so that two starts of one
+/// node (even in one process) differ. Drawn from the standard library's per-process
+/// random hash keys, which need no extra dependency.
+pub(crate) fn fresh_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// The members' contexts a restarting node knows: the stored snapshot's member table,
+/// then what the membership changes in the committed log after it carried; kept for
+/// the current members only.
+fn recover_members<S: LogStore>(raw: &RawNode<S>, logger: &Logger) -> MemberContexts {
+    use protobuf::Message as _;
+    let store = raw.store();
+    let mut members = MemberContexts::new();
+    if let Ok(snapshot) = store.snapshot(0, 0) {
+        if snapshot.get_metadata().index > 0 {
+            match snapshot_codec::decode_members(&snapshot.data) {
+                Ok(table) => members = table,
+                Err(e) => {
+                    warn!(logger, "stored snapshot's member table is unreadable"; "error" => %e)
+                }
+            }
+        }
+    }
+    let commit = raw.raft.raft_log.committed;
+    let mut low = store.first_index().unwrap_or(commit + 1);
+    while low <= commit {
+        let high = (low + 1024).min(commit + 1);
+        let entries = match store.entries(low, high, None, GetEntriesContext::empty(false)) {
+            Ok(entries) if !entries.is_empty() => entries,
+            Ok(_) => break,
+            Err(e) => {
+                warn!(logger, "reading the log for membership changes failed"; "error" => %e);
+                break;
+            }
+        };
+        low = entries.last().map_or(high, |e| e.index + 1);
+        for entry in entries {
+            let change = match entry.get_entry_type() {
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    cc.merge_from_bytes(&entry.data)
+                        .ok()
+                        .map(|()| driver::v1_to_v2(&cc))
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = ConfChangeV2::default();
+                    cc.merge_from_bytes(&entry.data).ok().map(|()| cc)
+                }
+                EntryType::EntryNormal => None,
+            };
+            let Some(change) = change.filter(|c| !c.context.is_empty()) else {
+                continue;
+            };
+            for single in change.get_changes() {
+                if driver::is_addition(single.get_change_type()) {
+                    members.insert(single.node_id, change.context.clone());
+                }
+            }
+        }
+    }
+    let cs = raw.raft.prs().conf().to_conf_state();
+    members.retain(|id, _| driver::is_member(&cs, *id));
+    members
+}
