@@ -327,7 +327,7 @@ fn bug_lease_from_receipt_is_caught() {
     assert_caught("lease_from_receipt", bugs, |c| {
         c.lease_reads = true;
         c.pinned_clients = true;
-        c.faults.slow_leader_per_million = c.faults.slow_leader_per_million.max(3_000);
+        c.faults.slow_leader_per_million = 10_000;
         // Partitions long enough for the rest to elect a leader and commit; no
         // transfers, which void the lease anyway.
         c.faults.partition_steps = (150, 400);

@@ -488,7 +488,8 @@ impl<'a, W: Workload> Sim<'a, W> {
             // applied it (docs/ready-loop.md, step 5).
             if applied > machine_applied {
                 return Err(self.failure(format!(
-                    "node {id}: raft counts index {applied} as applied, the state machine                      has applied only {machine_applied}"
+                    "node {id}: raft counts index {applied} as applied, the state machine \
+                     has applied only {machine_applied}"
                 )));
             }
             if let Some(stored) = stored {
@@ -496,7 +497,8 @@ impl<'a, W: Workload> Sim<'a, W> {
                 // never starts below it (docs/ready-loop.md, step 7).
                 if stored.hard_state.commit < applied {
                     return Err(self.failure(format!(
-                        "node {id}: applied index {applied} is above the commit index its                          store holds ({})",
+                        "node {id}: applied index {applied} is above the commit index its \
+                         store holds ({})",
                         stored.hard_state.commit
                     )));
                 }
@@ -650,10 +652,15 @@ impl<'a, W: Workload> Sim<'a, W> {
         if !self.plan.active {
             return;
         }
-        let leader = self.nodes.iter().find_map(|(id, slot)| match slot {
-            Slot::Up(node) if node.is_leader() => Some(*id),
-            _ => None,
-        });
+        let leaders: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Up(node) if node.is_leader() => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let leader = leaders.first().copied();
         if let Some(what) = self.net.update_partitions(
             self.step,
             &self.ids,
@@ -663,8 +670,9 @@ impl<'a, W: Workload> Sim<'a, W> {
         ) {
             self.event(|| what);
         }
-        // The slowness follows the leader: the node everyone sends to is the congested one.
-        if !self.net.move_slowness(self.step, leader)
+        // The slowness stays on a congested leader while it believes it leads (cut off,
+        // it still does), then moves to the one that leads now.
+        if !self.net.move_slowness(self.step, &leaders)
             && self.rng_faults.chance(self.plan.slow_leader_per_million)
         {
             if let Some(leader) = leader {
@@ -870,11 +878,12 @@ impl<'a, W: Workload> Sim<'a, W> {
 }
 
 fn describe(m: &Message, delivered: bool) -> String {
+    // A read context is (node, incarnation, round): the trace shows node and round.
     let ctx = match m.context.len() {
-        16 => format!(
+        24 => format!(
             " ctx={}:{}",
             u64::from_le_bytes(m.context[..8].try_into().expect("8 bytes")),
-            u64::from_le_bytes(m.context[8..].try_into().expect("8 bytes"))
+            u64::from_le_bytes(m.context[16..].try_into().expect("8 bytes"))
         ),
         _ => String::new(),
     };

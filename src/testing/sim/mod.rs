@@ -221,9 +221,12 @@ pub struct FaultPlan {
     /// paused VM, an NTP step): a leader's lease must then end early, never late.
     pub clock_jump_per_million: u32,
     /// Chance per step that the leader's inbound links turn slow for a partition's
-    /// length: every message to it takes 30 to 90 steps more (a congested leader),
-    /// while its own messages go out at normal speed.
+    /// length: every message to it takes `slow_leader_extra_steps` more (a congested
+    /// leader), while its own messages go out at normal speed. The slowness stays on
+    /// that node while it believes it leads.
     pub slow_leader_per_million: u32,
+    /// How much later a message to a slow leader arrives, in steps: (min, max).
+    pub slow_leader_extra_steps: (u64, u64),
 }
 
 impl FaultPlan {
@@ -245,6 +248,7 @@ impl FaultPlan {
             membership_per_million: 0,
             clock_jump_per_million: 0,
             slow_leader_per_million: 0,
+            slow_leader_extra_steps: (30, 90),
         }
     }
 
@@ -284,6 +288,7 @@ impl FaultPlan {
             membership_per_million: membership,
             clock_jump_per_million: clock_jump,
             slow_leader_per_million: slow_leader,
+            slow_leader_extra_steps: (30, 90),
         }
     }
 }

@@ -88,7 +88,8 @@ impl Network {
                 .slow_to
                 .is_some_and(|(node, until)| node == message.to && now < until);
             if plan.active && slow {
-                delay += rng.between(30, 90);
+                let (min, max) = plan.slow_leader_extra_steps;
+                delay += rng.between(min, max);
             }
             if plan.active && rng.chance(plan.long_delay_per_million) {
                 delay += rng.between(20, 200);
@@ -172,15 +173,19 @@ impl Network {
         self.slow_to = Some((node, until));
     }
 
-    /// Moves the slowness to `node` if some node's inbound links are slow at step `now`;
-    /// returns whether they are.
-    pub(crate) fn move_slowness(&mut self, now: u64, node: Option<u64>) -> bool {
-        match (&mut self.slow_to, node) {
-            (Some((slow, until)), Some(node)) if now < *until => {
-                *slow = node;
+    /// While some node's inbound links are slow at step `now`, keeps the slowness on it
+    /// as long as it still believes it leads (`leaders`), else moves it to one that
+    /// does; returns whether a node is slow.
+    pub(crate) fn move_slowness(&mut self, now: u64, leaders: &[u64]) -> bool {
+        match &mut self.slow_to {
+            Some((slow, until)) if now < *until => {
+                if !leaders.contains(slow) {
+                    if let Some(&leader) = leaders.first() {
+                        *slow = leader;
+                    }
+                }
                 true
             }
-            (Some((_, until)), None) => now < *until,
             _ => false,
         }
     }
