@@ -674,6 +674,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         match self.raw.step(m) {
             Ok(()) => {
                 metrics.proposals.fetch_add(n, Ordering::Relaxed);
+                bump(&metrics.proposal_batches);
                 let last = self.raw.raft.raft_log.last_index();
                 let term = self.raw.raft.term;
                 for (i, t) in (last + 1 - n..).zip(tokens) {
@@ -1445,4 +1446,212 @@ fn recover_members<S: LogStore>(raw: &RawNode<S>, logger: &Logger) -> MemberCont
     let cs = raw.raft.prs().conf().to_conf_state();
     members.retain(|id, _| driver::is_member(&cs, *id));
     members
+}
+
+#[cfg(test)]
+mod tests {
+    //! The core driven by hand: a three-voter group seen from node 1, with the other
+    //! two voters' messages written by the test.
+    use super::*;
+    use crate::storage::MemLogStore;
+
+    #[derive(Default)]
+    struct Counter {
+        applied: u64,
+    }
+
+    impl StateMachine for Counter {
+        type Response = u64;
+        fn apply(&mut self, index: u64, _: &[u8]) -> u64 {
+            self.applied = index;
+            index
+        }
+        fn apply_noop(&mut self, index: u64) {
+            self.applied = index;
+        }
+        fn applied_index(&self) -> u64 {
+            self.applied
+        }
+        fn snapshot(&self) -> Result<Bytes, crate::error::StateMachineError> {
+            Ok(Bytes::from(self.applied.to_le_bytes().to_vec()))
+        }
+        fn restore(&mut self, index: u64, _: &[u8]) -> Result<(), crate::error::StateMachineError> {
+            self.applied = index;
+            Ok(())
+        }
+    }
+
+    /// Records what the core hands out.
+    #[derive(Default)]
+    struct Recording {
+        sent: Vec<Message>,
+        proposed: Vec<(u32, Result<u64, ProposeError>)>,
+    }
+
+    impl Host<Counter> for Recording {
+        type Propose = u32;
+        type ConfChange = ();
+        type Read = ();
+        type Transfer = ();
+        fn send(&mut self, messages: Vec<Message>) {
+            self.sent.extend(messages);
+        }
+        fn add_peer(&mut self, _: u64, _: &[u8]) {}
+        fn remove_peer(&mut self, _: u64) {}
+        fn proposed(&mut self, token: u32, result: Result<u64, ProposeError>) {
+            self.proposed.push((token, result));
+        }
+        fn conf_change_done(&mut self, _: (), _: Result<ConfState, MembershipError>) {}
+        fn read_done(&mut self, _: (), _: Result<&Counter, ReadError>) {}
+        fn transfer_done(&mut self, _: (), _: Result<(), MembershipError>) {}
+    }
+
+    type Core = Replica<MemLogStore, Counter, Recording>;
+
+    fn msg(t: MessageType, from: u64, term: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = from;
+        m.to = 1;
+        m.term = term;
+        m
+    }
+
+    /// Node 1 of voters 1, 2, 3, elected with node 2's votes, its term's no-op
+    /// committed with node 2's acknowledgement.
+    fn leader() -> (Core, Instant) {
+        let mut config = Config::new(1);
+        config.initial_voters = vec![1, 2, 3];
+        let logger = Logger::root(slog::Discard, slog::o!());
+        let mut store = MemLogStore::new();
+        let mut sm = Counter::default();
+        let applied = recover(&config, &mut store, &mut sm, &logger).unwrap();
+        let now = Instant::now();
+        let mut core = Replica::new(
+            config,
+            store,
+            sm,
+            applied,
+            Recording::default(),
+            Arc::new(Shared::new()),
+            logger,
+            Faults::default(),
+            7,
+            now,
+        )
+        .unwrap();
+        core.drive(now).unwrap();
+        core.campaign();
+        core.drive(now).unwrap();
+        // Pre-vote (when on), then the vote, both granted by node 2.
+        for _ in 0..2 {
+            let sent = std::mem::take(&mut core.host_mut().sent);
+            let Some(ask) = sent.iter().find(|m| m.to == 2) else {
+                break;
+            };
+            let kind = match ask.get_msg_type() {
+                MessageType::MsgRequestPreVote => MessageType::MsgRequestPreVoteResponse,
+                _ => MessageType::MsgRequestVoteResponse,
+            };
+            core.step(msg(kind, 2, ask.term), now);
+            core.drive(now).unwrap();
+        }
+        assert!(core.is_leader(), "node 1 was not elected");
+        acknowledge(&mut core, 2, now);
+        let log = &core.raw().raft.raft_log;
+        assert_eq!(
+            log.committed,
+            log.last_index(),
+            "the no-op is not committed"
+        );
+        (core, now)
+    }
+
+    /// `from` acknowledges the leader's whole log.
+    fn acknowledge(core: &mut Core, from: u64, now: Instant) {
+        let term = core.raw().raft.term;
+        let mut ack = msg(MessageType::MsgAppendResponse, from, term);
+        ack.index = core.raw().raft.raft_log.last_index();
+        core.step(ack, now);
+        core.drive(now).unwrap();
+    }
+
+    /// Proves everything queued between two flushes goes to raft as one `MsgPropose`:
+    /// ten commands, one batch, ten consecutive entries of one term.
+    #[test]
+    fn one_flush_is_one_msg_propose() {
+        let (mut core, now) = leader();
+        let before = core.raw().raft.raft_log.last_index();
+        for token in 0..10 {
+            core.propose(Bytes::from_static(b"x"), token);
+        }
+        core.flush_proposals();
+        core.drive(now).unwrap();
+        let metrics = &core.book.shared.metrics;
+        assert_eq!(metrics.proposal_batches.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.proposals.load(Ordering::Relaxed), 10);
+        assert_eq!(core.raw().raft.raft_log.last_index(), before + 10);
+        acknowledge(&mut core, 2, now);
+        let results = &core.host_mut().proposed;
+        assert_eq!(results.len(), 10);
+        for (k, (token, result)) in results.iter().enumerate() {
+            assert_eq!(*token, k as u32);
+            assert_eq!(
+                *result,
+                Ok(before + 1 + k as u64),
+                "entries are consecutive"
+            );
+        }
+    }
+
+    /// Proves a leader that learns of a higher term while its entry is uncommitted
+    /// reports `OutcomeUnknown`: the entry may still commit under the new leader.
+    #[test]
+    fn deposed_leader_reports_outcome_unknown() {
+        let (mut core, now) = leader();
+        core.propose(Bytes::from_static(b"x"), 1);
+        core.flush_proposals();
+        core.drive(now).unwrap();
+        let term = core.raw().raft.term;
+        let mut heartbeat = msg(MessageType::MsgHeartbeat, 3, term + 1);
+        heartbeat.commit = 0;
+        core.step(heartbeat, now);
+        core.drive(now).unwrap();
+        assert!(!core.is_leader());
+        let results = &core.host_mut().proposed;
+        assert!(
+            matches!(results[..], [(1, Err(ProposeError::OutcomeUnknown { .. }))]),
+            "{results:?}"
+        );
+    }
+
+    /// Proves an entry overwritten by a new leader reports `Dropped` when the
+    /// overwriting entry commits in the same Ready the leader learns of it: the
+    /// entry at the waiter's index has another term, so it can never commit.
+    #[test]
+    fn overwritten_entry_reports_dropped() {
+        let (mut core, now) = leader();
+        let (index, term) = (core.raw().raft.raft_log.last_index(), core.raw().raft.term);
+        core.propose(Bytes::from_static(b"doomed"), 1);
+        core.flush_proposals();
+        core.drive(now).unwrap();
+        // Node 3, leader of the next term, replaces the entry at index + 1 with its
+        // own no-op and says it is committed.
+        let mut append = msg(MessageType::MsgAppend, 3, term + 1);
+        append.index = index;
+        append.log_term = term;
+        append.commit = index + 1;
+        let mut e = Entry::default();
+        e.index = index + 1;
+        e.term = term + 1;
+        append.mut_entries().push(e);
+        core.step(append, now);
+        core.drive(now).unwrap();
+        assert!(!core.is_leader());
+        let results = &core.host_mut().proposed;
+        assert!(
+            matches!(results[..], [(1, Err(ProposeError::Dropped))]),
+            "{results:?}"
+        );
+    }
 }

@@ -82,6 +82,7 @@ pub struct Status {
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     pub proposals: AtomicU64,
+    pub proposal_batches: AtomicU64,
     pub proposals_failed: AtomicU64,
     pub messages_dropped: AtomicU64,
     pub elections_started: AtomicU64,
@@ -100,6 +101,10 @@ pub(crate) struct Metrics {
 pub struct MetricsSnapshot {
     /// Commands proposed on this node while it led.
     pub proposals: u64,
+    /// `MsgPropose` messages those commands went to raft in: everything drained from
+    /// the request queue in one turn goes as one (`proposals / proposal_batches` is the
+    /// mean batch size).
+    pub proposal_batches: u64,
     /// Proposals that ended in an error.
     pub proposals_failed: u64,
     /// Incoming messages dropped because the message queue was full.
@@ -137,6 +142,7 @@ impl Metrics {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         MetricsSnapshot {
             proposals: get(&self.proposals),
+            proposal_batches: get(&self.proposal_batches),
             proposals_failed: get(&self.proposals_failed),
             messages_dropped: get(&self.messages_dropped),
             elections_started: get(&self.elections_started),
