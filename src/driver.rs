@@ -4,6 +4,8 @@
 //! owns the `LogStore`), the `StateMachine` and an [`Outbox`], and does one Ready. The
 //! runtime thread and the deterministic simulator both call it, so what the simulator
 //! checks is the code that ships. The numbered steps below match `docs/ready-loop.md`.
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -271,7 +273,7 @@ where
     // 6. Advance: the Ready's writes are persisted; applying is reported separately.
     let mut light = raw.advance_append(rd);
 
-    // 7. LightReady, in full (ERRATA 3): persist its commit index, send its messages,
+    // 7. LightReady, in full (raft-rs note 3): persist its commit index, send its messages,
     //    apply its committed entries, then report the applied index.
     if light.commit_index().is_some() && !faults.light_commit_not_persisted() {
         let hs = raw.raft.hard_state();
@@ -326,7 +328,7 @@ where
             *applied = index;
             continue;
         }
-        // Dispatch on the type first (ERRATA 8): a leave-joint ConfChangeV2 has empty data.
+        // Dispatch on the type first (raft-rs note 8): a leave-joint ConfChangeV2 has empty data.
         match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => {
                 sm.apply_noop(index);
@@ -381,7 +383,7 @@ where
 }
 
 /// Applies a conf change (V1 converted to V2, as raft-rs does itself) and persists the
-/// ConfState it gives (ERRATA 10).
+/// ConfState it gives (raft-rs note 10).
 fn apply_conf_change<S, M, O>(
     raw: &mut RawNode<S>,
     sm: &mut M,
@@ -529,7 +531,7 @@ where
     meta.index = applied;
     meta.term = term;
     // raft's configuration is the one every applied conf change produced: the ConfState
-    // at `applied` (ERRATA 5, 14).
+    // at `applied` (raft-rs notes 5, 14).
     meta.set_conf_state(raw.raft.prs().conf().to_conf_state());
     raw.mut_store().store_snapshot(snapshot)?;
     let mut compact_to = (applied + 1).saturating_sub(trailing_entries);
@@ -726,7 +728,7 @@ mod tests {
         (raw, sm, out, store)
     }
 
-    /// Proves every entry is applied before raft is told it was applied (ERRATA 2):
+    /// Proves every entry is applied before raft is told it was applied (raft-rs note 2):
     /// each `advanced(i)` comes after the apply of `i`, never before.
     #[test]
     fn apply_happens_before_advance() {
@@ -772,7 +774,7 @@ mod tests {
 
     /// Proves a leave-joint ConfChangeV2, whose data is empty, is applied: the group
     /// leaves the joint configuration and the ConfState without outgoing voters is
-    /// persisted (ERRATA 8, 10).
+    /// persisted (raft-rs notes 8, 10).
     #[test]
     fn leave_joint_with_empty_data_is_applied() {
         let (mut raw, mut sm, mut out, store) = single_node();

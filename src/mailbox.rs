@@ -1,4 +1,6 @@
 //! `Mailbox`: the handle a transport uses to hand incoming messages to its node.
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 #[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,7 +95,7 @@ impl Mailbox {
     }
 
     /// Tells raft whether the `MsgSnapshot` sent to `peer` arrived. Must be called once
-    /// for every `MsgSnapshot` a transport handles (ERRATA 13).
+    /// for every `MsgSnapshot` a transport handles (raft-rs note 13).
     pub fn report_snapshot(&self, peer: u64, status: SnapshotStatus) {
         let _ = self.push(PeerInput::Snapshot(peer, status));
     }

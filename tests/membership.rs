@@ -1,6 +1,8 @@
 //! Membership changes (Raft paper §6, joint consensus; raft-rs ConfChangeV2): growing,
 //! replacing, shrinking and joint changes under load, one change at a time, clear errors
 //! for bad changes, removed nodes.
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 mod common;
 
@@ -441,7 +443,7 @@ fn racing_promotions_have_one_winner() {
     wait_conf(&c, &[1, 2, 3, 4], &[1, 2, 3, 4], &[]);
 }
 
-/// Best effort on ERRATA 9: the leader is cut off right after a joint change commits,
+/// Best effort on raft-rs note 9: the leader is cut off right after a joint change commits,
 /// before its followers hear of the commit. A new leader must take the group out of the
 /// joint configuration on its own.
 #[test]

@@ -1,5 +1,7 @@
 //! The Ready loop's ordering, observed from outside: a recording LogStore and Transport
 //! prove that nothing a message promises leaves the node before it is durable.
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 mod common;
 
@@ -104,7 +106,7 @@ impl Transport for RecordingTransport {
 }
 
 /// Replays one node's events and checks that every append acknowledgement and every
-/// granted vote was sent only after a sync that made it durable (ERRATA 1).
+/// granted vote was sent only after a sync that made it durable (raft-rs note 1).
 fn check_persist_before_send(id: u64, events: &[Event]) -> (u64, usize) {
     let (mut written_last, mut synced_last) = (0u64, 0u64);
     let (mut written_hs, mut synced_hs) = (HardState::default(), HardState::default());

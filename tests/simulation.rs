@@ -7,6 +7,8 @@
 //! 0); replay one seed with `RAFTNODE_SIM_SEED=<seed> cargo test --release
 //! --all-features --test simulation replay -- --nocapture` (add `RAFTNODE_SIM_TRACE=1`
 //! for every event).
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 #![cfg(feature = "testing")]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,7 +185,7 @@ fn assert_caught(name: &str, bugs: Bugs, tweak: impl Fn(&mut SimConfig)) {
     );
 }
 
-/// Sending votes and append acks before the sync (ERRATA 1) is caught within 500 seeds:
+/// Sending votes and append acks before the sync (raft-rs note 1) is caught within 500 seeds:
 /// an fsync failure then loses a vote or an acknowledged entry.
 #[test]
 fn bug_send_before_sync_is_caught() {
@@ -221,7 +223,7 @@ fn bug_read_without_read_index_is_caught() {
     });
 }
 
-/// Installing a leader's snapshot without restoring the state machine (ERRATA 5) is
+/// Installing a leader's snapshot without restoring the state machine (raft-rs note 5) is
 /// caught within 500 seeds.
 #[test]
 fn bug_skip_snapshot_restore_is_caught() {
@@ -248,7 +250,7 @@ fn bug_apply_before_commit_is_caught() {
     });
 }
 
-/// Compacting the log past the snapshot (ERRATA 14) is caught within 500 seeds, with a
+/// Compacting the log past the snapshot (raft-rs note 14) is caught within 500 seeds, with a
 /// simulated disk that does not refuse the compaction, so the harness has to see the
 /// consequences.
 #[test]

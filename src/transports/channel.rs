@@ -4,6 +4,8 @@
 //! `RwLock`; every [`ChannelTransport`] reads it once per `send` batch. Without faults a
 //! send is a table lookup and a `try_send` per message. Delays are served by one
 //! background thread per network, started by the first [`ChannelNetwork::set_delay`].
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::binary_heap::PeekMut;
@@ -83,7 +85,7 @@ pub struct ChannelNetwork {
 /// - A message to a node whose queue is full is dropped (the receiving mailbox counts it).
 /// - Every `MsgSnapshot` is reported to the sender's raft with
 ///   [`Mailbox::report_snapshot`]: `Finish` once it is in the receiver's queue, `Failure`
-///   if it was dropped for any reason (ERRATA 13).
+///   if it was dropped for any reason (raft-rs note 13).
 pub struct ChannelTransport {
     id: u64,
     hub: Arc<Hub>,
@@ -944,7 +946,7 @@ mod tests {
         assert!(!network.is_registered(1) && !network.is_registered(2));
     }
 
-    /// ERRATA 13: every MsgSnapshot is reported, Finish when delivered, Failure otherwise.
+    /// raft-rs note 13: every MsgSnapshot is reported, Finish when delivered, Failure otherwise.
     #[test]
     fn snapshot_status_is_reported_for_every_outcome() {
         let network = ChannelNetwork::new();

@@ -1,4 +1,6 @@
 //! The simulation loop: nodes, network, clients, faults and invariant checks.
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -283,7 +285,7 @@ impl<'a, W: Workload> Sim<'a, W> {
                     sender.report_unreachable(to);
                 }
                 if is_snapshot {
-                    // ERRATA 13: report every snapshot sent, success or failure.
+                    // raft-rs note 13: report every snapshot sent, success or failure.
                     let status = if delivered && up {
                         SnapshotStatus::Finish
                     } else {
