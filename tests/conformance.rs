@@ -1,4 +1,5 @@
-//! The `LogStore` conformance suite passes against `MemLogStore`.
+//! The `LogStore` conformance suite passes against `MemLogStore` and the simulator's
+//! `SimStore` (`EngineLogStore` runs it in `tests/durability.rs`).
 #![cfg(feature = "testing")]
 
 use raftnode::testing::conformance;
@@ -24,4 +25,11 @@ fn mem_log_store_restart_through_a_clone() {
         clone
     });
     assert!(kept.is_some(), "reopen was called");
+}
+
+// Proves the simulator's disk meets the same obligations: its log is the shipped stores'
+// `LogWindow`, so the simulator checks raftnode against the storage semantics users get.
+#[test]
+fn sim_store_passes_the_conformance_suite() {
+    conformance::run_all(raftnode::testing::sim::SimStore::new, |store| store);
 }

@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
-use raft::{GetEntriesContext, RaftState, Storage, NO_LIMIT};
+use raft::{GetEntriesContext, RaftState, Storage};
 use raft_engine::env::{DefaultFileSystem, FileSystem, Handle, Permission};
 use raft_engine::{Command, Engine, LogBatch, MessageExt, ReadableSize, RecoveryMode};
 
 use crate::error::StorageError;
 use crate::log_store::LogStore;
 use crate::storage::snapshot_file;
+use crate::storage::window::LogWindow;
 
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
@@ -332,16 +333,12 @@ pub struct EngineLogStore<F: FileSystem + 'static = DefaultFileSystem> {
     group: u64,
     hard_state: HardState,
     conf_state: ConfState,
-    /// The newest snapshot stored or applied, with its data; index 0 means none.
-    snapshot: Snapshot,
-    /// The file holding `snapshot`'s data.
+    /// The file holding the window's snapshot's data.
     snapshot_path: Option<PathBuf>,
-    /// Index and term of the entry just before the first one.
-    truncated_index: u64,
-    truncated_term: u64,
-    /// The log: `entries[k]` has index `truncated_index + 1 + k`. Every read is served
-    /// from here, including entries still in `pending`.
-    entries: VecDeque<Entry>,
+    /// The log, its compaction point and the newest snapshot stored or applied (with
+    /// its data), on the window every store shares (src/storage/window.rs). Every read
+    /// is served from here, including entries still in `pending`.
+    window: LogWindow,
     /// Writes not yet handed to the engine.
     pending: LogBatch,
     /// Writes handed to the engine without fsync (the next `sync` must fsync).
@@ -388,11 +385,8 @@ impl<F: FileSystem + 'static> EngineLogStore<F> {
             group,
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
-            snapshot: Snapshot::default(),
             snapshot_path: None,
-            truncated_index: 0,
-            truncated_term: 0,
-            entries: VecDeque::new(),
+            window: LogWindow::default(),
             pending: LogBatch::default(),
             unsynced: false,
             obsolete_snapshots: Vec::new(),
@@ -454,6 +448,7 @@ impl<F: FileSystem + 'static> EngineLogStore<F> {
             .get_message::<SnapshotMetadata>(group, KEY_SNAPSHOT)
             .map_err(|e| key_error(KEY_SNAPSHOT, e))?
             .unwrap_or_default();
+        let (mut truncated_index, mut truncated_term) = (0, 0);
         if let Some(raw) = engine.get(group, KEY_TRUNCATED) {
             let (index, term) = decode_truncated(&raw).ok_or_else(|| {
                 key_error(
@@ -461,31 +456,33 @@ impl<F: FileSystem + 'static> EngineLogStore<F> {
                     raft_engine::Error::Corruption(format!("{} bytes, want 16", raw.len())),
                 )
             })?;
-            self.truncated_index = index;
-            self.truncated_term = term;
+            truncated_index = index;
+            truncated_term = term;
         }
+        let mut snapshot = Snapshot::default();
+        let mut entries = VecDeque::new();
         if meta.index > 0 {
             let path = self
                 .engine
                 .snapshot_dir
                 .join(snapshot_file::file_name(group, meta.index, meta.term));
-            self.snapshot.data = snapshot_file::read(&path)?;
-            self.snapshot.set_metadata(meta);
+            snapshot.data = snapshot_file::read(&path)?;
+            snapshot.set_metadata(meta);
             self.snapshot_path = Some(path);
         }
         if let (Some(first), Some(last)) = (engine.first_index(group), engine.last_index(group)) {
-            if first != self.truncated_index + 1 {
+            if first != truncated_index + 1 {
                 return Err(StorageError::Corrupt {
                     path: self.engine.dir.join("engine").display().to_string(),
                     detail: format!(
                         "group {group}: the log starts at {first} but the compaction point is \
-                         {}: entries are missing; re-add the node",
-                        self.truncated_index
+                         {truncated_index}: entries are missing; re-add the node"
                     ),
                 });
             }
-            self.entries = load_entries(&self.engine, group, first, last)?;
+            entries = load_entries(&self.engine, group, first, last)?;
         }
+        self.window = LogWindow::restored(snapshot, truncated_index, truncated_term, entries);
         // A crash between writing a snapshot file and recording it leaves an orphan.
         let _ = snapshot_file::remove_others(
             &self.engine.snapshot_dir,
@@ -496,24 +493,11 @@ impl<F: FileSystem + 'static> EngineLogStore<F> {
     }
 
     fn first(&self) -> u64 {
-        self.truncated_index + 1
+        self.window.first_index()
     }
 
     fn last(&self) -> u64 {
-        self.truncated_index + self.entries.len() as u64
-    }
-
-    fn term_of(&self, index: u64) -> raft::Result<u64> {
-        if index == self.truncated_index {
-            return Ok(self.truncated_term);
-        }
-        if index < self.truncated_index {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if index > self.last() {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
-        Ok(self.entries[(index - self.first()) as usize].term)
+        self.window.last_index()
     }
 
     fn put_message<M: protobuf::Message>(
@@ -530,8 +514,9 @@ impl<F: FileSystem + 'static> EngineLogStore<F> {
     }
 
     fn put_truncated(&mut self) -> Result<(), StorageError> {
-        let mut raw = self.truncated_index.to_le_bytes().to_vec();
-        raw.extend_from_slice(&self.truncated_term.to_le_bytes());
+        let (index, term) = self.window.truncated();
+        let mut raw = index.to_le_bytes().to_vec();
+        raw.extend_from_slice(&term.to_le_bytes());
         self.pending
             .put(self.group, KEY_TRUNCATED.to_vec(), raw)
             .map_err(|e| StorageError::Engine {
@@ -561,23 +546,9 @@ impl<F: FileSystem + 'static> EngineLogStore<F> {
         Ok(())
     }
 
-    fn check_not_stale(&self, op: &'static str, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let index = snapshot.get_metadata().index;
-        if index == 0 {
-            return Err(invalid(op, "a snapshot at index 0 is empty".to_owned()));
-        }
-        let stored = self.snapshot.get_metadata().index;
-        if index < stored {
-            return Err(invalid(
-                op,
-                format!("snapshot at index {index} is older than the stored one at {stored}"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Writes the snapshot's file and records it (in the pending batch) as the newest.
-    fn record_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+    /// Writes the snapshot's file and records it (in the pending batch) as the newest;
+    /// the caller then hands it to the window.
+    fn record_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let meta = snapshot.get_metadata().clone();
         let path = snapshot_file::write(
             &self.engine.snapshot_dir,
@@ -593,7 +564,6 @@ impl<F: FileSystem + 'static> EngineLogStore<F> {
             }
         }
         self.obsolete_snapshots.retain(|p| *p != path);
-        self.snapshot = snapshot;
         Ok(())
     }
 }
@@ -667,10 +637,6 @@ fn decode_truncated(raw: &[u8]) -> Option<(u64, u64)> {
     (raw.len() == 16).then_some((index, term))
 }
 
-fn invalid(op: &'static str, detail: String) -> StorageError {
-    StorageError::Invalid { op, detail }
-}
-
 impl<F: FileSystem + 'static> Drop for EngineLogStore<F> {
     fn drop(&mut self) {
         // Best effort: writes never followed by a sync (a LightReady's commit index).
@@ -690,7 +656,10 @@ impl<F: FileSystem + 'static> fmt::Debug for EngineLogStore<F> {
             .field("first_index", &self.first())
             .field("last_index", &self.last())
             .field("hard_state", &self.hard_state)
-            .field("snapshot_index", &self.snapshot.get_metadata().index)
+            .field(
+                "snapshot_index",
+                &self.window.snapshot().get_metadata().index,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -710,36 +679,11 @@ impl<F: FileSystem + 'static> Storage for EngineLogStore<F> {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let max_size = max_size.into().filter(|&max| max != NO_LIMIT);
-        if low < self.first() {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if high > self.last() + 1 {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
-        if low > high {
-            return Err(invalid("entries", format!("low {low} > high {high}")).into_raft());
-        }
-        let range = (low - self.first()) as usize..(high - self.first()) as usize;
-        let Some(max_size) = max_size else {
-            return Ok(self.entries.range(range).cloned().collect());
-        };
-        // raft::util::limit_size's rule (the first entry always, then entries while the
-        // total stays within max_size), applied while copying.
-        let mut out = Vec::new();
-        let mut size = 0u64;
-        for entry in self.entries.range(range) {
-            size += u64::from(protobuf::Message::compute_size(entry));
-            if !out.is_empty() && size > max_size {
-                break;
-            }
-            out.push(entry.clone());
-        }
-        Ok(out)
+        self.window.entries(low, high, max_size.into())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.term_of(idx)
+        self.window.term(idx)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -751,52 +695,16 @@ impl<F: FileSystem + 'static> Storage for EngineLogStore<F> {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let index = self.snapshot.get_metadata().index;
-        if index == 0 || index < request_index {
-            return Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            ));
-        }
-        Ok(self.snapshot.clone())
+        self.window.snapshot_for(request_index)
     }
 }
 
 impl<F: FileSystem + 'static> LogStore for EngineLogStore<F> {
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        let Some(head) = entries.first() else {
+        if entries.is_empty() {
             return Ok(());
-        };
-        if head.index < self.first() {
-            return Err(invalid(
-                "append",
-                format!(
-                    "first new entry {} is at or below the compaction point {}",
-                    head.index, self.truncated_index
-                ),
-            ));
         }
-        if head.index > self.last() + 1 {
-            return Err(invalid(
-                "append",
-                format!(
-                    "first new entry {} would leave a hole after last index {}",
-                    head.index,
-                    self.last()
-                ),
-            ));
-        }
-        if let Some((k, entry)) = (0u64..)
-            .zip(entries)
-            .find(|&(k, entry)| entry.index != head.index + k)
-        {
-            return Err(invalid(
-                "append",
-                format!(
-                    "entries are not contiguous: entry {} is at position {k} after {}",
-                    entry.index, head.index
-                ),
-            ));
-        }
+        self.window.check_append(entries)?;
         if let Some(failure) = self.engine.failure() {
             return Err(failed("append", &failure));
         }
@@ -806,10 +714,9 @@ impl<F: FileSystem + 'static> LogStore for EngineLogStore<F> {
                 op: "append",
                 detail: e.to_string(),
             })?;
-        // Raft may overwrite a conflicting suffix written in an earlier term; the engine
-        // drops it too when the batch is written.
-        self.entries.truncate((head.index - self.first()) as usize);
-        self.entries.extend(entries.iter().cloned());
+        // Raft may overwrite a conflicting suffix written in an earlier term; the window
+        // drops it now, the engine when the batch is written.
+        self.window.append(entries);
         if self.pending.approximate_size() > MAX_PENDING_BYTES {
             self.flush("append", false)?;
         }
@@ -829,15 +736,13 @@ impl<F: FileSystem + 'static> LogStore for EngineLogStore<F> {
     }
 
     fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        self.check_not_stale("apply_snapshot", &snapshot)?;
+        self.window.check_not_stale("apply_snapshot", &snapshot)?;
         let meta = snapshot.get_metadata().clone();
         // Drop the whole group (log and keys) and write its state again, in the same
         // batch: the engine never holds entries past the snapshot that it replaced.
         self.pending.add_command(self.group, Command::Clean);
-        self.record_snapshot(snapshot)?;
-        self.entries.clear();
-        self.truncated_index = meta.index;
-        self.truncated_term = meta.term;
+        self.record_snapshot(&snapshot)?;
+        self.window.apply_snapshot(snapshot);
         self.put_truncated()?;
         self.conf_state = meta.get_conf_state().clone();
         let cs = self.conf_state.clone();
@@ -853,65 +758,18 @@ impl<F: FileSystem + 'static> LogStore for EngineLogStore<F> {
     }
 
     fn store_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        self.check_not_stale("store_snapshot", &snapshot)?;
-        let meta = snapshot.get_metadata();
-        match self.term_of(meta.index) {
-            Ok(term) if term == meta.term => {}
-            Ok(term) => {
-                return Err(invalid(
-                    "store_snapshot",
-                    format!(
-                        "snapshot at index {} has term {} but the log has term {term} there",
-                        meta.index, meta.term
-                    ),
-                ))
-            }
-            Err(_) => {
-                return Err(invalid(
-                    "store_snapshot",
-                    format!(
-                        "snapshot index {} is outside the log {}..={}",
-                        meta.index,
-                        self.truncated_index,
-                        self.last()
-                    ),
-                ))
-            }
-        }
-        self.record_snapshot(snapshot)?;
+        self.window.check_store_snapshot(&snapshot)?;
+        self.record_snapshot(&snapshot)?;
+        self.window.store_snapshot(snapshot);
         // Durable now, so that compaction behind it can never outlive it.
         self.flush("store_snapshot", true)
     }
 
     fn compact(&mut self, compact_index: u64) -> Result<(), StorageError> {
-        if compact_index <= self.first() {
+        if !self.window.check_compact(compact_index)? {
             return Ok(());
         }
-        if compact_index > self.last() + 1 {
-            return Err(invalid(
-                "compact",
-                format!(
-                    "compact index {compact_index} is past last index {} + 1",
-                    self.last()
-                ),
-            ));
-        }
-        let snapshot_index = self.snapshot.get_metadata().index;
-        if compact_index - 1 > snapshot_index {
-            return Err(invalid(
-                "compact",
-                format!(
-                    "compacting to {compact_index} would drop entries up to {} but the stored \
-                     snapshot covers only up to {snapshot_index}",
-                    compact_index - 1
-                ),
-            ));
-        }
-        let new_truncated_term = self.entries[(compact_index - 1 - self.first()) as usize].term;
-        self.entries
-            .drain(..(compact_index - self.first()) as usize);
-        self.truncated_index = compact_index - 1;
-        self.truncated_term = new_truncated_term;
+        self.window.compact(compact_index);
         self.pending.add_command(
             self.group,
             Command::Compact {

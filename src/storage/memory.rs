@@ -1,14 +1,13 @@
 //! [`MemLogStore`]: a [`LogStore`] kept in process memory. **Not durable.**
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
-use raft::{GetEntriesContext, RaftState, Storage, NO_LIMIT};
+use raft::{GetEntriesContext, RaftState, Storage};
 
+use super::window::LogWindow;
 use crate::error::StorageError;
 use crate::log_store::LogStore;
 
@@ -62,17 +61,8 @@ pub struct MemLogStore {
 struct Core {
     hard_state: HardState,
     conf_state: ConfState,
-    /// The newest snapshot stored or applied, with its data; index 0 means none yet.
-    /// `Storage::snapshot` serves it, and `compact` may not drop entries past it.
-    snapshot: Snapshot,
-    /// Index of the entry just before `entries[0]` (the compaction point). raft asks for
-    /// its term when matching a follower's log, so the term is kept after the entry is
-    /// gone. 0 on a fresh store.
-    truncated_index: u64,
-    /// Term of the entry at `truncated_index`.
-    truncated_term: u64,
-    /// The log: `entries[k]` has index `truncated_index + 1 + k`.
-    entries: VecDeque<Entry>,
+    /// The log and the newest snapshot (shared with the other stores, src/storage/window.rs).
+    window: LogWindow,
 }
 
 impl MemLogStore {
@@ -95,12 +85,12 @@ impl MemLogStore {
     /// Returns the metadata (index, term, ConfState) of the stored snapshot; index 0
     /// means no snapshot was stored or applied yet.
     pub fn snapshot_metadata(&self) -> SnapshotMetadata {
-        self.core.lock().snapshot.get_metadata().clone()
+        self.core.lock().window.snapshot().get_metadata().clone()
     }
 
     /// Returns how many entries the log holds (`last_index() + 1 - first_index()`).
     pub fn entry_count(&self) -> usize {
-        self.core.lock().entries.len()
+        self.core.lock().window.len()
     }
 }
 
@@ -108,10 +98,10 @@ impl fmt::Debug for MemLogStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A summary: the log itself can be large.
         let core = self.core.lock();
-        let meta = core.snapshot.get_metadata();
+        let meta = core.window.snapshot().get_metadata();
         f.debug_struct("MemLogStore")
-            .field("first_index", &core.first_index())
-            .field("last_index", &core.last_index())
+            .field("first_index", &core.window.first_index())
+            .field("last_index", &core.window.last_index())
             .field("hard_state", &core.hard_state)
             .field("snapshot_index", &meta.index)
             .field("snapshot_term", &meta.term)
@@ -120,170 +110,9 @@ impl fmt::Debug for MemLogStore {
 }
 
 impl Core {
-    fn first_index(&self) -> u64 {
-        self.truncated_index + 1
-    }
-
-    fn last_index(&self) -> u64 {
-        self.truncated_index + self.entries.len() as u64
-    }
-
-    /// Position in `entries` of the entry at `index`; `index` must be in
-    /// `first_index()..=last_index() + 1`.
-    fn position(&self, index: u64) -> usize {
-        debug_assert!(index > self.truncated_index && index <= self.last_index() + 1);
-        (index - self.first_index()) as usize
-    }
-
-    fn term(&self, index: u64) -> raft::Result<u64> {
-        if index == self.truncated_index {
-            return Ok(self.truncated_term);
-        }
-        if index < self.truncated_index {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if index > self.last_index() {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
-        Ok(self.entries[self.position(index)].term)
-    }
-
-    fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>> {
-        if low < self.first_index() {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if high > self.last_index() + 1 {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
-        if low > high {
-            return Err(invalid("entries", format!("low {low} > high {high}")).into_raft());
-        }
-        let range = self.position(low)..self.position(high);
-        let max_size = max_size.filter(|&max| max != NO_LIMIT);
-        let Some(max_size) = max_size else {
-            return Ok(self.entries.range(range).cloned().collect());
-        };
-        // Same rule as `raft::util::limit_size` (the first entry always, then entries
-        // while the running size stays within `max_size`), applied while copying so
-        // entries past the limit are never cloned under the lock.
-        let mut taken = Vec::new();
-        let mut size = 0u64;
-        for entry in self.entries.range(range) {
-            // Cached by `append`: stored entries are never mutated afterwards.
-            size += u64::from(entry.get_cached_size());
-            if !taken.is_empty() && size > max_size {
-                break;
-            }
-            taken.push(entry.clone());
-        }
-        Ok(taken)
-    }
-
-    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        let Some(head) = entries.first() else {
-            return Ok(());
-        };
-        if head.index < self.first_index() {
-            return Err(invalid(
-                "append",
-                format!(
-                    "first new entry {} is at or below the compaction point {}",
-                    head.index, self.truncated_index
-                ),
-            ));
-        }
-        if head.index > self.last_index() + 1 {
-            return Err(invalid(
-                "append",
-                format!(
-                    "first new entry {} would leave a hole after last index {}",
-                    head.index,
-                    self.last_index()
-                ),
-            ));
-        }
-        if let Some((k, entry)) = (0u64..)
-            .zip(entries)
-            .find(|&(k, entry)| entry.index != head.index + k)
-        {
-            return Err(invalid(
-                "append",
-                format!(
-                    "entries are not contiguous: entry {} is at position {k} after {}",
-                    entry.index, head.index
-                ),
-            ));
-        }
-        // Raft may overwrite a conflicting suffix written in an earlier term.
-        let keep = self.position(head.index);
-        self.entries.truncate(keep);
-        self.entries.extend(entries.iter().map(|e| {
-            let stored = e.clone();
-            // Cache the encoded size once: `entries` sizes every entry it returns, once
-            // per follower, and protobuf keeps the cached value on every clone.
-            stored.compute_size();
-            stored
-        }));
-        Ok(())
-    }
-
-    fn compact(&mut self, compact_index: u64) -> Result<(), StorageError> {
-        if compact_index <= self.first_index() {
-            return Ok(());
-        }
-        if compact_index > self.last_index() + 1 {
-            return Err(invalid(
-                "compact",
-                format!(
-                    "compact index {compact_index} is past last index {} + 1",
-                    self.last_index()
-                ),
-            ));
-        }
-        let snapshot_index = self.snapshot.get_metadata().index;
-        if compact_index - 1 > snapshot_index {
-            return Err(invalid(
-                "compact",
-                format!(
-                    "compacting to {compact_index} would drop entries up to {} but the stored \
-                     snapshot covers only up to {snapshot_index}",
-                    compact_index - 1
-                ),
-            ));
-        }
-        let new_truncated = compact_index - 1;
-        let new_truncated_term = self.entries[self.position(new_truncated)].term;
-        let drop = self.position(compact_index);
-        self.entries.drain(..drop);
-        self.truncated_index = new_truncated;
-        self.truncated_term = new_truncated_term;
-        Ok(())
-    }
-
-    fn check_not_stale(&self, op: &'static str, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let index = snapshot.get_metadata().index;
-        if index == 0 {
-            return Err(invalid(op, "a snapshot at index 0 is empty".to_owned()));
-        }
-        let stored = self.snapshot.get_metadata().index;
-        if index < stored {
-            return Err(invalid(
-                op,
-                format!("snapshot at index {index} is older than the stored one at {stored}"),
-            ));
-        }
-        Ok(())
-    }
-
     fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        self.check_not_stale("apply_snapshot", &snapshot)?;
+        self.window.check_not_stale("apply_snapshot", &snapshot)?;
         let meta = snapshot.get_metadata();
-        // The compaction point never passes the stored snapshot, so a snapshot that is
-        // not stale is not behind the compaction point either.
-        debug_assert!(meta.index >= self.truncated_index);
-        self.entries.clear();
-        self.truncated_index = meta.index;
-        self.truncated_term = meta.term;
         self.conf_state = meta.get_conf_state().clone();
         if self.hard_state.term < meta.term {
             // The stored vote was cast in an older term; it says nothing about this one.
@@ -291,45 +120,9 @@ impl Core {
             self.hard_state.vote = 0;
         }
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
-        self.snapshot = snapshot;
+        self.window.apply_snapshot(snapshot);
         Ok(())
     }
-
-    fn store_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        self.check_not_stale("store_snapshot", &snapshot)?;
-        let meta = snapshot.get_metadata();
-        // The driver only stores snapshots of entries it has; anything else is a bug
-        // that would let a follower install a state this log cannot vouch for.
-        match self.term(meta.index) {
-            Ok(term) if term == meta.term => {}
-            Ok(term) => {
-                return Err(invalid(
-                    "store_snapshot",
-                    format!(
-                        "snapshot at index {} has term {} but the log has term {term} there",
-                        meta.index, meta.term
-                    ),
-                ))
-            }
-            Err(_) => {
-                return Err(invalid(
-                    "store_snapshot",
-                    format!(
-                        "snapshot index {} is outside the log {}..={}",
-                        meta.index,
-                        self.truncated_index,
-                        self.last_index()
-                    ),
-                ))
-            }
-        }
-        self.snapshot = snapshot;
-        Ok(())
-    }
-}
-
-fn invalid(op: &'static str, detail: String) -> StorageError {
-    StorageError::Invalid { op, detail }
 }
 
 impl Storage for MemLogStore {
@@ -348,39 +141,34 @@ impl Storage for MemLogStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let max_size = max_size.into();
-        self.core.lock().entries(low, high, max_size)
+        self.core.lock().window.entries(low, high, max_size.into())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.core.lock().term(idx)
+        self.core.lock().window.term(idx)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.core.lock().first_index())
+        Ok(self.core.lock().window.first_index())
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.core.lock().last_index())
+        Ok(self.core.lock().window.last_index())
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let core = self.core.lock();
-        let index = core.snapshot.get_metadata().index;
         // raft-rs panics on an index-0 snapshot and wants one at or past request_index;
         // "not yet" is the only answer it handles otherwise.
-        if index == 0 || index < request_index {
-            return Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            ));
-        }
-        Ok(core.snapshot.clone())
+        self.core.lock().window.snapshot_for(request_index)
     }
 }
 
 impl LogStore for MemLogStore {
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        self.core.lock().append(entries)
+        let mut core = self.core.lock();
+        core.window.check_append(entries)?;
+        core.window.append(entries);
+        Ok(())
     }
 
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StorageError> {
@@ -398,11 +186,18 @@ impl LogStore for MemLogStore {
     }
 
     fn store_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        self.core.lock().store_snapshot(snapshot)
+        let mut core = self.core.lock();
+        core.window.check_store_snapshot(&snapshot)?;
+        core.window.store_snapshot(snapshot);
+        Ok(())
     }
 
     fn compact(&mut self, compact_index: u64) -> Result<(), StorageError> {
-        self.core.lock().compact(compact_index)
+        let mut core = self.core.lock();
+        if core.window.check_compact(compact_index)? {
+            core.window.compact(compact_index);
+        }
+        Ok(())
     }
 
     /// Does nothing: a `MemLogStore` is not durable.

@@ -1,23 +1,21 @@
 //! [`SimStore`]: a [`LogStore`] on a simulated disk that keeps written and synced state
 //! apart, so a simulated crash loses exactly what a real one could.
 
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
-use raft::{GetEntriesContext, RaftState, Storage, NO_LIMIT};
+use raft::{GetEntriesContext, RaftState, Storage};
 
 use super::SimRng;
 use crate::error::StorageError;
 use crate::log_store::LogStore;
+use crate::storage::window::LogWindow;
 
-/// What the disk holds: the same shape as `MemLogStore`'s state.
+/// What the disk holds: the same shape as `MemLogStore`'s state, on the same
+/// [`LogWindow`] the shipped stores use.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Image {
-    hard_state: HardState,
-    conf_state: ConfState,
-    snapshot: Snapshot,
-    truncated_index: u64,
-    truncated_term: u64,
-    entries: Vec<Entry>,
+    pub(crate) hard_state: HardState,
+    pub(crate) conf_state: ConfState,
+    window: LogWindow,
 }
 
 /// One write, kept until `sync` makes it durable.
@@ -31,144 +29,44 @@ enum Write {
     Compact(u64),
 }
 
-fn invalid(op: &'static str, detail: String) -> StorageError {
-    StorageError::Invalid { op, detail }
-}
-
 impl Image {
-    fn first_index(&self) -> u64 {
-        self.truncated_index + 1
-    }
-
-    fn last_index(&self) -> u64 {
-        self.truncated_index + self.entries.len() as u64
-    }
-
-    fn term(&self, index: u64) -> raft::Result<u64> {
-        if index == self.truncated_index {
-            return Ok(self.truncated_term);
-        }
-        if index < self.truncated_index {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if index > self.last_index() {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
-        Ok(self.entries[(index - self.first_index()) as usize].term)
-    }
-
-    /// Checks a write against the image without changing it.
-    fn check(&self, write: &Write) -> Result<(), StorageError> {
+    /// Checks a write against the image without changing it; `permissive_compact`
+    /// skips compaction's snapshot rule (the `compact_past_snapshot` bug).
+    fn check(&self, write: &Write, permissive_compact: bool) -> Result<(), StorageError> {
         match write {
-            Write::Append(entries) => {
-                let Some(head) = entries.first() else {
-                    return Ok(());
-                };
-                if head.index < self.first_index() || head.index > self.last_index() + 1 {
-                    return Err(invalid(
-                        "append",
-                        format!(
-                            "first new entry {} is outside {}..={}",
-                            head.index,
-                            self.first_index(),
-                            self.last_index() + 1
-                        ),
-                    ));
-                }
-                if entries
-                    .iter()
-                    .zip(head.index..)
-                    .any(|(e, want)| e.index != want)
-                {
-                    return Err(invalid("append", "entries are not contiguous".into()));
-                }
-                Ok(())
-            }
-            Write::Compact(index) => {
-                if *index <= self.first_index() {
-                    return Ok(());
-                }
-                if *index > self.last_index() + 1 {
-                    return Err(invalid(
-                        "compact",
-                        format!("{index} is past last index {} + 1", self.last_index()),
-                    ));
-                }
-                let snap = self.snapshot.get_metadata().index;
-                if index - 1 > snap {
-                    return Err(invalid(
-                        "compact",
-                        format!("{index} would drop entries the snapshot at {snap} misses"),
-                    ));
-                }
-                Ok(())
-            }
-            Write::ApplySnapshot(s) | Write::StoreSnapshot(s) => {
-                let index = s.get_metadata().index;
-                let stored = self.snapshot.get_metadata().index;
-                if index == 0 || index < stored {
-                    return Err(invalid(
-                        "snapshot",
-                        format!("snapshot at {index} is empty or older than the stored {stored}"),
-                    ));
-                }
-                if let Write::StoreSnapshot(_) = write {
-                    if self.term(index).ok() != Some(s.get_metadata().term) {
-                        return Err(invalid(
-                            "store_snapshot",
-                            format!("snapshot at {index} does not match the log"),
-                        ));
-                    }
-                }
-                Ok(())
-            }
+            Write::Append(entries) => self.window.check_append(entries),
+            Write::Compact(index) if permissive_compact => self.window.check_compact_in_log(*index),
+            Write::Compact(index) => self.window.check_compact(*index).map(|_| ()),
+            Write::ApplySnapshot(s) => self.window.check_not_stale("apply_snapshot", s),
+            Write::StoreSnapshot(s) => self.window.check_store_snapshot(s),
             Write::HardState(_) | Write::ConfState(_) => Ok(()),
         }
     }
 
-    /// Applies a checked write.
+    /// Applies a checked write, as `MemLogStore` does.
     fn apply(&mut self, write: &Write) {
         match write {
-            Write::Append(entries) => {
-                let Some(head) = entries.first() else { return };
-                let keep = (head.index - self.first_index()) as usize;
-                self.entries.truncate(keep);
-                self.entries.extend(entries.iter().cloned());
-            }
+            Write::Append(entries) => self.window.append(entries),
             Write::HardState(hs) => self.hard_state = hs.clone(),
             Write::ConfState(cs) => self.conf_state = cs.clone(),
             Write::ApplySnapshot(s) => {
                 let meta = s.get_metadata();
-                self.entries.clear();
-                self.truncated_index = meta.index;
-                self.truncated_term = meta.term;
                 self.conf_state = meta.get_conf_state().clone();
                 if self.hard_state.term < meta.term {
                     self.hard_state.term = meta.term;
                     self.hard_state.vote = 0;
                 }
                 self.hard_state.commit = self.hard_state.commit.max(meta.index);
-                self.snapshot = s.clone();
+                self.window.apply_snapshot(s.clone());
             }
-            Write::StoreSnapshot(s) => self.snapshot = s.clone(),
-            Write::Compact(index) => {
-                if *index <= self.first_index() {
-                    return;
-                }
-                let new_truncated = index - 1;
-                self.truncated_term = self
-                    .term(new_truncated)
-                    .expect("checked: compaction point is in the log");
-                let drop = (index - self.first_index()) as usize;
-                self.entries.drain(..drop);
-                self.truncated_index = new_truncated;
-            }
+            Write::StoreSnapshot(s) => self.window.store_snapshot(s.clone()),
+            Write::Compact(index) => self.window.compact(*index),
         }
     }
 
-    /// Returns (index, term) of every entry, for log-matching checks.
-    pub(crate) fn entries(&self) -> &[Entry] {
-        &self.entries
+    /// Every entry the image holds, oldest first, for log-matching checks.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.window.iter()
     }
 }
 
@@ -239,11 +137,7 @@ impl SimStore {
     }
 
     fn write(&mut self, write: Write) -> Result<(), StorageError> {
-        let unchecked = self.permissive_compact
-            && matches!(write, Write::Compact(i) if i <= self.written.last_index() + 1);
-        if !unchecked {
-            self.written.check(&write)?;
-        }
+        self.written.check(&write, self.permissive_compact)?;
         self.written.apply(&write);
         self.unsynced.push(write);
         Ok(())
@@ -265,48 +159,23 @@ impl Storage for SimStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let img = &self.written;
-        if low < img.first_index() {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if high > img.last_index() + 1 || low > high {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
-        let from = (low - img.first_index()) as usize;
-        let to = (high - img.first_index()) as usize;
-        let max = max_size.into().filter(|&m| m != NO_LIMIT);
-        let mut out = Vec::with_capacity(to - from);
-        let mut size = 0u64;
-        for e in &img.entries[from..to] {
-            size += u64::from(e.compute_size());
-            if max.is_some_and(|m| !out.is_empty() && size > m) {
-                break;
-            }
-            out.push(e.clone());
-        }
-        Ok(out)
+        self.written.window.entries(low, high, max_size.into())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.written.term(idx)
+        self.written.window.term(idx)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.written.first_index())
+        Ok(self.written.window.first_index())
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.written.last_index())
+        Ok(self.written.window.last_index())
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let index = self.written.snapshot.get_metadata().index;
-        if index == 0 || index < request_index {
-            return Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            ));
-        }
-        Ok(self.written.snapshot.clone())
+        self.written.window.snapshot_for(request_index)
     }
 }
 
