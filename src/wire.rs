@@ -290,16 +290,14 @@ pub fn check_frame(frame: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Rewrites the length and checksum fields of a frame whose bytes were changed, so
-/// that it passes [`check_frame`]. For fuzzing the decoders past the checksum; a
-/// transport never needs it.
+/// Rewrites the checksum field of a frame whose other bytes were changed (length field
+/// included, as they stand), so that it passes [`check_frame`]. For fuzzing the
+/// decoders behind the checksum; a transport never needs it.
 ///
 /// # Panics
 ///
 /// If `frame` is shorter than [`FRAME_HEADER_BYTES`].
 pub fn seal_frame(frame: &mut [u8]) {
-    let len = (frame.len() - 4) as u32;
-    frame[..4].copy_from_slice(&len.to_le_bytes());
     let crc = frame_crc(frame);
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
 }
@@ -315,7 +313,10 @@ fn begin_frame(out: &mut Vec<u8>, kind: u8) -> usize {
 
 /// Fills in the length and checksum of the frame begun at `start`, now complete.
 fn end_frame(out: &mut [u8], start: usize) {
-    seal_frame(&mut out[start..]);
+    let frame = &mut out[start..];
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    seal_frame(frame);
 }
 
 /// Decodes a whole messages frame (length field included), scanning, parsing and
