@@ -352,6 +352,10 @@ pub struct TcpStats {
     pub reconnects: u64,
     /// Failed connection attempts (connect, handshake).
     pub connect_failures: u64,
+    /// Outbound connections closed because a ping went unanswered for
+    /// `TcpConfig::stall_timeout` (or the peer closed them); the next message opens a
+    /// new one.
+    pub stalled_connections: u64,
     /// Snapshots the receiver acknowledged (reported `Finish`).
     pub snapshots_sent: u64,
     /// Snapshots reported `Failure`.
@@ -382,6 +386,7 @@ struct Counters {
     mailbox_full: AtomicU64,
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
+    stalled_connections: AtomicU64,
     snapshots_sent: AtomicU64,
     snapshots_failed: AtomicU64,
     snapshots_received: AtomicU64,
@@ -588,6 +593,7 @@ impl TcpHandle {
             mailbox_full: load(&c.mailbox_full),
             reconnects: load(&c.reconnects),
             connect_failures: load(&c.connect_failures),
+            stalled_connections: load(&c.stalled_connections),
             snapshots_sent: load(&c.snapshots_sent),
             snapshots_failed: load(&c.snapshots_failed),
             snapshots_received: load(&c.snapshots_received),
@@ -1196,6 +1202,95 @@ mod tests {
         c.snapshot_chunk_bytes = 1024;
         c.backoff_max = Duration::from_millis(1);
         assert_eq!(c.validate().unwrap_err().field, "backoff_max");
+        c.backoff_max = Duration::from_secs(1);
+        c.stall_timeout = Duration::from_millis(19);
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "stall_timeout");
+        assert!(e.to_string().contains("19ms"), "{e}");
+    }
+
+    /// Proves a connection whose receiver answered the handshake and then went silent
+    /// (open, reading nothing, answering no ping: a stalled path) is replaced once a
+    /// ping stayed unanswered for `stall_timeout`, and counted.
+    #[test]
+    fn stalled_connection_is_replaced() {
+        let silent = TcpListener::bind(loopback()).expect("bind");
+        let mut config = TcpConfig::new(7, loopback());
+        config.peers.insert(2, silent.local_addr().expect("addr"));
+        config.stall_timeout = Duration::from_millis(200);
+        let stall_timeout = config.stall_timeout;
+        let (accepted_tx, accepted) = bounded(16);
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in silent.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut hello = [0u8; wire::HANDSHAKE_BYTES];
+                if std::io::Read::read_exact(&mut stream, &mut hello).is_err() {
+                    continue;
+                }
+                let answer = wire::Handshake {
+                    cluster_id: 7,
+                    from: 2,
+                    to: 1,
+                };
+                let _ = std::io::Write::write_all(&mut stream, &answer.encode());
+                held.push(stream); // open, never read again
+                if accepted_tx.send(Instant::now()).is_err() {
+                    return;
+                }
+            }
+        });
+        let (mut transport, _rx) = started(config, 1);
+        transport.send(heartbeat_responses(1, 0));
+        let first = accepted
+            .recv_timeout(Duration::from_secs(30))
+            .expect("first connection");
+        // The writer reconnects on its next message: keep some coming.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let second = loop {
+            assert!(Instant::now() < deadline, "the stalled connection was never replaced");
+            transport.send(heartbeat_responses(1, 0));
+            if let Ok(at) = accepted.recv_timeout(Duration::from_millis(20)) {
+                break at;
+            }
+        };
+        let replaced = second - first;
+        assert!(replaced >= stall_timeout, "replaced after {replaced:?}");
+        assert!(
+            replaced < stall_timeout + Duration::from_secs(2),
+            "replaced after {replaced:?}"
+        );
+        let stats = transport.handle().stats();
+        assert!(stats.stalled_connections >= 1, "{stats:?}");
+        assert!(stats.reconnects >= 1, "{stats:?}");
+        transport.stop();
+    }
+
+    /// Proves pings keep a healthy connection: over 15 stall timeouts of traffic with
+    /// pauses longer than the ping interval, no connection is replaced.
+    #[test]
+    fn healthy_connection_is_kept() {
+        let mut config = TcpConfig::new(7, loopback());
+        config.stall_timeout = Duration::from_millis(40);
+        let (mut receiver, rx2) = started(config.clone(), 2);
+        config.peers.insert(2, receiver.local_addr());
+        let (mut sender, _rx1) = started(config.clone(), 1);
+        receiver.set_peer(1, sender.local_addr());
+        let until = Instant::now() + 15 * config.stall_timeout;
+        let mut sent = 0;
+        while Instant::now() < until {
+            sender.send(heartbeat_responses(1, 0));
+            sent += 1;
+            assert!(matches!(next(&rx2), PeerInput::Message(_)));
+            // An idle stretch of two ping intervals: only pings cross meanwhile.
+            let _ = rx2.recv_timeout(config.stall_timeout / 2);
+        }
+        let stats = sender.handle().stats();
+        assert_eq!(stats.stalled_connections, 0, "{stats:?}");
+        assert_eq!(stats.reconnects, 0, "{stats:?}");
+        assert_eq!(stats.messages_sent, sent, "{stats:?}");
+        sender.stop();
+        receiver.stop();
     }
 
     #[test]

@@ -61,6 +61,7 @@ impl WriterCtx {
                 if let Err(e) = live.keep_alive(config.stall_timeout) {
                     info!(self.logger, "connection to peer stalled or closed; replacing it";
                         "error" => %e);
+                    add(&self.shared.counters.stalled_connections, 1);
                     self.drop_link(&mut link);
                 }
             }
