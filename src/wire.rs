@@ -43,8 +43,8 @@ use std::sync::Arc;
 
 use raft::eraftpb::{Message, MessageType};
 
-use crc32fast::hash as crc32;
 use crate::validate;
+use crc32fast::hash as crc32;
 
 /// First four bytes of every handshake.
 pub const MAGIC: [u8; 4] = *b"RNTP";
@@ -262,7 +262,10 @@ pub fn decode_header(
     if len < after_length {
         return Err(WireError::Malformed("frame length shorter than its header"));
     }
-    Ok((header[FRAME_HEADER_BYTES - 1], (len - after_length) as usize))
+    Ok((
+        header[FRAME_HEADER_BYTES - 1],
+        (len - after_length) as usize,
+    ))
 }
 
 /// The checksum of a whole frame: everything but the checksum field itself.
@@ -1198,7 +1201,10 @@ mod tests {
                     KIND_SNAPSHOT_ACK => decode_snapshot_ack(&bad).map(drop),
                     kind => decode_ping(&bad, kind).map(drop),
                 };
-                assert!(decoded.is_err(), "bit {bit} of {frame:?} flipped, still decoded");
+                assert!(
+                    decoded.is_err(),
+                    "bit {bit} of {frame:?} flipped, still decoded"
+                );
                 if bit >= 32 {
                     // The length field intact: the checksum is what catches it.
                     assert_eq!(check_frame(&bad), Err(WireError::Checksum("frame")));
@@ -1206,7 +1212,10 @@ mod tests {
             }
         }
         assert_eq!(decode_ping(&encode_ping(KIND_PONG, 9), KIND_PONG), Ok(9));
-        assert_eq!(decode_snapshot_ack(&encode_snapshot_ack(4, false)), Ok((4, false)));
+        assert_eq!(
+            decode_snapshot_ack(&encode_snapshot_ack(4, false)),
+            Ok((4, false))
+        );
     }
 
     /// Proves a handshake of another wire format version is refused naming both
@@ -1223,7 +1232,13 @@ mod tests {
         let crc = crc32(&old[0..32]);
         old[32..36].copy_from_slice(&crc.to_le_bytes());
         let refused = Handshake::decode(&old).expect_err("version 1 is refused");
-        assert_eq!(refused, WireError::Version { got: 1, want: VERSION });
+        assert_eq!(
+            refused,
+            WireError::Version {
+                got: 1,
+                want: VERSION
+            }
+        );
         assert!(refused.to_string().contains("version 1"), "{refused}");
     }
 }

@@ -437,7 +437,10 @@ fn frame_with_one_flipped_bit_is_refused_and_the_peer_served_again() {
         stats.refused_total() == 1 && stats.messages_received > received
     });
     c.propose_ok(put("after", "checksum"));
-    assert_eq!(c.wait_same_maps().get("after").map(String::as_str), Some("checksum"));
+    assert_eq!(
+        c.wait_same_maps().get("after").map(String::as_str),
+        Some("checksum")
+    );
     assert_eq!(handle.stats().refused_total(), 1, "{:?}", handle.stats());
 }
 
@@ -466,7 +469,10 @@ fn trickled_handshake_is_cut_at_connect_timeout() {
     let closed = trickle_until_closed(&mut stream, &tcp, &hello, pace, opened)
         .expect("the node closes the trickled connection");
     eprintln!("trickled plain handshake closed after {closed:?} (connect_timeout {timeout:?})");
-    assert!(closed >= timeout, "closed after {closed:?}, before the deadline");
+    assert!(
+        closed >= timeout,
+        "closed after {closed:?}, before the deadline"
+    );
     assert!(
         closed < timeout + Duration::from_millis(1500),
         "closed after {closed:?}, long past the {timeout:?} deadline"
@@ -488,7 +494,7 @@ fn proxied_cluster() -> (TcpCluster, BTreeMap<(u64, u64), Proxy>) {
         })
         .collect();
     let mut proxies = BTreeMap::new();
-    for (&from, _) in &transports {
+    for &from in transports.keys() {
         for (&to, t) in &transports {
             if from != to {
                 proxies.insert((from, to), Proxy::start(t.local_addr()));
@@ -524,7 +530,11 @@ fn cut_off_node_serves_linearizable_reads_soon_after_the_partition_heals() {
         config.tick_interval * config.election_ticks as u32
     };
     let leader = c.wait_leader();
-    let cut = *c.nodes.keys().find(|&&id| id != leader).expect("a follower");
+    let cut = *c
+        .nodes
+        .keys()
+        .find(|&&id| id != leader)
+        .expect("a follower");
     let read_on_cut = |timeout: Duration| {
         c.nodes[&cut].read(ReadConsistency::Linearizable, timeout, |kv: &Kv| {
             kv.state.lock().map.get("during").cloned()
@@ -575,11 +585,21 @@ fn cut_off_node_serves_linearizable_reads_soon_after_the_partition_heals() {
         "partition of {partition:?} healed: node {cut} served a linearizable read after {recovered:?} \
          (election timeout {election_timeout:?}, {written} writes during the partition)"
     );
-    assert_eq!(seen, Some(written.to_string()), "the read missed a committed write");
+    assert_eq!(
+        seen,
+        Some(written.to_string()),
+        "the read missed a committed write"
+    );
     assert!(
         recovered < 2 * election_timeout,
         "recovered after {recovered:?}, not within 2 election timeouts"
     );
     let reconnects: u64 = c.handles.values().map(|h| h.stats().reconnects).sum();
     assert!(reconnects > reconnects_before, "no connection was replaced");
+    let stalled: u64 = c
+        .handles
+        .values()
+        .map(|h| h.stats().stalled_connections)
+        .sum();
+    assert!(stalled > 0, "no stalled connection was detected");
 }

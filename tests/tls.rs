@@ -475,7 +475,10 @@ fn trickled_handshakes_are_cut_at_connect_timeout() {
     let pace = Duration::from_millis(100);
     let in_time = |closed: Duration, what: &str| {
         eprintln!("trickled {what} closed after {closed:?} (connect_timeout {timeout:?})");
-        assert!(closed >= timeout, "{what}: closed after {closed:?}, before the deadline");
+        assert!(
+            closed >= timeout,
+            "{what}: closed after {closed:?}, before the deadline"
+        );
         assert!(
             closed < timeout + Duration::from_millis(1500),
             "{what}: closed after {closed:?}, long past the {timeout:?} deadline"

@@ -197,10 +197,7 @@ impl TcpConfig {
         if self.stall_timeout < min_stall {
             return Err(ConfigError::new(
                 "stall_timeout",
-                format!(
-                    "({:?}) must be at least {min_stall:?}",
-                    self.stall_timeout
-                ),
+                format!("({:?}) must be at least {min_stall:?}", self.stall_timeout),
             ));
         }
         if self.backoff_max < self.backoff_min {
@@ -1248,7 +1245,10 @@ mod tests {
         // The writer reconnects on its next message: keep some coming.
         let deadline = Instant::now() + Duration::from_secs(30);
         let second = loop {
-            assert!(Instant::now() < deadline, "the stalled connection was never replaced");
+            assert!(
+                Instant::now() < deadline,
+                "the stalled connection was never replaced"
+            );
             transport.send(heartbeat_responses(1, 0));
             if let Ok(at) = accepted.recv_timeout(Duration::from_millis(20)) {
                 break at;

@@ -21,7 +21,10 @@ impl TcpCluster {
     /// Starts one voter per transport (the voters are the transports' ids) with
     /// `test_config`. Every transport is first told the others' addresses and the
     /// `extra` members'.
-    pub fn start(transports: BTreeMap<u64, TcpTransport>, extra: &[(u64, SocketAddr)]) -> TcpCluster {
+    pub fn start(
+        transports: BTreeMap<u64, TcpTransport>,
+        extra: &[(u64, SocketAddr)],
+    ) -> TcpCluster {
         TcpCluster::start_with(transports, extra, |_, _, addr| addr, test_config)
     }
 
@@ -159,16 +162,29 @@ pub fn trickle_until_closed<S: Read + Write>(
     let mut buf = [0u8; 64];
     while opened.elapsed() < DEADLINE {
         if let Some(&byte) = rest.next() {
-            if stream.write_all(&[byte]).and_then(|()| stream.flush()).is_err() {
+            if stream
+                .write_all(&[byte])
+                .and_then(|()| stream.flush())
+                .is_err()
+            {
                 return Ok(opened.elapsed());
             }
         }
         // The read timeout paces the trickle; the node closing ends it at once.
-        tcp.set_read_timeout(Some(pace)).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(pace))
+            .map_err(|e| e.to_string())?;
         match stream.read(&mut buf) {
             Ok(0) => return Ok(opened.elapsed()),
-            Ok(n) => return Err(format!("the node answered {n} bytes: the handshake completed")),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Ok(n) => {
+                return Err(format!(
+                    "the node answered {n} bytes: the handshake completed"
+                ))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return Ok(opened.elapsed()),
         }
     }
