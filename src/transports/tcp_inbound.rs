@@ -34,6 +34,8 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mailbox: M
                 continue;
             }
         };
+        // The handshake deadline runs from here, not from when the reader thread starts.
+        let accepted = Instant::now();
         let addr = stream.peer_addr().ok();
         let mut inbound = shared.inbound.lock();
         inbound.threads.retain(|t| !t.is_finished());
@@ -53,6 +55,7 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mailbox: M
             mailbox: mailbox.clone(),
             conn_id,
             addr,
+            accepted,
         };
         match thread::Builder::new()
             .name("raftnode-tcp-in".into())
@@ -96,12 +99,14 @@ struct Reader {
     mailbox: Mailbox,
     conn_id: u64,
     addr: Option<SocketAddr>,
+    /// When the connection was accepted: its handshake must end `connect_timeout` later.
+    accepted: Instant,
 }
 
 impl Reader {
     fn run(self, tcp: TcpStream) {
         // One deadline for the whole opening: TLS handshake and raftnode handshake.
-        let deadline = Instant::now() + self.shared.config.connect_timeout;
+        let deadline = self.accepted + self.shared.config.connect_timeout;
         let outcome = self
             .open(tcp, deadline)
             .and_then(|mut stream| self.serve(&mut stream, deadline));

@@ -62,6 +62,11 @@ impl WriterCtx {
                     info!(self.logger, "connection to peer stalled or closed; replacing it";
                         "error" => %e);
                     add(&self.shared.counters.stalled_connections, 1);
+                    // What was written since the last pong is likely lost: let raft
+                    // probe this peer again rather than wait for its replies.
+                    if !self.stopping() {
+                        self.mailbox.report_unreachable(self.peer);
+                    }
                     self.drop_link(&mut link);
                 }
             }
