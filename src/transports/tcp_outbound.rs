@@ -405,6 +405,10 @@ struct Link {
     outstanding: Option<Instant>,
     /// When the last ping was answered (or the connection opened).
     answered: Instant,
+    /// When `keep_alive` last looked at the socket: it looks at most every
+    /// `stall_timeout / 8`, so that a busy writer does not pay three system calls per
+    /// batch.
+    checked: Instant,
 }
 
 impl Link {
@@ -415,12 +419,17 @@ impl Link {
             sequence: 0,
             outstanding: None,
             answered: Instant::now(),
+            checked: Instant::now(),
         }
     }
 
     /// Reads the pongs that arrived, fails if the outstanding ping is older than
     /// `stall_timeout` or the peer closed, and pings when one is due.
     fn keep_alive(&mut self, stall_timeout: Duration) -> io::Result<()> {
+        if self.checked.elapsed() < stall_timeout / 8 {
+            return Ok(());
+        }
+        self.checked = Instant::now();
         self.conn.tcp().set_nonblocking(true)?;
         let read = self.read_available();
         self.conn.tcp().set_nonblocking(false)?;
