@@ -7,17 +7,26 @@
 //! # Layout (all integers little-endian)
 //!
 //! - **Handshake** (36 bytes, both ways at connection start): magic `RNTP`, version
-//!   `u16`, reserved `u16` (0), cluster id `u64`, sender node id `u64`, receiver node id
-//!   `u64`, CRC-32 of the 32 bytes before it.
-//! - **Frame**: `u32` length of what follows, then a kind byte and its payload. The
-//!   length is at most `max_frame_bytes` and is checked before anything is allocated.
+//!   `u16` ([`VERSION`]), reserved `u16` (0), cluster id `u64`, sender node id `u64`,
+//!   receiver node id `u64`, CRC-32 of the 32 bytes before it.
+//! - **Frame** (9-byte header): `u32` length of what follows, `u32` CRC-32 of the whole
+//!   frame but these four bytes (the length field, the kind byte and the payload), then
+//!   a kind byte and its payload. The length is at most `max_frame_bytes` and is checked
+//!   before anything is allocated; the checksum before anything is decoded. TCP's own
+//!   16-bit checksum misses some corruptions, and appends carry the data that will be
+//!   applied.
 //!   - kind 1, **messages**: `u32` count, then per message a `u32` length and the
 //!     protobuf encoding of an `eraftpb::Message`.
 //!   - kind 2, **chunk** of one message too large for a frame (every `MsgSnapshot`
-//!     travels this way): transfer id `u64`, total length `u64`, offset `u64`, CRC-32 of
-//!     the chunk's data `u32`, then the data.
+//!     travels this way): transfer id `u64`, total length `u64`, offset `u64`, then the
+//!     data.
 //!   - kind 3, **snapshot ack** (receiver to sender): transfer id `u64`, status `u8`
 //!     (0 delivered to the node, 1 dropped).
+//!   - kind 4, **ping** (sender to receiver) and kind 5, **pong** (the receiver's
+//!     answer, on the same connection): a sequence number `u64`. They tell the sending
+//!     side that its connection still delivers (see `TcpConfig::stall_timeout`).
+//!
+//! All checksums are CRC-32 (IEEE), computed with `crc32fast`.
 //!
 //! # Why the scan
 //!
@@ -34,25 +43,34 @@ use std::sync::Arc;
 
 use raft::eraftpb::{Message, MessageType};
 
-use crate::storage::snapshot_file::crc32;
 use crate::validate;
+use crc32fast::hash as crc32;
 
 /// First four bytes of every handshake.
 pub const MAGIC: [u8; 4] = *b"RNTP";
 /// Wire format version carried in the handshake; a peer with another version is refused.
-pub const VERSION: u16 = 1;
+/// Version 2 added the frame checksum and ping/pong frames.
+pub const VERSION: u16 = 2;
 /// Size of a handshake in bytes.
 pub const HANDSHAKE_BYTES: usize = 36;
-/// Size of a frame header: the `u32` length and the kind byte.
-pub const FRAME_HEADER_BYTES: usize = 5;
+/// Size of a frame header: the `u32` length, the `u32` checksum and the kind byte.
+pub const FRAME_HEADER_BYTES: usize = 9;
 /// Frame kind: a batch of messages.
 pub const KIND_MESSAGES: u8 = 1;
 /// Frame kind: one chunk of a message sent in pieces.
 pub const KIND_CHUNK: u8 = 2;
 /// Frame kind: the receiver's answer to a chunked `MsgSnapshot`.
 pub const KIND_SNAPSHOT_ACK: u8 = 3;
+/// Frame kind: the sender asks whether the connection still delivers.
+pub const KIND_PING: u8 = 4;
+/// Frame kind: the receiver's answer to a ping.
+pub const KIND_PONG: u8 = 5;
+/// Size of a snapshot ack frame.
+pub const SNAPSHOT_ACK_BYTES: usize = FRAME_HEADER_BYTES + 9;
+/// Size of a ping or pong frame.
+pub const PING_BYTES: usize = FRAME_HEADER_BYTES + 8;
 /// Bytes of a chunk frame's payload before its data.
-pub const CHUNK_HEADER_BYTES: usize = 28;
+pub const CHUNK_HEADER_BYTES: usize = 24;
 /// Deepest nesting the `eraftpb` schema allows (Message, Entry, ConfChangeV2,
 /// ConfChangeSingle; or Message, Snapshot, SnapshotMetadata, ConfState), plus one.
 pub const MAX_DEPTH: usize = 5;
@@ -101,9 +119,17 @@ pub enum WireError {
     /// A checksum did not match.
     #[error("checksum mismatch in {0}")]
     Checksum(&'static str),
-    /// The handshake is not ours (magic, version, reserved bits).
+    /// The handshake is not ours (magic, reserved bits).
     #[error("bad handshake: {0}")]
     Handshake(&'static str),
+    /// The peer speaks another version of the wire format (an older or newer raftnode).
+    #[error("peer speaks wire format version {got}, this node speaks {want}: upgrade both to the same release")]
+    Version {
+        /// The version in the peer's handshake.
+        got: u16,
+        /// [`VERSION`].
+        want: u16,
+    },
     /// The peer belongs to another cluster.
     #[error("cluster id {got} is not this cluster's ({want})")]
     WrongCluster {
@@ -180,7 +206,10 @@ impl Handshake {
             return Err(WireError::Handshake("wrong magic (not a raftnode peer)"));
         }
         if u16_at(bytes, 4) != VERSION {
-            return Err(WireError::Handshake("unsupported wire format version"));
+            return Err(WireError::Version {
+                got: u16_at(bytes, 4),
+                want: VERSION,
+            });
         }
         if u16_at(bytes, 6) != 0 {
             return Err(WireError::Handshake("reserved bits set"));
@@ -212,11 +241,12 @@ pub struct DecodeContext {
 }
 
 /// Reads a frame header: returns the kind and the payload length after the kind byte.
+/// The checksum is checked once the whole frame is in (see [`check_frame`]).
 ///
 /// # Errors
 ///
 /// [`WireError::Oversized`] when the declared length is above `max_frame_bytes`,
-/// [`WireError::Malformed`] when it is zero (no room for the kind).
+/// [`WireError::Malformed`] when it leaves no room for the checksum and the kind.
 pub fn decode_header(
     header: &[u8; FRAME_HEADER_BYTES],
     max_frame_bytes: usize,
@@ -228,10 +258,68 @@ pub fn decode_header(
             max: max_frame_bytes as u64,
         });
     }
-    if len == 0 {
-        return Err(WireError::Malformed("frame length 0"));
+    let after_length = (FRAME_HEADER_BYTES - 4) as u64;
+    if len < after_length {
+        return Err(WireError::Malformed("frame length shorter than its header"));
     }
-    Ok((header[4], len as usize - 1))
+    Ok((
+        header[FRAME_HEADER_BYTES - 1],
+        (len - after_length) as usize,
+    ))
+}
+
+/// The checksum of a whole frame: everything but the checksum field itself.
+fn frame_crc(frame: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&frame[..4]);
+    hasher.update(&frame[8..]);
+    hasher.finalize()
+}
+
+/// Checks the checksum of a whole frame (header included, at least
+/// [`FRAME_HEADER_BYTES`] long).
+///
+/// # Errors
+///
+/// [`WireError::Truncated`] for a frame shorter than its header,
+/// [`WireError::Checksum`] when the frame is not what its sender wrote.
+pub fn check_frame(frame: &[u8]) -> Result<(), WireError> {
+    if frame.len() < FRAME_HEADER_BYTES {
+        return Err(WireError::Truncated("frame shorter than its header"));
+    }
+    if frame_crc(frame) != u32_at(frame, 4) {
+        return Err(WireError::Checksum("frame"));
+    }
+    Ok(())
+}
+
+/// Rewrites the checksum field of a frame whose other bytes were changed (length field
+/// included, as they stand), so that it passes [`check_frame`]. For fuzzing the
+/// decoders behind the checksum; a transport never needs it.
+///
+/// # Panics
+///
+/// If `frame` is shorter than [`FRAME_HEADER_BYTES`].
+pub fn seal_frame(frame: &mut [u8]) {
+    let crc = frame_crc(frame);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Starts a frame of `kind` at the end of `out`; returns where it starts, for
+/// [`end_frame`].
+fn begin_frame(out: &mut Vec<u8>, kind: u8) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES - 1]);
+    out.push(kind);
+    start
+}
+
+/// Fills in the length and checksum of the frame begun at `start`, now complete.
+fn end_frame(out: &mut [u8], start: usize) {
+    let frame = &mut out[start..];
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    seal_frame(frame);
 }
 
 /// Decodes a whole messages frame (length field included), scanning, parsing and
@@ -279,14 +367,13 @@ pub fn decode_message(bytes: &[u8], ctx: &DecodeContext) -> Result<Message, Wire
 /// The caller keeps the frame within `max_frame_bytes`:
 /// [`messages_frame_bytes`] gives its size.
 pub fn encode_messages_frame(encoded: &[Vec<u8>], out: &mut Vec<u8>) {
-    let len = messages_frame_bytes(encoded.iter().map(Vec::len)) - 4;
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.push(KIND_MESSAGES);
+    let start = begin_frame(out, KIND_MESSAGES);
     out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
     for m in encoded {
         out.extend_from_slice(&(m.len() as u32).to_le_bytes());
         out.extend_from_slice(m);
     }
+    end_frame(out, start);
 }
 
 /// The size of a messages frame, length field included, holding messages of these sizes.
@@ -310,14 +397,12 @@ pub fn encode_chunks(transfer: u64, message: &[u8], chunk_bytes: usize, out: &mu
 
 /// Appends one chunk frame: `data` sits at `offset` of a message of `total` bytes.
 pub fn encode_chunk(transfer: u64, total: u64, offset: u64, data: &[u8], out: &mut Vec<u8>) {
-    let len = 1 + CHUNK_HEADER_BYTES + data.len();
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.push(KIND_CHUNK);
+    let start = begin_frame(out, KIND_CHUNK);
     out.extend_from_slice(&transfer.to_le_bytes());
     out.extend_from_slice(&total.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(&crc32(data).to_le_bytes());
     out.extend_from_slice(data);
+    end_frame(out, start);
 }
 
 /// One chunk of a message sent in pieces, as read from a chunk frame.
@@ -329,7 +414,7 @@ pub struct Chunk<'a> {
     pub total: u64,
     /// Where `data` starts in the whole message.
     pub offset: u64,
-    /// This chunk's bytes; their checksum was verified.
+    /// This chunk's bytes; the frame's checksum was verified.
     pub data: &'a [u8],
 }
 
@@ -344,7 +429,6 @@ pub fn decode_chunk(frame: &[u8], max_frame_bytes: usize) -> Result<Chunk<'_>, W
     let transfer = r.u64()?;
     let total = r.u64()?;
     let offset = r.u64()?;
-    let crc = r.u32()?;
     let data = r.rest();
     if data.is_empty() {
         return Err(WireError::Malformed("empty chunk"));
@@ -357,9 +441,6 @@ pub fn decode_chunk(frame: &[u8], max_frame_bytes: usize) -> Result<Chunk<'_>, W
             "chunk extends past the message's total length",
         ));
     }
-    if crc32(data) != crc {
-        return Err(WireError::Checksum("snapshot chunk"));
-    }
     Ok(Chunk {
         transfer,
         total,
@@ -369,22 +450,23 @@ pub fn decode_chunk(frame: &[u8], max_frame_bytes: usize) -> Result<Chunk<'_>, W
 }
 
 /// Encodes a snapshot ack frame: `delivered` says whether the node queued the message.
-pub fn encode_snapshot_ack(transfer: u64, delivered: bool) -> [u8; 14] {
-    let mut out = [0u8; 14];
-    out[0..4].copy_from_slice(&10u32.to_le_bytes());
-    out[4] = KIND_SNAPSHOT_ACK;
-    out[5..13].copy_from_slice(&transfer.to_le_bytes());
-    out[13] = u8::from(!delivered);
-    out
+pub fn encode_snapshot_ack(transfer: u64, delivered: bool) -> [u8; SNAPSHOT_ACK_BYTES] {
+    let mut out = Vec::with_capacity(SNAPSHOT_ACK_BYTES);
+    let start = begin_frame(&mut out, KIND_SNAPSHOT_ACK);
+    out.extend_from_slice(&transfer.to_le_bytes());
+    out.push(u8::from(!delivered));
+    end_frame(&mut out, start);
+    out.try_into().expect("an ack's size is fixed")
 }
 
 /// Decodes a snapshot ack frame: `(transfer, delivered)`.
 ///
 /// # Errors
 ///
-/// [`WireError::Malformed`] when the frame is not an ack.
+/// [`WireError::Malformed`] when the frame is not an ack, [`WireError::Checksum`] when
+/// its checksum fails.
 pub fn decode_snapshot_ack(frame: &[u8]) -> Result<(u64, bool), WireError> {
-    let payload = frame_payload(frame, KIND_SNAPSHOT_ACK, 14)?;
+    let payload = frame_payload(frame, KIND_SNAPSHOT_ACK, SNAPSHOT_ACK_BYTES)?;
     let mut r = Bytes::new(payload);
     let transfer = r.u64()?;
     let status = r.take(1)?[0];
@@ -392,6 +474,36 @@ pub fn decode_snapshot_ack(frame: &[u8]) -> Result<(u64, bool), WireError> {
         return Err(WireError::Malformed("snapshot ack"));
     }
     Ok((transfer, status == 0))
+}
+
+/// Encodes a ping (`KIND_PING`) or pong (`KIND_PONG`) frame carrying `sequence`.
+///
+/// # Panics
+///
+/// If `kind` is neither.
+pub fn encode_ping(kind: u8, sequence: u64) -> [u8; PING_BYTES] {
+    assert!(kind == KIND_PING || kind == KIND_PONG, "not a ping kind");
+    let mut out = Vec::with_capacity(PING_BYTES);
+    let start = begin_frame(&mut out, kind);
+    out.extend_from_slice(&sequence.to_le_bytes());
+    end_frame(&mut out, start);
+    out.try_into().expect("a ping's size is fixed")
+}
+
+/// Decodes a ping or pong frame of `kind`: its sequence number.
+///
+/// # Errors
+///
+/// [`WireError::Malformed`] when the frame is not of `kind` or has the wrong size,
+/// [`WireError::Checksum`] when its checksum fails.
+pub fn decode_ping(frame: &[u8], kind: u8) -> Result<u64, WireError> {
+    let payload = frame_payload(frame, kind, PING_BYTES)?;
+    let mut r = Bytes::new(payload);
+    let sequence = r.u64()?;
+    if r.remaining() != 0 {
+        return Err(WireError::Malformed("ping with trailing bytes"));
+    }
+    Ok(sequence)
 }
 
 /// Bytes all reassemblies of one transport may hold at once.
@@ -713,22 +825,25 @@ fn scan(bytes: &[u8], schema: Schema, depth: usize) -> Result<(), WireError> {
     }
 }
 
-/// Checks the frame's length field and kind; returns the payload after the kind byte.
+/// Checks the frame's length field, checksum and kind; returns the payload after the
+/// kind byte. The checksum comes before the kind, so that a flipped kind bit is
+/// reported as what it is.
 fn frame_payload(frame: &[u8], kind: u8, max_frame_bytes: usize) -> Result<&[u8], WireError> {
     let header: &[u8; FRAME_HEADER_BYTES] = frame
         .get(..FRAME_HEADER_BYTES)
         .and_then(|h| h.try_into().ok())
         .ok_or(WireError::Truncated("frame shorter than its header"))?;
     let (got, len) = decode_header(header, max_frame_bytes)?;
-    if got != kind {
-        return Err(WireError::Malformed("unexpected frame kind"));
-    }
     let payload = &frame[FRAME_HEADER_BYTES..];
     if payload.len() < len {
         return Err(WireError::Truncated("frame shorter than its length field"));
     }
     if payload.len() > len {
         return Err(WireError::Malformed("frame longer than its length field"));
+    }
+    check_frame(frame)?;
+    if got != kind {
+        return Err(WireError::Malformed("unexpected frame kind"));
     }
     Ok(payload)
 }
@@ -1054,9 +1169,76 @@ mod tests {
         *second.last_mut().expect("data") ^= 1;
         assert_eq!(
             decode_chunk(&second, 1 << 20),
-            Err(WireError::Checksum("snapshot chunk"))
+            Err(WireError::Checksum("frame"))
         );
         drop(other);
         assert_eq!(budget.used(), 0);
+    }
+
+    /// Proves every frame kind carries a checksum over all its bytes: any single
+    /// flipped bit (length, checksum, kind or payload) is refused, never decoded.
+    #[test]
+    fn every_flipped_bit_of_every_frame_kind_is_refused() {
+        let frames: Vec<Vec<u8>> = vec![
+            frame_of(&[append()]),
+            {
+                let mut out = Vec::new();
+                encode_chunk(1, 10, 0, b"0123456789", &mut out);
+                out
+            },
+            encode_snapshot_ack(4, true).to_vec(),
+            encode_ping(KIND_PING, 7).to_vec(),
+            encode_ping(KIND_PONG, 7).to_vec(),
+        ];
+        for frame in &frames {
+            check_frame(frame).expect("a sealed frame passes");
+            for bit in 0..frame.len() * 8 {
+                let mut bad = frame.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                let decoded = match frame[FRAME_HEADER_BYTES - 1] {
+                    KIND_MESSAGES => decode_frame(&bad, &ctx()).map(drop),
+                    KIND_CHUNK => decode_chunk(&bad, 1 << 20).map(drop),
+                    KIND_SNAPSHOT_ACK => decode_snapshot_ack(&bad).map(drop),
+                    kind => decode_ping(&bad, kind).map(drop),
+                };
+                assert!(
+                    decoded.is_err(),
+                    "bit {bit} of {frame:?} flipped, still decoded"
+                );
+                if bit >= 32 {
+                    // The length field intact: the checksum is what catches it.
+                    assert_eq!(check_frame(&bad), Err(WireError::Checksum("frame")));
+                }
+            }
+        }
+        assert_eq!(decode_ping(&encode_ping(KIND_PONG, 9), KIND_PONG), Ok(9));
+        assert_eq!(
+            decode_snapshot_ack(&encode_snapshot_ack(4, false)),
+            Ok((4, false))
+        );
+    }
+
+    /// Proves a handshake of another wire format version is refused naming both
+    /// versions, so an old and a new node tell the operator why they cannot talk.
+    #[test]
+    fn other_wire_versions_are_refused_by_name() {
+        let h = Handshake {
+            cluster_id: 5,
+            from: 1,
+            to: 2,
+        };
+        let mut old = h.encode();
+        old[4..6].copy_from_slice(&1u16.to_le_bytes());
+        let crc = crc32(&old[0..32]);
+        old[32..36].copy_from_slice(&crc.to_le_bytes());
+        let refused = Handshake::decode(&old).expect_err("version 1 is refused");
+        assert_eq!(
+            refused,
+            WireError::Version {
+                got: 1,
+                want: VERSION
+            }
+        );
+        assert!(refused.to_string().contains("version 1"), "{refused}");
     }
 }

@@ -186,7 +186,8 @@ fn mutate(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
                 input.extend_from_slice(&other[from..]);
             }
             3 => tamper_u32(&mut input, 0, rng),
-            4 => tamper_u32(&mut input, 9, rng), // first message's length in a messages frame
+            // The first message's length in a messages frame (after the header and count).
+            4 => tamper_u32(&mut input, wire::FRAME_HEADER_BYTES + 4, rng),
             5 => {
                 let at = rng.below(len + 1);
                 let depth = 1 + rng.below(2000);
@@ -225,6 +226,11 @@ fn mutate(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
             }
         }
     }
+    // Mostly re-sealed, so that the decoders behind the frame checksum see the
+    // mutation; the rest exercises the checksum itself.
+    if input.len() >= wire::FRAME_HEADER_BYTES && rng.below(4) != 0 {
+        wire::seal_frame(&mut input);
+    }
     input
 }
 
@@ -259,7 +265,7 @@ fn exercise(input: &[u8], budget: &std::sync::Arc<ReassemblyBudget>) {
     }
     let _ = wire::decode_snapshot_ack(input);
     if let Some(header) = input.get(..wire::FRAME_HEADER_BYTES) {
-        let _ = wire::decode_header(header.try_into().expect("5 bytes"), MAX_FRAME);
+        let _ = wire::decode_header(header.try_into().expect("a header"), MAX_FRAME);
     }
 }
 

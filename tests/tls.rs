@@ -19,7 +19,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::tcp::TcpCluster;
+use common::tcp::{trickle_until_closed, TcpCluster};
 use common::*;
 use raftnode::tls::{node_server_name, TlsConfig, TlsConfigError};
 use raftnode::wire::{self, Handshake};
@@ -457,6 +457,72 @@ fn plaintext_and_silent_peers_are_refused() {
         c.wait_same_maps().get("after").map(String::as_str),
         Some("silent")
     );
+}
+
+/// Proves one deadline covers the TLS handshake and the raftnode handshake together: a
+/// member that completes TLS at once and then trickles its raftnode handshake one byte
+/// every 100 ms (one TLS record each, 3.6 s in all) is cut off once `connect_timeout`
+/// (2 s) has passed since it connected (`BadHandshake`), and so is a stranger trickling
+/// the TLS handshake itself (`Tls`); the node keeps serving (issue 13).
+#[test]
+fn trickled_handshakes_are_cut_at_connect_timeout() {
+    let ca = Ca::new("cluster CA");
+    let c = tls_cluster(&ca, 3, &[(SPARE, "127.0.0.1:9".parse().expect("addr"))]);
+    let leader = c.wait_leader();
+    let addr = c.addr(leader);
+    let handle = c.handles[&leader].clone();
+    let timeout = TcpConfig::new(CLUSTER_ID, loopback()).connect_timeout;
+    let pace = Duration::from_millis(100);
+    let in_time = |closed: Duration, what: &str| {
+        eprintln!("trickled {what} closed after {closed:?} (connect_timeout {timeout:?})");
+        assert!(
+            closed >= timeout,
+            "{what}: closed after {closed:?}, before the deadline"
+        );
+        assert!(
+            closed < timeout + Duration::from_millis(1500),
+            "{what}: closed after {closed:?}, long past the {timeout:?} deadline"
+        );
+    };
+
+    let before = handle.stats().refused(RefusalReason::BadHandshake);
+    let opened = Instant::now();
+    let spare = ca.node(SPARE);
+    let mut stream = tls_client(&ca, Some(&spare), addr, leader);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .expect("TLS handshake with a member's certificate");
+    }
+    let tcp = stream.sock.try_clone().expect("clone");
+    let hello = Handshake {
+        cluster_id: CLUSTER_ID,
+        from: SPARE,
+        to: leader,
+    }
+    .encode();
+    let closed = trickle_until_closed(&mut stream, &tcp, &hello, pace, opened)
+        .expect("the node closes the trickled connection");
+    in_time(closed, "raftnode handshake over TLS");
+    wait_until("the trickled handshake is counted", || {
+        handle.stats().refused(RefusalReason::BadHandshake) > before
+    });
+
+    // A TLS record header announcing 512 bytes, then the bytes one by one.
+    let before = handle.stats().refused(RefusalReason::Tls);
+    let mut record = vec![0x16, 0x03, 0x01, 0x02, 0x00];
+    record.resize(5 + 512, 0);
+    let opened = Instant::now();
+    let mut raw = TcpStream::connect(addr).expect("connect");
+    let tcp = raw.try_clone().expect("clone");
+    let closed = trickle_until_closed(&mut raw, &tcp, &record, pace, opened)
+        .expect("the node closes the trickled TLS handshake");
+    in_time(closed, "TLS handshake");
+    wait_until("the trickled TLS handshake is counted", || {
+        handle.stats().refused(RefusalReason::Tls) > before
+    });
+    c.propose_ok(put("after", "trickle"));
 }
 
 /// Proves each misconfiguration is a typed error at construction, or at start for a

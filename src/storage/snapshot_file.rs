@@ -25,35 +25,9 @@ const MAGIC: &[u8; 6] = b"RNSNAP";
 const VERSION: u16 = 1;
 const HEADER_LEN: usize = 6 + 2 + 8 + 4;
 
-/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320) lookup table, built at compile
-/// time.
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut n = 0;
-    while n < 256 {
-        let mut c = n as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[n] = c;
-        n += 1;
-    }
-    table
-};
-
 /// CRC-32 (IEEE) of `data`, the checksum zlib and gzip use.
 pub(crate) fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc = CRC_TABLE[((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
+    crc32fast::hash(data)
 }
 
 /// The file name of group `group`'s snapshot at `index` / `term`.

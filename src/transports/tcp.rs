@@ -6,12 +6,16 @@
 //! - one **reader** per inbound connection: handshake, then frames, each checked by
 //!   [`crate::wire`] before `protobuf` parses it and the message reaches the mailbox;
 //! - one **writer** per peer with a bounded queue: it drains the queue into one buffered
-//!   write, reconnects with capped exponential backoff, and sends every `MsgSnapshot` in
-//!   checksummed chunks, waiting for the receiver's ack before `report_snapshot`.
+//!   write, reconnects with capped exponential backoff, sends every `MsgSnapshot` in
+//!   chunks, waiting for the receiver's ack before `report_snapshot`, and pings the
+//!   receiver to replace a connection that stopped delivering (`stall_timeout`).
 //!
 //! Connections are one-way: a node sends on the connection it opened and receives on
 //! the ones it accepted. The only bytes going back on a connection are the handshake
-//! answer and snapshot acks.
+//! answer, snapshot acks and pongs. Every frame carries a CRC-32 of its bytes.
+//!
+//! Each handshake (the TLS handshake, if any, and raftnode's own) must end within
+//! `connect_timeout` of the connection's start, however its bytes are spread.
 //!
 //! With `TcpConfig::tls` set (feature `tls`), each connection runs a TLS 1.3 handshake
 //! (both sides present certificates) before the raftnode handshake, and the accepting
@@ -71,13 +75,26 @@ pub struct TcpConfig {
     /// Messages queued per peer; when full, further messages to that peer are dropped
     /// and counted, never blocking the driver. Default 4096.
     pub queue_capacity: usize,
-    /// Longest wait for a TCP connect, for a TLS handshake (with the `tls` feature),
-    /// and for the peer's handshake answer. Default 2 s.
+    /// Deadline of a connection's whole opening, in both directions: the TCP connect,
+    /// the TLS handshake (with the `tls` feature) and the raftnode handshake together.
+    /// A peer that has not finished by then, even one still trickling bytes, is
+    /// dropped (counted as [`RefusalReason::BadHandshake`] or [`RefusalReason::Tls`]
+    /// on the accepting side). Default 2 s.
     pub connect_timeout: Duration,
     /// First wait after a failed connect; doubled on each failure. Default 50 ms.
     pub backoff_min: Duration,
-    /// Cap of the reconnect backoff. Default 2 s.
+    /// Cap of the reconnect backoff. Default 500 ms, so that a peer back from a
+    /// partition is reached again within about one election timeout.
     pub backoff_max: Duration,
+    /// Longest an open outbound connection may go without the peer answering a ping.
+    /// The writer pings every `stall_timeout / 4` (on an idle connection too); when a
+    /// ping stays unanswered this long, the connection is taken as stalled (a partition,
+    /// a peer that stopped reading, a path that drops packets while the kernel backs off
+    /// its retransmissions) and replaced by a new one. A ping waits behind the bytes
+    /// written before it, so on slow links carrying large batches keep it well above
+    /// their transfer time. Tie it to the heartbeat interval: about 5 heartbeats (the
+    /// default election timeout), at least 20 ms. Default 1 s.
+    pub stall_timeout: Duration,
     /// Data bytes per snapshot chunk. Must fit a frame with its 33-byte header.
     /// Default 1 MiB.
     pub snapshot_chunk_bytes: usize,
@@ -112,7 +129,8 @@ impl TcpConfig {
             queue_capacity: 4096,
             connect_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(2),
+            backoff_max: Duration::from_millis(500),
+            stall_timeout: Duration::from_secs(1),
             snapshot_chunk_bytes: 1 << 20,
             max_reassembly_bytes: 1 << 30,
             io_timeout: Duration::from_secs(10),
@@ -175,6 +193,13 @@ impl TcpConfig {
                 return Err(ConfigError::new(field, "must be greater than zero"));
             }
         }
+        let min_stall = Duration::from_millis(20);
+        if self.stall_timeout < min_stall {
+            return Err(ConfigError::new(
+                "stall_timeout",
+                format!("({:?}) must be at least {min_stall:?}", self.stall_timeout),
+            ));
+        }
         if self.backoff_max < self.backoff_min {
             return Err(ConfigError::new(
                 "backoff_max",
@@ -197,7 +222,8 @@ impl TcpConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum RefusalReason {
-    /// The handshake was missing, late, not ours (magic, version), or failed its checksum.
+    /// The handshake was missing, not finished within `connect_timeout`, not ours
+    /// (magic, wire format version), or failed its checksum.
     BadHandshake,
     /// The handshake carried another cluster id.
     WrongCluster,
@@ -217,7 +243,7 @@ pub enum RefusalReason {
     Malformed,
     /// A decodable message with impossible contents.
     Invalid,
-    /// A chunk's checksum failed.
+    /// A frame's checksum failed: its bytes are not the ones its sender wrote.
     Checksum,
     /// A chunk that does not continue its message, a snapshot over the reassembly
     /// budget, or a reassembly that stalled past `io_timeout`.
@@ -284,7 +310,7 @@ impl RefusalReason {
             WireError::Oversized { .. } => RefusalReason::Oversized,
             WireError::Group { .. } => RefusalReason::Group,
             WireError::Checksum(_) => RefusalReason::Checksum,
-            WireError::Handshake(_) => RefusalReason::BadHandshake,
+            WireError::Handshake(_) | WireError::Version { .. } => RefusalReason::BadHandshake,
             WireError::WrongCluster { .. } => RefusalReason::WrongCluster,
             WireError::NonMember(_) => RefusalReason::NonMember,
             WireError::Misaddressed { .. } => RefusalReason::Misaddressed,
@@ -323,6 +349,10 @@ pub struct TcpStats {
     pub reconnects: u64,
     /// Failed connection attempts (connect, handshake).
     pub connect_failures: u64,
+    /// Outbound connections closed because a ping went unanswered for
+    /// `TcpConfig::stall_timeout` (or the peer closed them); the next message opens a
+    /// new one.
+    pub stalled_connections: u64,
     /// Snapshots the receiver acknowledged (reported `Finish`).
     pub snapshots_sent: u64,
     /// Snapshots reported `Failure`.
@@ -353,6 +383,7 @@ struct Counters {
     mailbox_full: AtomicU64,
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
+    stalled_connections: AtomicU64,
     snapshots_sent: AtomicU64,
     snapshots_failed: AtomicU64,
     snapshots_received: AtomicU64,
@@ -450,6 +481,41 @@ impl io::Write for Conn {
     }
 }
 
+/// Time left until `deadline`; an error once it passed.
+fn time_left(deadline: Instant, what: &str) -> io::Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, format!("{what}: deadline passed")))
+}
+
+/// Reads exactly `buf.len()` bytes, all of them by `deadline` however the peer spreads
+/// them (a per-read timeout alone lets a peer trickle one byte per timeout forever).
+fn read_exact_by(conn: &mut Conn, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    use io::Read;
+    let mut got = 0;
+    while got < buf.len() {
+        conn.tcp()
+            .set_read_timeout(Some(time_left(deadline, "handshake")?))?;
+        match conn.read(&mut buf[got..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes and flushes `bytes` by `deadline`.
+fn write_all_by(conn: &mut Conn, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    use io::Write;
+    conn.tcp()
+        .set_write_timeout(Some(time_left(deadline, "handshake")?))?;
+    conn.write_all(bytes)?;
+    conn.flush()
+}
+
 /// What the transport, its threads and its handles share.
 struct Shared {
     config: TcpConfig,
@@ -524,6 +590,7 @@ impl TcpHandle {
             mailbox_full: load(&c.mailbox_full),
             reconnects: load(&c.reconnects),
             connect_failures: load(&c.connect_failures),
+            stalled_connections: load(&c.stalled_connections),
             snapshots_sent: load(&c.snapshots_sent),
             snapshots_failed: load(&c.snapshots_failed),
             snapshots_received: load(&c.snapshots_received),
@@ -1132,6 +1199,104 @@ mod tests {
         c.snapshot_chunk_bytes = 1024;
         c.backoff_max = Duration::from_millis(1);
         assert_eq!(c.validate().unwrap_err().field, "backoff_max");
+        c.backoff_max = Duration::from_secs(1);
+        c.stall_timeout = Duration::from_millis(19);
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "stall_timeout");
+        assert!(e.to_string().contains("19ms"), "{e}");
+    }
+
+    /// Proves a connection whose receiver answered the handshake and then went silent
+    /// (open, reading nothing, answering no ping: a stalled path) is replaced once a
+    /// ping stayed unanswered for `stall_timeout`, and counted.
+    #[test]
+    fn stalled_connection_is_replaced() {
+        let silent = TcpListener::bind(loopback()).expect("bind");
+        let mut config = TcpConfig::new(7, loopback());
+        config.peers.insert(2, silent.local_addr().expect("addr"));
+        config.stall_timeout = Duration::from_millis(200);
+        let stall_timeout = config.stall_timeout;
+        let (accepted_tx, accepted) = bounded(16);
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in silent.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut hello = [0u8; wire::HANDSHAKE_BYTES];
+                if std::io::Read::read_exact(&mut stream, &mut hello).is_err() {
+                    continue;
+                }
+                let answer = wire::Handshake {
+                    cluster_id: 7,
+                    from: 2,
+                    to: 1,
+                };
+                let _ = std::io::Write::write_all(&mut stream, &answer.encode());
+                held.push(stream); // open, never read again
+                if accepted_tx.send(Instant::now()).is_err() {
+                    return;
+                }
+            }
+        });
+        let (mut transport, _rx) = started(config, 1);
+        transport.send(heartbeat_responses(1, 0));
+        let first = accepted
+            .recv_timeout(Duration::from_secs(30))
+            .expect("first connection");
+        // The writer reconnects on its next message: keep some coming.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let second = loop {
+            assert!(
+                Instant::now() < deadline,
+                "the stalled connection was never replaced"
+            );
+            transport.send(heartbeat_responses(1, 0));
+            if let Ok(at) = accepted.recv_timeout(Duration::from_millis(20)) {
+                break at;
+            }
+        };
+        let replaced = second - first;
+        assert!(replaced >= stall_timeout, "replaced after {replaced:?}");
+        assert!(
+            replaced < stall_timeout + Duration::from_secs(2),
+            "replaced after {replaced:?}"
+        );
+        // The listener saw the new connection before the writer read its answer.
+        let handle = transport.handle();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while handle.stats().reconnects == 0 {
+            assert!(Instant::now() < deadline, "{:?}", handle.stats());
+            thread::sleep(Duration::from_millis(5)); // poll interval, bounded by the deadline
+        }
+        let stats = handle.stats();
+        assert!(stats.stalled_connections >= 1, "{stats:?}");
+        transport.stop();
+    }
+
+    /// Proves pings keep a healthy connection: over 8 stall timeouts of traffic with
+    /// pauses longer than the ping interval, no connection is replaced.
+    #[test]
+    fn healthy_connection_is_kept() {
+        let mut config = TcpConfig::new(7, loopback());
+        config.stall_timeout = Duration::from_millis(200);
+        let (mut receiver, rx2) = started(config.clone(), 2);
+        config.peers.insert(2, receiver.local_addr());
+        let (mut sender, _rx1) = started(config.clone(), 1);
+        receiver.set_peer(1, sender.local_addr());
+        let until = Instant::now() + 8 * config.stall_timeout;
+        let mut sent = 0;
+        while Instant::now() < until {
+            sender.send(heartbeat_responses(1, 0));
+            sent += 1;
+            assert!(matches!(next(&rx2), PeerInput::Message(_)));
+            // An idle stretch of two ping intervals: only pings cross meanwhile.
+            let _ = rx2.recv_timeout(config.stall_timeout / 2);
+        }
+        let stats = sender.handle().stats();
+        assert_eq!(stats.stalled_connections, 0, "{stats:?}");
+        assert_eq!(stats.reconnects, 0, "{stats:?}");
+        assert_eq!(stats.messages_sent, sent, "{stats:?}");
+        sender.stop();
+        receiver.stop();
     }
 
     #[test]

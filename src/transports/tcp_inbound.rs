@@ -1,6 +1,6 @@
 //! The inbound side of [`super::TcpTransport`]: the acceptor thread and one reader
 //! thread per connection (handshake, then frames checked by [`crate::wire`] before they
-//! reach the mailbox).
+//! reach the mailbox, and pings answered).
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::{Message, MessageType};
 use slog::{debug, warn};
 
-use super::{add, Conn, RefusalReason, Shared};
+use super::{add, read_exact_by, write_all_by, Conn, RefusalReason, Shared};
 use crate::mailbox::{DeliverError, Mailbox};
 use crate::wire::{
     self, DecodeContext, Handshake, Reassembly, WireError, FRAME_HEADER_BYTES, HANDSHAKE_BYTES,
-    KIND_CHUNK, KIND_MESSAGES,
+    KIND_CHUNK, KIND_MESSAGES, KIND_PING, KIND_PONG,
 };
 
 pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mailbox: Mailbox) {
@@ -34,6 +34,8 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mailbox: M
                 continue;
             }
         };
+        // The handshake deadline runs from here, not from when the reader thread starts.
+        let accepted = Instant::now();
         let addr = stream.peer_addr().ok();
         let mut inbound = shared.inbound.lock();
         inbound.threads.retain(|t| !t.is_finished());
@@ -53,6 +55,7 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mailbox: M
             mailbox: mailbox.clone(),
             conn_id,
             addr,
+            accepted,
         };
         match thread::Builder::new()
             .name("raftnode-tcp-in".into())
@@ -96,13 +99,17 @@ struct Reader {
     mailbox: Mailbox,
     conn_id: u64,
     addr: Option<SocketAddr>,
+    /// When the connection was accepted: its handshake must end `connect_timeout` later.
+    accepted: Instant,
 }
 
 impl Reader {
     fn run(self, tcp: TcpStream) {
+        // One deadline for the whole opening: TLS handshake and raftnode handshake.
+        let deadline = self.accepted + self.shared.config.connect_timeout;
         let outcome = self
-            .open(tcp)
-            .and_then(|mut stream| self.serve(&mut stream));
+            .open(tcp, deadline)
+            .and_then(|mut stream| self.serve(&mut stream, deadline));
         match outcome {
             Ok(()) => {
                 debug!(self.shared.logger, "inbound connection closed"; "addr" => ?self.addr)
@@ -115,26 +122,26 @@ impl Reader {
         }
     }
 
-    /// Sets the socket's timeouts and, with TLS configured, runs the TLS handshake
-    /// (bounded by `connect_timeout`).
-    fn open(&self, tcp: TcpStream) -> Result<Conn, Refusal> {
-        let config = &self.shared.config;
+    /// Sets the socket's options and, with TLS configured, runs the TLS handshake (by
+    /// `deadline`).
+    fn open(&self, tcp: TcpStream, deadline: Instant) -> Result<Conn, Refusal> {
         let _ = tcp.set_nodelay(true);
-        let _ = tcp.set_write_timeout(Some(config.io_timeout));
-        let _ = tcp.set_read_timeout(Some(config.connect_timeout));
         #[cfg(feature = "tls")]
-        if let Some(tls) = &config.tls {
-            return crate::transports::tls::accept(tls, tcp, config.connect_timeout)
+        if let Some(tls) = &self.shared.config.tls {
+            return crate::transports::tls::accept(tls, tcp, deadline)
                 .map(|stream| Conn::Tls(Box::new(stream)))
                 .map_err(|detail| refusal(RefusalReason::Tls, detail));
         }
+        #[cfg(not(feature = "tls"))]
+        let _ = deadline; // only a TLS handshake runs here
         Ok(Conn::Plain(tcp))
     }
 
-    fn serve(&self, stream: &mut Conn) -> Result<(), Refusal> {
+    fn serve(&self, stream: &mut Conn, deadline: Instant) -> Result<(), Refusal> {
         let config = &self.shared.config;
-        let peer = self.handshake(stream)?;
+        let peer = self.handshake(stream, deadline)?;
         let _ = stream.tcp().set_read_timeout(Some(config.io_timeout));
+        let _ = stream.tcp().set_write_timeout(Some(config.io_timeout));
         let ctx = DecodeContext {
             local_id: self.mailbox.id(),
             peer_id: peer,
@@ -153,6 +160,8 @@ impl Reader {
                     format!("node {peer} was removed"),
                 ));
             }
+            // Before the kind is trusted: a flipped kind bit is a checksum failure.
+            wire::check_frame(&frame)?;
             match frame[FRAME_HEADER_BYTES - 1] {
                 KIND_MESSAGES => {
                     if reassembly.is_pending() {
@@ -180,19 +189,31 @@ impl Reader {
                         }
                     }
                 }
+                KIND_PING => {
+                    let sequence = wire::decode_ping(&frame, KIND_PING)?;
+                    let pong = wire::encode_ping(KIND_PONG, sequence);
+                    if let Err(e) = stream.write_all(&pong).and_then(|()| stream.flush()) {
+                        // The sender will see its ping unanswered and reconnect.
+                        debug!(self.shared.logger, "pong not sent"; "error" => %e);
+                        return Ok(());
+                    }
+                }
                 _ => return Err(refusal(RefusalReason::Malformed, "unknown frame kind")),
             }
         }
     }
 
     /// Reads and checks the peer's handshake, registers the connection under its id
-    /// (closing an older one from the same peer), and answers.
-    fn handshake(&self, stream: &mut Conn) -> Result<u64, Refusal> {
+    /// (closing an older one from the same peer), and answers, all by `deadline`.
+    fn handshake(&self, stream: &mut Conn, deadline: Instant) -> Result<u64, Refusal> {
         let config = &self.shared.config;
         let mut bytes = [0u8; HANDSHAKE_BYTES];
-        stream
-            .read_exact(&mut bytes)
-            .map_err(|e| refusal(RefusalReason::BadHandshake, format!("no handshake: {e}")))?;
+        read_exact_by(stream, &mut bytes, deadline).map_err(|e| {
+            refusal(
+                RefusalReason::BadHandshake,
+                format!("no whole handshake within connect_timeout: {e}"),
+            )
+        })?;
         let h = Handshake::decode(&bytes)?;
         let local = self.mailbox.id();
         if h.cluster_id != config.cluster_id {
@@ -231,9 +252,7 @@ impl Reader {
             from: local,
             to: h.from,
         };
-        stream
-            .write_all(&answer.encode())
-            .and_then(|()| stream.flush())
+        write_all_by(stream, &answer.encode(), deadline)
             .map_err(|e| refusal(RefusalReason::BadHandshake, format!("answer failed: {e}")))?;
         debug!(self.shared.logger, "peer connected"; "peer" => h.from, "addr" => ?self.addr);
         Ok(h.from)

@@ -1,6 +1,6 @@
 //! The outbound side of [`super::TcpTransport`]: one writer thread per peer, draining
-//! its bounded queue into buffered writes, reconnecting with backoff, and sending
-//! snapshots in chunks.
+//! its bounded queue into buffered writes, reconnecting with backoff, sending snapshots
+//! in chunks, and pinging the receiver to replace a stalled connection.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -14,9 +14,12 @@ use raft::eraftpb::{Message, MessageType};
 use raft::SnapshotStatus;
 use slog::{debug, info, warn, Logger};
 
-use super::{add, Conn, Shared, MAX_BATCH};
+use super::{add, read_exact_by, time_left, write_all_by, Conn, Shared, MAX_BATCH};
 use crate::mailbox::Mailbox;
-use crate::wire::{self, Handshake, HANDSHAKE_BYTES};
+use crate::wire::{
+    self, Handshake, FRAME_HEADER_BYTES, HANDSHAKE_BYTES, KIND_PING, KIND_PONG, KIND_SNAPSHOT_ACK,
+    SNAPSHOT_ACK_BYTES,
+};
 
 /// The writer thread of one peer.
 pub(super) struct WriterCtx {
@@ -37,18 +40,44 @@ impl WriterCtx {
 
     pub(super) fn run(self) {
         let config = &self.shared.config;
-        let mut conn: Option<Conn> = None;
+        let mut link: Option<Link> = None;
         let mut backoff = config.backoff_min;
         let mut attempted = false;
         let mut transfer = 0u64;
-        while let Ok(first) = self.rx.recv() {
+        loop {
+            // While connected, wake up to ping even when nothing is queued.
+            let first = match &link {
+                Some(_) => match self.rx.recv_timeout(config.stall_timeout / 4) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match self.rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => break,
+                },
+            };
+            if let Some(live) = link.as_mut() {
+                if let Err(e) = live.keep_alive(config.stall_timeout) {
+                    info!(self.logger, "connection to peer stalled or closed; replacing it";
+                        "error" => %e);
+                    add(&self.shared.counters.stalled_connections, 1);
+                    // What was written since the last pong is likely lost: let raft
+                    // probe this peer again rather than wait for its replies.
+                    if !self.stopping() {
+                        self.mailbox.report_unreachable(self.peer);
+                    }
+                    self.drop_link(&mut link);
+                }
+            }
+            let Some(first) = first else { continue };
             let mut batch = vec![first];
             batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
             if self.stopping() {
                 self.fail(batch);
                 break;
             }
-            if conn.is_none() {
+            if link.is_none() {
                 match self.connect() {
                     Ok(stream) => {
                         if attempted {
@@ -57,7 +86,7 @@ impl WriterCtx {
                         attempted = true;
                         backoff = config.backoff_min;
                         *self.live.lock() = stream.tcp().try_clone().ok();
-                        conn = Some(stream);
+                        link = Some(Link::new(stream));
                     }
                     Err(e) => {
                         attempted = true;
@@ -72,22 +101,28 @@ impl WriterCtx {
                     }
                 }
             }
-            let stream = conn.as_mut().expect("connected above");
-            if let Err(e) = self.send_batch(stream, batch, &mut transfer) {
+            let live = link.as_mut().expect("connected above");
+            if let Err(e) = self.send_batch(live, batch, &mut transfer) {
                 info!(self.logger, "connection to peer lost"; "error" => %e);
                 if !self.stopping() {
                     self.mailbox.report_unreachable(self.peer);
                 }
-                let _ = stream.tcp().shutdown(Shutdown::Both);
-                conn = None;
-                *self.live.lock() = None;
+                self.drop_link(&mut link);
             }
         }
         // Retired or stopped: whatever is still queued will never be sent.
         self.fail(self.rx.try_iter().collect());
-        if let Some(stream) = conn {
-            let _ = stream.tcp().shutdown(Shutdown::Both);
+        if let Some(live) = link {
+            let _ = live.conn.tcp().shutdown(Shutdown::Both);
         }
+    }
+
+    /// Closes the connection; the next batch opens a new one.
+    fn drop_link(&self, link: &mut Option<Link>) {
+        if let Some(live) = link.take() {
+            let _ = live.conn.tcp().shutdown(Shutdown::Both);
+        }
+        *self.live.lock() = None;
     }
 
     /// Drops messages that cannot be sent: unreachable once, and `Failure` for each
@@ -144,28 +179,28 @@ impl WriterCtx {
         Err(last)
     }
 
+    /// Connects to `addr` and exchanges handshakes, all within `connect_timeout`.
     fn connect_to(&self, addr: SocketAddr) -> Result<Conn, String> {
         let config = &self.shared.config;
+        let deadline = Instant::now() + config.connect_timeout;
         let tcp =
             TcpStream::connect_timeout(&addr, config.connect_timeout).map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
-        tcp.set_write_timeout(Some(config.io_timeout))
-            .and_then(|()| tcp.set_read_timeout(Some(config.connect_timeout)))
-            .map_err(|e| e.to_string())?;
-        let mut stream = self.secure(tcp)?;
+        let mut stream = self.secure(tcp, deadline)?;
         let hello = Handshake {
             cluster_id: config.cluster_id,
             from: self.local,
             to: self.peer,
         };
-        stream
-            .write_all(&hello.encode())
-            .and_then(|()| stream.flush())
+        write_all_by(&mut stream, &hello.encode(), deadline)
             .map_err(|e| format!("sending handshake: {e}"))?;
         let mut answer = [0u8; HANDSHAKE_BYTES];
+        read_exact_by(&mut stream, &mut answer, deadline)
+            .map_err(|e| format!("no handshake answer within connect_timeout (refused?): {e}"))?;
         stream
-            .read_exact(&mut answer)
-            .map_err(|e| format!("no handshake answer (refused?): {e}"))?;
+            .tcp()
+            .set_write_timeout(Some(config.io_timeout))
+            .map_err(|e| e.to_string())?;
         let answer = Handshake::decode(&answer).map_err(|e| e.to_string())?;
         let expected = Handshake {
             cluster_id: config.cluster_id,
@@ -178,15 +213,16 @@ impl WriterCtx {
         Ok(stream)
     }
 
-    /// With TLS configured, runs the TLS handshake (bounded by `connect_timeout`): the
-    /// peer must prove it is node `peer` of this cluster's CA.
-    fn secure(&self, tcp: TcpStream) -> Result<Conn, String> {
+    /// With TLS configured, runs the TLS handshake (by `deadline`): the peer must prove
+    /// it is node `peer` of this cluster's CA.
+    fn secure(&self, tcp: TcpStream, deadline: Instant) -> Result<Conn, String> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.shared.config.tls {
-            let timeout = self.shared.config.connect_timeout;
-            return crate::transports::tls::connect(tls, self.peer, tcp, timeout)
+            return crate::transports::tls::connect(tls, self.peer, tcp, deadline)
                 .map(|stream| Conn::Tls(Box::new(stream)));
         }
+        #[cfg(not(feature = "tls"))]
+        let _ = deadline; // only a TLS handshake runs here
         Ok(Conn::Plain(tcp))
     }
 
@@ -195,7 +231,7 @@ impl WriterCtx {
     /// not yet written is failed.
     fn send_batch(
         &self,
-        stream: &mut Conn,
+        link: &mut Link,
         batch: Vec<Message>,
         transfer: &mut u64,
     ) -> io::Result<()> {
@@ -217,9 +253,9 @@ impl WriterCtx {
                 frames.push(encoded, max);
                 continue;
             }
-            let written = frames.write(stream, counters).and_then(|()| {
+            let written = frames.write(&mut link.conn, counters).and_then(|()| {
                 *transfer += 1;
-                self.send_chunked(stream, *transfer, &encoded, is_snapshot)
+                self.send_chunked(link, *transfer, &encoded, is_snapshot)
             });
             match written {
                 Ok(()) => add(&counters.messages_sent, 1),
@@ -233,7 +269,7 @@ impl WriterCtx {
                 }
             }
         }
-        frames.write(stream, counters)
+        frames.write(&mut link.conn, counters)
     }
 
     fn write(&self, stream: &mut Conn, out: &mut Vec<u8>) -> io::Result<()> {
@@ -248,12 +284,13 @@ impl WriterCtx {
     /// reports the outcome.
     fn send_chunked(
         &self,
-        stream: &mut Conn,
+        link: &mut Link,
         transfer: u64,
         encoded: &[u8],
         is_snapshot: bool,
     ) -> io::Result<()> {
         let config = &self.shared.config;
+        let stream = &mut link.conn;
         let total = encoded.len() as u64;
         let mut frame = Vec::with_capacity(config.snapshot_chunk_bytes + 64);
         for (i, data) in encoded.chunks(config.snapshot_chunk_bytes).enumerate() {
@@ -265,13 +302,8 @@ impl WriterCtx {
         if !is_snapshot {
             return Ok(());
         }
-        stream
-            .tcp()
-            .set_read_timeout(Some(config.snapshot_ack_timeout))?;
-        let mut ack = [0u8; 14];
-        stream.read_exact(&mut ack)?;
-        let (acked, delivered) = wire::decode_snapshot_ack(&ack)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let deadline = Instant::now() + config.snapshot_ack_timeout;
+        let (acked, delivered) = link.wait_ack(deadline)?;
         if acked != transfer {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -348,4 +380,145 @@ impl Frames {
         }
         outcome
     }
+}
+
+/// What comes back on an outbound connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Back {
+    Pong(u64),
+    /// `(transfer, delivered)`.
+    Ack(u64, bool),
+}
+
+/// An open outbound connection and what the writer knows of its health.
+///
+/// Liveness protocol: at most one ping is outstanding; the next goes out
+/// `stall_timeout / 4` after the previous was answered. A ping unanswered for
+/// `stall_timeout` means the connection no longer delivers, whatever the kernel thinks.
+struct Link {
+    conn: Conn,
+    /// Bytes read back from the peer and not yet parsed into whole frames.
+    back: Vec<u8>,
+    /// Sequence number of the last ping sent.
+    sequence: u64,
+    /// When the outstanding ping went out; `None` when every ping was answered.
+    outstanding: Option<Instant>,
+    /// When the last ping was answered (or the connection opened).
+    answered: Instant,
+    /// When `keep_alive` last looked at the socket: it looks at most every
+    /// `stall_timeout / 8`, so that a busy writer does not pay three system calls per
+    /// batch.
+    checked: Instant,
+}
+
+impl Link {
+    fn new(conn: Conn) -> Link {
+        Link {
+            conn,
+            back: Vec::new(),
+            sequence: 0,
+            outstanding: None,
+            answered: Instant::now(),
+            checked: Instant::now(),
+        }
+    }
+
+    /// Reads the pongs that arrived, fails if the outstanding ping is older than
+    /// `stall_timeout` or the peer closed, and pings when one is due.
+    fn keep_alive(&mut self, stall_timeout: Duration) -> io::Result<()> {
+        if self.checked.elapsed() < stall_timeout / 8 {
+            return Ok(());
+        }
+        self.checked = Instant::now();
+        self.conn.tcp().set_nonblocking(true)?;
+        let read = self.read_available();
+        self.conn.tcp().set_nonblocking(false)?;
+        read?;
+        while let Some(back) = self.parse()? {
+            if let Back::Ack(..) = back {
+                return Err(invalid("a snapshot ack nobody waits for"));
+            }
+        }
+        if let Some(sent) = self.outstanding {
+            if sent.elapsed() >= stall_timeout {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("ping unanswered for {:?} (stall_timeout)", sent.elapsed()),
+                ));
+            }
+        } else if self.answered.elapsed() >= stall_timeout / 4 {
+            self.sequence += 1;
+            self.conn
+                .write_all(&wire::encode_ping(KIND_PING, self.sequence))?;
+            self.conn.flush()?;
+            self.outstanding = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket holds without blocking (the socket is non-blocking).
+    fn read_available(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 512];
+        loop {
+            match self.conn.read(&mut buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.back.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits for the ack of a snapshot until `deadline`, taking pongs on the way.
+    fn wait_ack(&mut self, deadline: Instant) -> io::Result<(u64, bool)> {
+        let mut buf = [0u8; 512];
+        loop {
+            match self.parse()? {
+                Some(Back::Ack(transfer, delivered)) => return Ok((transfer, delivered)),
+                Some(Back::Pong(_)) => continue,
+                None => {}
+            }
+            self.conn
+                .tcp()
+                .set_read_timeout(Some(time_left(deadline, "snapshot ack")?))?;
+            match self.conn.read(&mut buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.back.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes one whole frame off `back`, if there is one; a pong answers the ping.
+    fn parse(&mut self) -> io::Result<Option<Back>> {
+        let Some(header) = self.back.get(..FRAME_HEADER_BYTES) else {
+            return Ok(None);
+        };
+        let header: &[u8; FRAME_HEADER_BYTES] = header.try_into().expect("header size");
+        // Nothing bigger than an ack ever comes back.
+        let (kind, len) = wire::decode_header(header, SNAPSHOT_ACK_BYTES).map_err(invalid)?;
+        if self.back.len() < FRAME_HEADER_BYTES + len {
+            return Ok(None);
+        }
+        let frame: Vec<u8> = self.back.drain(..FRAME_HEADER_BYTES + len).collect();
+        let back = match kind {
+            KIND_PONG => Back::Pong(wire::decode_ping(&frame, KIND_PONG).map_err(invalid)?),
+            KIND_SNAPSHOT_ACK => {
+                let (transfer, delivered) = wire::decode_snapshot_ack(&frame).map_err(invalid)?;
+                Back::Ack(transfer, delivered)
+            }
+            _ => return Err(invalid("unexpected frame kind from the receiver")),
+        };
+        if back == Back::Pong(self.sequence) {
+            self.outstanding = None;
+            self.answered = Instant::now();
+        }
+        Ok(Some(back))
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }

@@ -23,7 +23,7 @@ use std::io;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{Resumption, WebPkiServerVerifier};
@@ -380,32 +380,32 @@ impl io::Write for TlsStream {
     }
 }
 
-/// Runs the server side of the TLS handshake on an accepted socket, within `timeout`
+/// Runs the server side of the TLS handshake on an accepted socket, by `deadline`
 /// in all. Err: why the peer is refused (no certificate, another CA, not TLS, slow).
 pub(super) fn accept(
     config: &TlsConfig,
     mut tcp: TcpStream,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<TlsStream, String> {
     let mut conn =
         ServerConnection::new(config.server.clone()).map_err(|e| format!("TLS setup: {e}"))?;
-    complete_handshake(&mut conn, &mut tcp, timeout)?;
+    complete_handshake(&mut conn, &mut tcp, deadline)?;
     Ok(TlsStream::Server(StreamOwned::new(conn, tcp)))
 }
 
-/// Runs the client side of the TLS handshake to node `peer`, within `timeout` in all:
+/// Runs the client side of the TLS handshake to node `peer`, by `deadline` in all:
 /// the peer must present a certificate from the CA naming `peer`.
 pub(super) fn connect(
     config: &TlsConfig,
     peer: u64,
     mut tcp: TcpStream,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<TlsStream, String> {
     let name = ServerName::try_from(node_server_name(peer))
         .map_err(|e| format!("node {peer} has no valid TLS name: {e}"))?;
     let mut conn = ClientConnection::new(config.client.clone(), name)
         .map_err(|e| format!("TLS setup: {e}"))?;
-    complete_handshake(&mut conn, &mut tcp, timeout)?;
+    complete_handshake(&mut conn, &mut tcp, deadline)?;
     Ok(TlsStream::Client(StreamOwned::new(conn, tcp)))
 }
 
@@ -429,13 +429,13 @@ pub(super) fn check_identity(stream: &TlsStream, claimed: u64) -> Result<(), Str
 }
 
 /// Drives a handshake to its end by hand rather than with `complete_io`, so that the
-/// deadline holds even against a peer trickling bytes.
+/// deadline holds even against a peer trickling bytes. The deadline is the whole
+/// connection's: the raftnode handshake that follows shares it.
 fn complete_handshake<S: SideData>(
     conn: &mut ConnectionCommon<S>,
     tcp: &mut TcpStream,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
     let (read_timeout, write_timeout) = (tcp.read_timeout(), tcp.write_timeout());
     let outcome = (|| {
         while conn.is_handshaking() || conn.wants_write() {
