@@ -132,7 +132,9 @@ impl Refusal {
             Refusal::PastLeaderLog => "response names an index past this leader's last index",
             Refusal::SnapshotRequest => "response asks for a snapshot, which raftnode never does",
             Refusal::VoteLog => "vote request from a log position no candidate has",
-            Refusal::ReadContext => "read index message without exactly one read context of its node",
+            Refusal::ReadContext => {
+                "read index message without exactly one read context of its node"
+            }
             Refusal::NotLeader => "request only the leader serves, to a node that does not lead",
             Refusal::SnapshotMetadata => "snapshot's index or term is impossible",
             Refusal::ConfState => "snapshot's ConfState cannot be restored",
@@ -294,8 +296,7 @@ pub(crate) fn check_shape(m: &Message, id: u64) -> Result<(), Refusal> {
         MessageType::MsgSnapshot => check_snapshot(m),
         MessageType::MsgRequestVote | MessageType::MsgRequestPreVote => {
             // A candidate sends its last index and term, and its commit.
-            if m.log_term > m.term || (m.index == 0) != (m.log_term == 0) || m.commit > m.index
-            {
+            if m.log_term > m.term || (m.index == 0) != (m.log_term == 0) || m.commit > m.index {
                 return Err(Refusal::VoteLog);
             }
             Ok(())

@@ -95,12 +95,20 @@ fn forge_and_check(c: &TcpCluster, m: Message, reason: Refusal) {
     assert_serving(c, &format!("after-{reason:?}"));
     let status = c.nodes[&target].status().expect("status");
     assert_eq!(status.metrics.refused.get(&reason), Some(&(before + 1)));
-    assert!(status.term < FAR, "a refused message moved no term: {}", status.term);
+    assert!(
+        status.term < FAR,
+        "a refused message moved no term: {}",
+        status.term
+    );
 }
 
 fn assert_serving(c: &TcpCluster, key: &str) {
     for (id, node) in &c.nodes {
-        assert!(!node.is_stopped(), "node {id} stopped: {:?}", node.stop_reason());
+        assert!(
+            !node.is_stopped(),
+            "node {id} stopped: {:?}",
+            node.stop_reason()
+        );
     }
     c.propose_ok(put(key, "acknowledged"));
     for (id, node) in &c.nodes {
@@ -251,7 +259,9 @@ fn a_burst_of_refusals_is_counted_in_full() {
     let mut stream = forge(c.addr(follower), &m);
     let mut frame = Vec::new();
     wire::encode_messages_frame(&vec![encoded; 99], &mut frame);
-    stream.write_all(&frame).expect("a second frame on the same connection");
+    stream
+        .write_all(&frame)
+        .expect("a second frame on the same connection");
     wait_until("100 refusals counted", || {
         refused(&c, follower, Refusal::CommitPastLog) >= before + 100
     });

@@ -96,7 +96,10 @@ fn honest_messages_pass() {
     let f = follower();
     let l = leader();
     assert_eq!(refused(&append(), &f), None);
-    assert_eq!(refused(&snapshot_msg(conf_state(&[1, 2, 3], &[4])), &f), None);
+    assert_eq!(
+        refused(&snapshot_msg(conf_state(&[1, 2, 3], &[4])), &f),
+        None
+    );
     let mut hb = msg(MessageType::MsgHeartbeat, 2);
     hb.commit = 10;
     assert_eq!(refused(&hb, &f), None);
@@ -192,7 +195,11 @@ fn appends_with_gaps_or_impossible_entry_terms_are_refused() {
         let mut m = append();
         m.mut_entries()[0].term = first;
         m.mut_entries()[1].term = second;
-        assert_eq!(refused(&m, &f), Some(Refusal::EntryTerm), "{first} {second}");
+        assert_eq!(
+            refused(&m, &f),
+            Some(Refusal::EntryTerm),
+            "{first} {second}"
+        );
     }
 }
 
@@ -259,7 +266,11 @@ fn responses_past_the_leaders_log_are_refused() {
         for field in 0..3 {
             let mut m = msg(t, 2);
             *[&mut m.index, &mut m.commit, &mut m.reject_hint][field] = 11;
-            assert_eq!(refused(&m, &l), Some(Refusal::PastLeaderLog), "{t:?} {field}");
+            assert_eq!(
+                refused(&m, &l),
+                Some(Refusal::PastLeaderLog),
+                "{t:?} {field}"
+            );
             // A follower drops it, a higher term makes this node follow: no harm.
             assert_eq!(refused(&m, &follower()), None);
         }
@@ -277,7 +288,11 @@ fn vote_requests_from_impossible_log_positions_are_refused() {
             let mut m = msg(t, 3);
             m.term = 6;
             (m.index, m.log_term, m.commit) = (index, log_term, commit);
-            assert_eq!(refused(&m, &f), Some(Refusal::VoteLog), "{index} {log_term}");
+            assert_eq!(
+                refused(&m, &f),
+                Some(Refusal::VoteLog),
+                "{index} {log_term}"
+            );
         }
     }
 }
@@ -289,7 +304,11 @@ fn read_index_messages_need_one_context_of_the_asker() {
     m.term = 0;
     assert_eq!(refused(&m, &l), Some(Refusal::ReadContext), "no entry");
     m.set_entries(vec![read_ctx(3)].into());
-    assert_eq!(refused(&m, &l), Some(Refusal::ReadContext), "someone else's");
+    assert_eq!(
+        refused(&m, &l),
+        Some(Refusal::ReadContext),
+        "someone else's"
+    );
     m.set_entries(vec![read_ctx(2), read_ctx(2)].into());
     assert_eq!(refused(&m, &l), Some(Refusal::ReadContext), "two");
     let mut m = msg(MessageType::MsgReadIndexResp, 2);
@@ -317,7 +336,11 @@ fn impossible_snapshot_metadata_is_refused() {
         let mut m = snapshot_msg(conf_state(&[1, 2, 3], &[]));
         let meta = m.mut_snapshot().mut_metadata();
         (meta.index, meta.term) = (index, term);
-        assert_eq!(refused(&m, &f), Some(Refusal::SnapshotMetadata), "{index} {term}");
+        assert_eq!(
+            refused(&m, &f),
+            Some(Refusal::SnapshotMetadata),
+            "{index} {term}"
+        );
     }
 }
 
@@ -332,19 +355,23 @@ fn malformed_conf_states_are_refused() {
         cs
     };
     let bad = [
-        conf_state(&[1, 2, 3], &[3]),         // a voter also a learner
-        joint(&[], &[1, 2, 3], &[], &[], false), // joint, removing every voter
-        conf_state(&[], &[1]),                // no voters
-        conf_state(&[1, 1, 2], &[]),          // twice
-        conf_state(&[0, 1], &[]),             // id 0
+        conf_state(&[1, 2, 3], &[3]),                 // a voter also a learner
+        joint(&[], &[1, 2, 3], &[], &[], false),      // joint, removing every voter
+        conf_state(&[], &[1]),                        // no voters
+        conf_state(&[1, 1, 2], &[]),                  // twice
+        conf_state(&[0, 1], &[]),                     // id 0
         joint(&[1, 2], &[1, 2, 3], &[3], &[], false), // outgoing voter also a learner
         joint(&[1, 2], &[1, 2, 3], &[], &[4], false), // learners_next not outgoing
         joint(&[1, 2, 3], &[1, 2, 3], &[], &[3], false), // learners_next still a voter
-        joint(&[1, 2], &[], &[], &[3], false), // learners_next, not joint
-        joint(&[1, 2], &[], &[], &[], true),  // auto_leave, not joint
+        joint(&[1, 2], &[], &[], &[3], false),        // learners_next, not joint
+        joint(&[1, 2], &[], &[], &[], true),          // auto_leave, not joint
     ];
     for cs in bad {
-        assert_eq!(refused(&snapshot_msg(cs.clone()), &f), Some(Refusal::ConfState), "{cs:?}");
+        assert_eq!(
+            refused(&snapshot_msg(cs.clone()), &f),
+            Some(Refusal::ConfState),
+            "{cs:?}"
+        );
     }
     let good = [
         joint(&[1, 2], &[1, 2, 3], &[], &[3], true),
@@ -382,7 +409,9 @@ fn raw_follower() -> RawNode<MemStorage> {
     let storage = MemStorage::new_with_conf_state(conf_state(&[1, 2, 3], &[]));
     {
         let mut core = storage.wl();
-        let entries: Vec<Entry> = (1..=8).map(|i| entry(i, if i <= 5 { 1 } else { 2 })).collect();
+        let entries: Vec<Entry> = (1..=8)
+            .map(|i| entry(i, if i <= 5 { 1 } else { 2 }))
+            .collect();
         core.append(&entries).expect("append");
         let mut hs = HardState::default();
         (hs.term, hs.commit) = (2, 6);
@@ -425,7 +454,8 @@ fn conf_state_check_matches_raft_restore_exhaustively() {
         cs.voters_outgoing = pick(2);
         cs.learners_next = pick(3);
         cs.auto_leave = bits & (1 << 12) != 0;
-        let named = cs.voters.contains(&1) || cs.learners.contains(&1) || cs.voters_outgoing.contains(&1);
+        let named =
+            cs.voters.contains(&1) || cs.learners.contains(&1) || cs.voters_outgoing.contains(&1);
         if !named {
             continue;
         }
@@ -439,7 +469,11 @@ fn conf_state_check_matches_raft_restore_exhaustively() {
         let mut raw = raw_follower();
         let ours = check_message(&m, 1, &raw);
         let raft_ok = catch_unwind(AssertUnwindSafe(|| raw.step(m))).is_ok();
-        assert_eq!(ours.is_ok(), raft_ok, "{cs:?}: check {ours:?}, raft ok {raft_ok}");
+        assert_eq!(
+            ours.is_ok(),
+            raft_ok,
+            "{cs:?}: check {ours:?}, raft ok {raft_ok}"
+        );
         if raft_ok {
             assert_eq!(raw.raft.raft_log.committed, 20, "{cs:?} restored");
             accepted += 1;
@@ -447,7 +481,10 @@ fn conf_state_check_matches_raft_restore_exhaustively() {
             refused_count += 1;
         }
     }
-    assert!(accepted > 50 && refused_count > 1000, "{accepted} {refused_count}");
+    assert!(
+        accepted > 50 && refused_count > 1000,
+        "{accepted} {refused_count}"
+    );
 }
 
 /// A seeded stream of plausible and implausible messages: every one the checks let
@@ -481,7 +518,11 @@ fn accepted_messages_never_panic_raft() {
     ];
     let (mut stepped, mut refused_count) = (0, 0);
     for round in 0..6000 {
-        let mut raw = if round % 2 == 0 { raw_follower() } else { raw_leader() };
+        let mut raw = if round % 2 == 0 {
+            raw_follower()
+        } else {
+            raw_leader()
+        };
         for _ in 0..4 {
             let small = |next: &mut dyn FnMut(u64) -> u64| match next(8) {
                 0 => 1 << 40,
@@ -527,9 +568,15 @@ fn accepted_messages_never_panic_raft() {
             assert!(outcome.is_ok(), "round {round}: raft panicked on {shown}");
             for out in raw.raft.msgs.drain(..) {
                 let shape = check_shape(&out, out.to);
-                assert!(shape.is_ok(), "after {shown}, node 1 sent {out:?}: {shape:?}");
+                assert!(
+                    shape.is_ok(),
+                    "after {shown}, node 1 sent {out:?}: {shape:?}"
+                );
             }
         }
     }
-    assert!(stepped > 2000 && refused_count > 2000, "{stepped} {refused_count}");
+    assert!(
+        stepped > 2000 && refused_count > 2000,
+        "{stepped} {refused_count}"
+    );
 }
