@@ -85,6 +85,9 @@ pub enum Refusal {
     /// A `MsgSnapshot` whose metadata index or term is 0, or whose term is above the
     /// message's.
     SnapshotMetadata,
+    /// A `MsgSnapshot` whose data is not in raftnode's snapshot framing (header, member
+    /// table, codec): installing it would stop the node, and every restart after.
+    SnapshotData,
     /// A `MsgSnapshot` whose ConfState raft-rs cannot restore ("invalid restore",
     /// "removed all voters"): no voters, an id 0 or twice in a list, a voter that is
     /// also a learner, `learners_next` not within the outgoing voters, or `learners_next`
@@ -94,7 +97,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, in declaration order.
-    pub const ALL: [Refusal; 18] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::Misaddressed,
         Refusal::BadSender,
         Refusal::LocalType,
@@ -112,6 +115,7 @@ impl Refusal {
         Refusal::ReadContext,
         Refusal::NotLeader,
         Refusal::SnapshotMetadata,
+        Refusal::SnapshotData,
         Refusal::ConfState,
     ];
 
@@ -137,6 +141,7 @@ impl Refusal {
             }
             Refusal::NotLeader => "request only the leader serves, to a node that does not lead",
             Refusal::SnapshotMetadata => "snapshot's index or term is impossible",
+            Refusal::SnapshotData => "snapshot's data is not in raftnode's snapshot framing",
             Refusal::ConfState => "snapshot's ConfState cannot be restored",
         }
     }
@@ -366,7 +371,12 @@ fn check_snapshot(m: &Message) -> Result<(), Refusal> {
     if meta.index == 0 || meta.term == 0 || meta.term > m.term {
         return Err(Refusal::SnapshotMetadata);
     }
-    check_conf_state(meta.get_conf_state())
+    check_conf_state(meta.get_conf_state())?;
+    // The state machine's own bytes are checked by its `restore`, after raft-rs took
+    // the snapshot (docs/security.md); the framing around them can be checked now.
+    crate::snapshot_codec::check_header(&m.get_snapshot().data)
+        .map(|_| ())
+        .map_err(|_| Refusal::SnapshotData)
 }
 
 /// Refuses the ConfStates raft-rs's `restore` cannot rebuild: it replays the ConfState as

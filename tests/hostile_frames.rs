@@ -127,7 +127,9 @@ fn snapshot(from: u64, to: u64, term: u64, conf_state: ConfState) -> Message {
     let meta = m.mut_snapshot().mut_metadata();
     (meta.index, meta.term) = (FAR, term);
     meta.set_conf_state(conf_state);
-    m.mut_snapshot().data = b"k\tv\n".to_vec().into();
+    // raftnode's snapshot framing (magic, codec "stored", no member table), then a
+    // state the test's `Kv` could restore.
+    m.mut_snapshot().data = b"RNS\x00k\tv\n".to_vec().into();
     m
 }
 
@@ -173,6 +175,20 @@ fn snapshot_whose_joint_conf_state_removes_every_voter_is_refused() {
         snapshot(leader, follower, term(&c), cs),
         Refusal::ConfState,
     );
+}
+
+/// Proves a `MsgSnapshot` with a valid ConfState and data that is not a raftnode
+/// snapshot is refused (`SnapshotData`); it used to be stored before the state machine
+/// read it, stopping the node on every restart until its data directory was wiped.
+#[test]
+fn snapshot_with_garbage_data_is_refused() {
+    let c = tcp_cluster();
+    let (leader, follower, _) = roles(&c);
+    let mut cs = ConfState::default();
+    cs.voters = vec![1, 2, 3];
+    let mut m = snapshot(leader, follower, term(&c), cs);
+    m.mut_snapshot().data = vec![0xA5; 4096].into();
+    forge_and_check(&c, m, Refusal::SnapshotData);
 }
 
 /// Proves a forged `MsgAppendResponse` with an index far past the leader's log, sent to

@@ -67,7 +67,13 @@ fn snapshot_msg(cs: ConfState) -> Message {
     meta.index = 20;
     meta.term = 4;
     meta.set_conf_state(cs);
+    m.mut_snapshot().data = framed_data();
     m
+}
+
+/// Snapshot data as raftnode frames it: stored, no member table.
+fn framed_data() -> bytes::Bytes {
+    crate::snapshot_codec::encode(bytes::Bytes::from_static(b"k\tv\n"))
 }
 
 fn read_ctx(node: u64) -> Entry {
@@ -345,6 +351,22 @@ fn impossible_snapshot_metadata_is_refused() {
 }
 
 #[test]
+fn snapshot_data_outside_the_framing_is_refused() {
+    let f = follower();
+    let garbage: [&[u8]; 4] = [
+        b"",
+        b"garbage, not a raftnode snapshot",
+        b"RNS\x07data",
+        b"RNS\x80\xff\xff",
+    ];
+    for data in garbage {
+        let mut m = snapshot_msg(conf_state(&[1, 2, 3], &[]));
+        m.mut_snapshot().data = data.to_vec().into();
+        assert_eq!(refused(&m, &f), Some(Refusal::SnapshotData), "{data:?}");
+    }
+}
+
+#[test]
 fn malformed_conf_states_are_refused() {
     let f = follower();
     let joint = |voters: &[u64], outgoing: &[u64], learners: &[u64], next: &[u64], auto| {
@@ -465,6 +487,7 @@ fn conf_state_check_matches_raft_restore_exhaustively() {
         snapshot.mut_metadata().index = 20;
         snapshot.mut_metadata().term = 2;
         snapshot.mut_metadata().set_conf_state(cs.clone());
+        snapshot.data = framed_data();
         m.set_snapshot(snapshot);
         let mut raw = raw_follower();
         let ours = check_message(&m, 1, &raw);
@@ -555,6 +578,9 @@ fn accepted_messages_never_panic_raft() {
                 let meta = m.mut_snapshot().mut_metadata();
                 (meta.index, meta.term) = (index, term);
                 meta.set_conf_state(cs);
+                if next(4) != 0 {
+                    m.mut_snapshot().data = framed_data();
+                }
             }
             if check_message(&m, 1, &raw).is_err() {
                 refused_count += 1;
