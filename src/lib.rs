@@ -113,6 +113,7 @@ pub use transports::tls;
 pub use transports::tls::{TlsConfig, TlsConfigError};
 pub use transports::{ChannelNetwork, ChannelTransport, NetworkStats};
 pub use transports::{RefusalReason, TcpConfig, TcpHandle, TcpStats, TcpTransport};
+pub use validate::Refusal;
 
 /// raft-rs types that appear in this crate's API.
 pub mod raft_types {

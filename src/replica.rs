@@ -562,10 +562,14 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     /// Steps a message from a peer, after the checks every message gets.
     pub(crate) fn step(&mut self, m: Message, now: Instant) {
         self.book.now = now;
-        if let Err(reason) = crate::validate::check_message(&m, self.book.id, &self.raw) {
-            bump(&self.book.shared.metrics.step_errors);
-            warn!(self.book.logger, "dropping invalid message"; "reason" => reason,
-                "type" => ?m.get_msg_type(), "from" => m.from, "to" => m.to);
+        if let Err(refusal) = crate::validate::check_message(&m, self.book.id, &self.raw) {
+            let metrics = &self.book.shared.metrics;
+            bump(&metrics.step_errors);
+            if let Some(suppressed) = metrics.refused.record(refusal, now) {
+                warn!(self.book.logger, "refused a message before raft"; "reason" => %refusal,
+                    "type" => ?m.get_msg_type(), "from" => m.from, "term" => m.term,
+                    "index" => m.index, "not_logged_since_last" => suppressed);
+            }
             return;
         }
         if self.holds_vote_after_restart(&m) {

@@ -121,9 +121,22 @@ pub(crate) fn decode_members(framed: &[u8]) -> Result<MemberContexts, String> {
 
 /// Returns the state machine's bytes from framed snapshot data.
 pub(crate) fn decode(framed: &Bytes) -> Result<Bytes, String> {
-    let (codec, _, at) = parse_header(framed)?;
+    let (codec, at, len) = check_header(framed)?;
     match codec {
         STORED => Ok(framed.slice(at..)),
+        _ => lz4_flex::block::decompress(&framed[at + 4..], len)
+            .map(Bytes::from)
+            .map_err(|e| format!("LZ4: {e}")),
+    }
+}
+
+/// Checks everything [`decode`] checks before it decompresses: the header, the member
+/// table, the codec and (for LZ4) the claimed length. Returns the codec, where the
+/// payload starts and, for LZ4, the claimed length.
+pub(crate) fn check_header(framed: &[u8]) -> Result<(u8, usize, usize), String> {
+    let (codec, _, at) = parse_header(framed)?;
+    match codec {
+        STORED => Ok((codec, at, 0)),
         LZ4 => {
             if framed.len() < at + 4 {
                 return Err("truncated LZ4 snapshot header".into());
@@ -134,9 +147,7 @@ pub(crate) fn decode(framed: &Bytes) -> Result<Bytes, String> {
                     "claims {len} bytes, above the {MAX_SNAPSHOT_BYTES} limit"
                 ));
             }
-            lz4_flex::block::decompress(&framed[at + 4..], len)
-                .map(Bytes::from)
-                .map_err(|e| format!("LZ4: {e}"))
+            Ok((codec, at, len))
         }
         other => Err(format!("unknown snapshot codec {other}")),
     }

@@ -1,6 +1,9 @@
 //! `Status` and `Metrics`: what a node reports about itself.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::validate::{Refusal, Refusals};
 
 /// The raft role of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,6 +97,8 @@ pub(crate) struct Metrics {
     pub snapshots_restored: AtomicU64,
     pub step_errors: AtomicU64,
     pub reads_served: AtomicU64,
+    /// Peer messages refused before `step`, by reason, and their warnings' rate limit.
+    pub refused: Refusals,
 }
 
 /// Counters since the node started.
@@ -123,8 +128,12 @@ pub struct MetricsSnapshot {
     pub snapshots_sent: u64,
     /// Snapshots received from a leader and restored.
     pub snapshots_restored: u64,
-    /// Messages raft refused (unknown peer, local type, invalid).
+    /// Peer messages dropped at `step`: refused by the checks before raft-rs (also
+    /// counted by reason in `refused`) or refused by raft-rs (an unknown peer, say).
     pub step_errors: u64,
+    /// Peer messages refused before raft-rs saw them, by reason (only reasons seen at
+    /// least once). See [`Refusal`] and docs/security.md.
+    pub refused: BTreeMap<Refusal, u64>,
     /// Reads served (all consistency levels).
     pub reads_served: u64,
     /// Readies handled.
@@ -153,6 +162,7 @@ impl Metrics {
             snapshots_sent: get(&self.snapshots_sent),
             snapshots_restored: get(&self.snapshots_restored),
             step_errors: get(&self.step_errors),
+            refused: self.refused.snapshot(),
             reads_served: get(&self.reads_served),
             readies: driver.readies,
             syncs: driver.syncs,
