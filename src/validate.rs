@@ -1,12 +1,14 @@
 //! The checks every peer message passes before raft-rs's `step`.
 //!
 //! raft-rs 0.7 trusts its peers: a decodable message that no honest peer sends can panic
-//! it inside `step` (ERRATA 20), or make it send an honest peer a message that panics
+//! it inside `step` (raft-rs note 20), or make it send an honest peer a message that panics
 //! that peer. [`check_message`] refuses every message that cannot be safe for this node
 //! in its current state, on every node and whatever the transport; a refused message is
 //! counted by [`Refusal`] and never reaches raft. Nothing is "repaired": a message is
 //! stepped as it came, or not at all. docs/security.md lists each check and the raft-rs
 //! panic it stands in front of.
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -59,9 +61,9 @@ pub enum Refusal {
     /// A `MsgAppend` carrying a conf change entry that does not decode (it would stop
     /// every node at apply).
     EntryConfChange,
-    /// An append, heartbeat, snapshot, `MsgTimeoutNow` or `MsgReadIndexResp` from a node
-    /// that is not the leader this node follows in that term (or sent to the leader of
-    /// that term itself).
+    /// An append, heartbeat or snapshot from a node that is not the leader this node
+    /// follows in that term (or sent to the leader of that term itself): two leaders in
+    /// one term. No honest peer sends one.
     NotFromLeader,
     /// A heartbeat committing past this node's last index (raft-rs panics: "to_commit
     /// is out of range").
@@ -80,7 +82,8 @@ pub enum Refusal {
     /// A request only the leader serves, to a node that does not lead: a
     /// `MsgTransferLeader` (a follower would forward it and panic: "term should not be
     /// set"), or a `MsgReadIndex` (a follower would forward it under the asker's name,
-    /// which the leader cannot answer).
+    /// which the leader cannot answer). Honest peers send these too when leadership has
+    /// just moved ([`can_be_honest`](Self::can_be_honest)).
     NotLeader,
     /// A `MsgSnapshot` whose metadata index or term is 0, or whose term is above the
     /// message's.
@@ -88,6 +91,10 @@ pub enum Refusal {
     /// A `MsgSnapshot` whose data is not in raftnode's snapshot framing (header, member
     /// table, codec): installing it would stop the node, and every restart after.
     SnapshotData,
+    /// A `MsgTimeoutNow` or `MsgReadIndexResp` from a node that is not (or no longer)
+    /// the leader this node follows. Honest peers send these too when leadership has
+    /// just moved ([`can_be_honest`](Self::can_be_honest)).
+    StaleLeader,
     /// A `MsgSnapshot` whose ConfState raft-rs cannot restore ("invalid restore",
     /// "removed all voters"): no voters, an id 0 or twice in a list, a voter that is
     /// also a learner, `learners_next` not within the outgoing voters, or `learners_next`
@@ -97,7 +104,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, in declaration order.
-    pub const ALL: [Refusal; 19] = [
+    pub const ALL: [Refusal; 20] = [
         Refusal::Misaddressed,
         Refusal::BadSender,
         Refusal::LocalType,
@@ -116,8 +123,17 @@ impl Refusal {
         Refusal::NotLeader,
         Refusal::SnapshotMetadata,
         Refusal::SnapshotData,
+        Refusal::StaleLeader,
         Refusal::ConfState,
     ];
+
+    /// Whether an honest peer can cause this refusal: a request or answer that raced a
+    /// change of leader (`NotLeader`, `StaleLeader`). A few of these in a healthy
+    /// cluster are normal; every other reason means a peer with a bug, an impostor, or
+    /// damage on the way.
+    pub fn can_be_honest(self) -> bool {
+        matches!(self, Refusal::NotLeader | Refusal::StaleLeader)
+    }
 
     /// The reason in words.
     pub fn as_str(self) -> &'static str {
@@ -142,6 +158,7 @@ impl Refusal {
             Refusal::NotLeader => "request only the leader serves, to a node that does not lead",
             Refusal::SnapshotMetadata => "snapshot's index or term is impossible",
             Refusal::SnapshotData => "snapshot's data is not in raftnode's snapshot framing",
+            Refusal::StaleLeader => "answer or hand-over from a node this node does not follow",
             Refusal::ConfState => "snapshot's ConfState cannot be restored",
         }
     }
@@ -262,11 +279,11 @@ pub(crate) fn check(m: &Message, local: &Local) -> Result<(), Refusal> {
         // The leader sends it once the follower holds its whole log, so the follower
         // already follows it in its term.
         MessageType::MsgTimeoutNow if !this_term || m.from != local.leader => {
-            Err(Refusal::NotFromLeader)
+            Err(Refusal::StaleLeader)
         }
         // Only the leader this node forwarded its read to answers it.
         MessageType::MsgReadIndexResp if local.leader == 0 || m.from != local.leader => {
-            Err(Refusal::NotFromLeader)
+            Err(Refusal::StaleLeader)
         }
         MessageType::MsgTransferLeader if !this_term || !local.leading => Err(Refusal::NotLeader),
         _ => Ok(()),

@@ -32,11 +32,13 @@
 //!
 //! raft 0.7 pulls `protobuf` 2.28, whose parser recurses once per nested *group* while
 //! skipping unknown fields; a few hundred kilobytes of group tags overflow the stack
-//! (RUSTSEC-2024-0437, ERRATA 19). [`scan_message`] walks the encoding against the
+//! (RUSTSEC-2024-0437, raft-rs note 19). [`scan_message`] walks the encoding against the
 //! `eraftpb` schema, descending only into the nested messages the schema names (at most
 //! [`MAX_DEPTH`] levels), and rejects group wire types, unknown fields, wire types that
 //! do not match the field, bad varints and lengths past the end. Only bytes that pass are
 //! handed to `protobuf::Message::parse_from_bytes`.
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,12 +1,14 @@
 //! Fuzzing the TCP transport's decode-and-validate path on stable Rust: random and
 //! mutated frames (bit flips, truncations, splices, length-field tampering, nested
 //! group bombs) must be refused with an error or decoded into messages that pass the
-//! connection's checks, never panic or overflow the stack (ERRATA 19, 20).
+//! connection's checks, never panic or overflow the stack (raft-rs note 19, 20).
 //!
 //! Env: `RAFTNODE_FUZZ_ITERS` (default 100 000), `RAFTNODE_FUZZ_SEED` (default fixed).
 //! Soak (docs/security.md): `RAFTNODE_FUZZ_ITERS=10000000 cargo test --release --test
 //! fuzz_frames -- --nocapture`. A failure prints the seed, the iteration and the input
 //! in hex; rerun with that seed to replay it exactly.
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;

@@ -226,13 +226,13 @@ fn heartbeat_from_a_second_leader_in_the_term_is_refused() {
 }
 
 /// Proves a `MsgTimeoutNow` from a node that is not the leader is refused
-/// (`NotFromLeader`): it would make a follower campaign past every lease.
+/// (`StaleLeader`): it would make a follower campaign past every lease.
 #[test]
 fn timeout_now_from_a_follower_is_refused() {
     let c = tcp_cluster();
     let (_, follower, other) = roles(&c);
     let m = message(MessageType::MsgTimeoutNow, other, follower, term(&c));
-    forge_and_check(&c, m, Refusal::NotFromLeader);
+    forge_and_check(&c, m, Refusal::StaleLeader);
 }
 
 /// Proves a `MsgTransferLeader` sent to a follower is refused (`NotLeader`); raft-rs

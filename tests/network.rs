@@ -6,6 +6,8 @@
 //!
 //! Env: `RAFTNODE_TCP_SNAPSHOT_MIB` sets the state size of the snapshot test (default 64
 //! MiB, sent in 1 MiB chunks; about 2 s in a debug build).
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 mod common;
 
@@ -170,7 +172,7 @@ fn flipped_frame(from: u64, to: u64) -> Vec<u8> {
 /// or message, spoofed sender, forbidden type, oversized frame, group wire types,
 /// garbage, a half-written frame, a frame failing its checksum, a handshake of another
 /// wire version) is refused with its own counter and the connection closed, and that
-/// the cluster still commits after each (ERRATA 19, 20).
+/// the cluster still commits after each (raft-rs note 19, 20).
 #[test]
 fn refused_traffic_is_counted_and_the_cluster_keeps_serving() {
     let c = tcp_cluster(3);
@@ -327,7 +329,7 @@ fn refused_traffic_is_counted_and_the_cluster_keeps_serving() {
 /// Proves a snapshot several chunks long crosses TCP to a learner added by a
 /// membership change whose context carries its `host:port`, is reassembled and
 /// restored intact, and is reported `Finish` to the leader only after the learner
-/// acknowledged it (ERRATA 13).
+/// acknowledged it (raft-rs note 13).
 #[test]
 fn large_snapshot_crosses_tcp_in_chunks_to_a_new_learner() {
     let size = blob_bytes("RAFTNODE_TCP_SNAPSHOT_MIB", 64);

@@ -9,6 +9,8 @@
 //!
 //! Env: `RAFTNODE_TLS_SNAPSHOT_MIB` sets the state size of the snapshot test (default 16
 //! MiB, sent in 1 MiB chunks).
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 #![cfg(feature = "tls")]
 
@@ -223,7 +225,7 @@ fn three_nodes_elect_and_replicate_over_tls() {
 
 /// Proves a snapshot several chunks long crosses TLS to a learner added by a membership
 /// change, is restored intact, and is reported `Finish` only after the learner's ack
-/// came back over TLS (ERRATA 13); prints the transfer time.
+/// came back over TLS (raft-rs note 13); prints the transfer time.
 #[test]
 fn large_snapshot_crosses_tls_to_a_new_learner() {
     let ca = Ca::new("cluster CA");

@@ -21,6 +21,8 @@
 //! (both sides present certificates) before the raftnode handshake, and the accepting
 //! node checks that the certificate names the node id the raftnode handshake claims.
 //! Everything after travels inside TLS, unchanged.
+//!
+//! "raft-rs note N" cites docs/raft-rs-notes.md.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -611,7 +613,7 @@ impl TcpHandle {
 ///   queue drops and counts. A message to a peer with no known address, or lost to a
 ///   failed connect or write, is reported with [`Mailbox::report_unreachable`].
 /// - Every `MsgSnapshot` is reported once with [`Mailbox::report_snapshot`]: `Finish`
-///   when the receiver acknowledged that it queued it, `Failure` otherwise (ERRATA 13).
+///   when the receiver acknowledged that it queued it, `Failure` otherwise (raft-rs note 13).
 /// - Inbound: only connections whose handshake carries this cluster's id, this node's
 ///   id, and a member's id are served; each message must be addressed to this node,
 ///   come from the handshake's node, be of a type that travels between nodes, and pass
@@ -1033,7 +1035,7 @@ mod tests {
     }
 
     /// Proves a snapshot larger than a chunk arrives whole, and the sender reports
-    /// `Finish` only after the receiver's ack (ERRATA 13).
+    /// `Finish` only after the receiver's ack (raft-rs note 13).
     #[test]
     fn chunked_snapshot_is_delivered_and_reported_finish() {
         let (mut receiver, rx2) = started(TcpConfig::new(7, loopback()), 2);

@@ -243,14 +243,14 @@ fn leader_only_messages_from_another_node_are_refused() {
     }
     assert_eq!(
         refused(&msg(MessageType::MsgTimeoutNow, 3), &f),
-        Some(Refusal::NotFromLeader)
+        Some(Refusal::StaleLeader)
     );
     let mut m = msg(MessageType::MsgTimeoutNow, 2);
     m.term = 6;
-    assert_eq!(refused(&m, &f), Some(Refusal::NotFromLeader));
+    assert_eq!(refused(&m, &f), Some(Refusal::StaleLeader));
     let mut m = msg(MessageType::MsgReadIndexResp, 3);
     m.set_entries(vec![read_ctx(1)].into());
-    assert_eq!(refused(&m, &f), Some(Refusal::NotFromLeader));
+    assert_eq!(refused(&m, &f), Some(Refusal::StaleLeader));
 }
 
 #[test]

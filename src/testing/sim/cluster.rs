@@ -413,6 +413,15 @@ impl<'a, W: Workload> Sim<'a, W> {
         let Some(Slot::Up(node)) = self.nodes.get_mut(&id) else {
             return Ok(());
         };
+        // Invariant: honest peers are never refused for a reason only a faulty or hostile
+        // peer can cause (src/validate.rs); races with a change of leader are allowed.
+        let mut refused = node.refused();
+        refused.retain(|reason, _| !reason.can_be_honest());
+        if !refused.is_empty() {
+            return Err(self.failure(format!(
+                "node {id} refused a message from an honest peer: {refused:?}"
+            )));
+        }
         let host = node.host();
         let sent = std::mem::take(&mut host.sent);
         let completed = std::mem::take(&mut host.completed);

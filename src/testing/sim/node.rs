@@ -302,6 +302,12 @@ impl<W: Workload> SimNode<W> {
         self.core.state_machine_mut()
     }
 
+    /// Peer messages this node refused before raft-rs saw them, by reason. Every peer
+    /// in the simulator is honest, so any refusal is a check that is wrong.
+    pub(crate) fn refused(&self) -> std::collections::BTreeMap<crate::Refusal, u64> {
+        self.shared.metrics.refused.snapshot()
+    }
+
     /// Snapshots taken since the last call.
     pub(crate) fn take_snapshots_taken(&mut self) -> u64 {
         let total = self
