@@ -137,11 +137,12 @@ pub trait Model {
     /// # Correctness
     ///
     /// Returning `true` for inputs `step` treats differently can make the checker pass
-    /// a history that is not linearizable. The default compares the `Debug` forms,
-    /// which is right for a derived `Debug` (it shows every field); override it when
-    /// `Debug` leaves out something `step` reads, or return `false` to turn this off.
+    /// a history that is not linearizable. The default, `false`, is always sound (every
+    /// pending operation is tried on its own); a model whose input is `PartialEq` can
+    /// return `a == b`, as the built-in KV model does.
     fn same_input(&self, a: &Self::Input, b: &Self::Input) -> bool {
-        format!("{a:?}") == format!("{b:?}")
+        let _ = (a, b);
+        false
     }
 }
 

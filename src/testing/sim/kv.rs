@@ -69,6 +69,11 @@ impl Model for KvModel {
         None
     }
 
+    /// `KvInput` is plain data: equal inputs are the same request.
+    fn same_input(&self, a: &KvInput, b: &KvInput) -> bool {
+        a == b
+    }
+
     fn step(&self, state: &Option<u64>, input: &KvInput) -> (Option<u64>, KvOutput) {
         match input {
             KvInput::Put { value, .. } => (Some(*value), KvOutput::Done),
