@@ -1365,8 +1365,8 @@ fn read_ctx(id: u64, incarnation: u64, seq: u64) -> Vec<u8> {
     ctx
 }
 
-/// Length of a [`read_ctx`].
-const READ_CTX_LEN: usize = 24;
+/// Length of a [`read_ctx`]; the peer-message checks (src/validate.rs) use it too.
+pub(crate) const READ_CTX_LEN: usize = 24;
 
 /// The round of a context this incarnation of node `id` made, if it did.
 fn parse_read_ctx(id: u64, incarnation: u64, ctx: &[u8]) -> Option<u64> {

@@ -24,8 +24,7 @@ use raft::{RawNode, StateRole};
 /// keeps `index + entries` (and raft-rs's `term + 1`) from overflowing.
 pub(crate) const MAX_INDEX: u64 = i64::MAX as u64;
 
-/// Length of a raftnode ReadIndex context: node id, incarnation, sequence (`replica.rs`).
-const READ_CTX_LEN: usize = 24;
+use crate::replica::READ_CTX_LEN;
 
 /// Why a node refused a peer's message before raft-rs saw it.
 ///

@@ -171,7 +171,6 @@ pub(crate) struct SimNode<W: Workload> {
     pub(crate) id: u64,
     core: Core<W>,
     clock: Clock,
-    lease_reads: bool,
     read_timeout: Duration,
     next_conf_token: u64,
     shared: Arc<Shared>,
@@ -274,7 +273,6 @@ impl<W: Workload> SimNode<W> {
             id,
             core,
             clock,
-            lease_reads: settings.lease_reads,
             read_timeout: STEP * settings.read_timeout_steps as u32,
             next_conf_token: 0,
             shared,
@@ -347,9 +345,11 @@ impl<W: Workload> SimNode<W> {
 
     /// Starts a read; a lease read is refused unless this node leads.
     pub(crate) fn read(&mut self, op: OpId, mode: ReadMode, step: u64) -> Result<(), Refused> {
+        // The core answers a `Lease` read without `lease_reads` itself (an error), as the
+        // runtime does; the workload asks for one only with lease reads on.
         let consistency = match mode {
-            ReadMode::Lease if self.lease_reads => ReadConsistency::Lease,
-            _ => ReadConsistency::Linearizable,
+            ReadMode::Lease => ReadConsistency::Lease,
+            ReadMode::Linearizable => ReadConsistency::Linearizable,
         };
         let now = self.clock.at(step);
         self.core
