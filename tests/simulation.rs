@@ -38,6 +38,8 @@ fn workload(config: &SimConfig) -> KvWorkload {
 /// simulated.
 fn run_seeds(first: u64, count: u64, steps: u64) -> (Vec<SimFailure>, u64, u64) {
     let next = AtomicU64::new(first);
+    // The slowest linearizability check: (microseconds, seed, operations).
+    let slowest = Mutex::new((0u128, 0u64, 0u64));
     let total_steps = AtomicU64::new(0);
     let total_ops = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
@@ -57,12 +59,22 @@ fn run_seeds(first: u64, count: u64, steps: u64) -> (Vec<SimFailure>, u64, u64) 
                     Ok(report) => {
                         total_steps.fetch_add(report.steps, Ordering::Relaxed);
                         total_ops.fetch_add(report.operations, Ordering::Relaxed);
+                        let micros = report.check_time.as_micros();
+                        let mut worst = slowest.lock().expect("not poisoned");
+                        if micros > worst.0 {
+                            *worst = (micros, seed, report.operations);
+                        }
                     }
                     Err(failure) => failures.lock().expect("not poisoned").push(failure),
                 }
             });
         }
     });
+    let (micros, seed, operations) = slowest.into_inner().expect("not poisoned");
+    println!(
+        "slowest linearizability check: {:.1} ms (seed {seed}, {operations} operations)",
+        micros as f64 / 1000.0
+    );
     (
         failures.into_inner().expect("not poisoned"),
         total_steps.into_inner(),

@@ -223,8 +223,10 @@ impl<'a, W: Workload> Sim<'a, W> {
         let operations = self.history.len() as u64;
         let ops = std::mem::take(&mut self.history).into_operations();
         let completed = ops.iter().filter(|o| o.output.is_some()).count() as u64;
+        let check_started = std::time::Instant::now();
         linearizability::check(&self.model, &ops, self.cfg.check_budget)
             .map_err(|e| self.failure(e.to_string()))?;
+        let check_time = check_started.elapsed();
         Ok(SimReport {
             seed: self.cfg.seed,
             steps: self.step,
@@ -236,6 +238,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             commit_index: self.max_commit,
             leaders: self.leaders.len() as u64,
             snapshots: self.snapshots,
+            check_time,
             trace: self.trace.take(),
         })
     }

@@ -457,6 +457,8 @@ pub struct SimReport {
     pub leaders: u64,
     /// Snapshots taken by all nodes.
     pub snapshots: u64,
+    /// Wall-clock time the linearizability check of the history took.
+    pub check_time: std::time::Duration,
     /// Every event, one per line, when [`SimConfig::trace`] was set.
     pub trace: Option<String>,
 }
