@@ -75,6 +75,7 @@ mod log_store;
 mod mailbox;
 mod membership;
 mod node;
+mod notice;
 mod proposals;
 mod replica;
 mod runtime;

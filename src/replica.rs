@@ -30,6 +30,7 @@ use crate::proposals::{self, AppliedAs, Outcome, Pending, Waiter};
 use crate::snapshot_codec::{self, MemberContexts};
 use crate::state_machine::StateMachine;
 use crate::status::{bump, PeerProgress, Role, Status};
+use crate::validate::Refusal;
 
 /// What a [`Replica`] needs from whoever runs it: a way to reach peers, and somewhere to
 /// deliver each request's outcome. The tokens are the host's own handles for waiting
@@ -362,14 +363,32 @@ pub(crate) fn recover<S: LogStore, M: StateMachine>(
         return Err(StartError::Storage(StorageError::Invalid {
             op: "start",
             detail: format!(
-                "the state machine has applied index {applied} but the log ends at {last}: \
-                 the log store lost entries the state machine saw (wrong data directory?)"
+                "the state machine is ahead of the log: it has applied index {applied} but \
+                 the log store ends at {last}, so the log lost entries {}..={applied} the \
+                 state machine saw (a log restored from an older copy than the state \
+                 machine, a tail cut after corruption, or another node's data directory); \
+                 restore both from the same copy, or wipe this node and add it back as a \
+                 new member (docs/security.md, \"Data loss\")",
+                last + 1
             ),
         }));
     }
+    let mut hs = store.initial_state().map_err(raft_to_storage)?.hard_state;
+    if hs.commit > last {
+        // The log lost its tail (cut after corruption) below the commit index it had
+        // recorded. raft-rs refuses to start on that ("hs.commit out of range"). The
+        // entries were committed: the leader still has them and, told where this log
+        // ends (crate::notice), sends them again. The state machine applied at most
+        // `last` (checked above), so nothing applied is lost.
+        warn!(logger, "log store ends below its recorded commit index: it lost its tail; \
+            the leader will send the entries again";
+            "commit" => hs.commit, "last_index" => last);
+        hs.commit = last;
+        store.set_hard_state(&hs)?;
+        store.sync()?;
+    }
     // Commit index writes are not synced on their own; the state machine only applies
     // committed entries, so its applied index is a commit index we may trust.
-    let mut hs = store.initial_state().map_err(raft_to_storage)?.hard_state;
     if hs.commit < applied {
         hs.commit = applied;
         store.set_hard_state(&hs)?;
@@ -562,15 +581,22 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     /// Steps a message from a peer, after the checks every message gets.
     pub(crate) fn step(&mut self, m: Message, now: Instant) {
         self.book.now = now;
-        if let Err(refusal) = crate::validate::check_message(&m, self.book.id, &self.raw) {
-            let metrics = &self.book.shared.metrics;
-            bump(&metrics.step_errors);
-            if let Some(suppressed) = metrics.refused.record(refusal, now) {
-                warn!(self.book.logger, "refused a message before raft"; "reason" => %refusal,
-                    "type" => ?m.get_msg_type(), "from" => m.from, "term" => m.term,
-                    "index" => m.index, "not_logged_since_last" => suppressed);
+        if let Some(notice) = crate::notice::parse(&m, self.book.id) {
+            match notice {
+                Ok(notice) => self.on_notice(m.from, m.term, notice, now),
+                Err(refusal) => self.refuse(refusal, &m, now),
             }
             return;
+        }
+        if let Err(refusal) = crate::validate::check_message(&m, self.book.id, &self.raw) {
+            self.refuse(refusal, &m, now);
+            return;
+        }
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            if let Err(refusal) = self.check_snapshot(&m) {
+                self.refuse(refusal, &m, now);
+                return;
+            }
         }
         if self.holds_vote_after_restart(&m) {
             debug!(self.book.logger, "not voting yet: a lease granted before the restart may still hold";
@@ -591,6 +617,106 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         }
         self.note_transfer();
         self.rerandomize();
+    }
+
+    /// Counts and (rate-limited) logs a refused message, and tells its sender what it
+    /// needs to know to stop sending it: a leader heartbeating a commit past this
+    /// node's log learns where the log ends, one whose snapshot was refused learns it
+    /// failed (see [`crate::notice`]).
+    fn refuse(&mut self, refusal: Refusal, m: &Message, now: Instant) {
+        let metrics = &self.book.shared.metrics;
+        bump(&metrics.step_errors);
+        if let Some(suppressed) = metrics.refused.record(refusal, now) {
+            warn!(self.book.logger, "refused a message before raft"; "reason" => %refusal,
+                "type" => ?m.get_msg_type(), "from" => m.from, "term" => m.term,
+                "index" => m.index, "not_logged_since_last" => suppressed);
+        }
+        let id = self.book.id;
+        let notice = match (refusal, m.get_msg_type()) {
+            (Refusal::CommitPastLog, MessageType::MsgHeartbeat) => {
+                let last = self.raw.raft.raft_log.last_index();
+                crate::notice::log_ends(id, m.from, m.term, last)
+            }
+            (
+                Refusal::SnapshotChecksum | Refusal::SnapshotData | Refusal::SnapshotRejected,
+                MessageType::MsgSnapshot,
+            ) => {
+                let index = m.get_snapshot().get_metadata().index;
+                crate::notice::snapshot_refused(id, m.from, m.term, index)
+            }
+            _ => return,
+        };
+        Outbox::<M::Response>::send(&mut self.book, vec![notice]);
+    }
+
+    /// The state machine's own check of a snapshot raft-rs would install (one past the
+    /// commit index, from a term this node accepts), before raft-rs and the log store
+    /// see it.
+    fn check_snapshot(&mut self, m: &Message) -> Result<(), Refusal> {
+        let meta = m.get_snapshot().get_metadata();
+        if m.term < self.raw.raft.term || meta.index <= self.raw.raft.raft_log.committed {
+            return Ok(());
+        }
+        let data = snapshot_codec::decode(&m.get_snapshot().data).map_err(|e| {
+            warn!(self.book.logger, "snapshot from peer does not decode"; "from" => m.from,
+                "index" => meta.index, "error" => %e);
+            Refusal::SnapshotData
+        })?;
+        self.sm.check_snapshot(meta.index, &data).map_err(|e| {
+            warn!(self.book.logger, "state machine refused a snapshot from peer";
+                "from" => m.from, "index" => meta.index, "error" => %e);
+            Refusal::SnapshotRejected
+        })
+    }
+
+    /// Acts on a well-formed notice when this node leads the notice's term; a stale
+    /// notice (leadership moved since) is dropped.
+    fn on_notice(&mut self, from: u64, term: u64, notice: crate::notice::Notice, now: Instant) {
+        use crate::notice::Notice;
+        let raft = &mut self.raw.raft;
+        if raft.state != StateRole::Leader || term != raft.term {
+            debug!(self.book.logger, "stale notice dropped"; "from" => from, "term" => term,
+                "notice" => ?notice);
+            return;
+        }
+        let last_index = raft.raft_log.last_index();
+        let Some(pr) = raft.mut_prs().get_mut(from) else {
+            return self.refuse_notice(from, term, notice, now);
+        };
+        match notice {
+            Notice::LogEnds(index) if index > last_index => {
+                self.refuse_notice(from, term, notice, now)
+            }
+            Notice::LogEnds(index) => {
+                if index >= pr.matched || pr.state == raft::ProgressState::Snapshot {
+                    return;
+                }
+                warn!(self.book.logger, "follower lost entries it had acknowledged; replicating them again";
+                    "peer" => from, "acknowledged" => pr.matched, "log_ends_at" => index);
+                bump(&self.book.shared.metrics.followers_lost_entries);
+                pr.matched = index;
+                pr.become_probe();
+                raft.send_append(from);
+            }
+            Notice::SnapshotRefused(index) => {
+                info!(self.book.logger, "follower refused the snapshot sent; sending a fresh one";
+                    "peer" => from, "index" => index);
+                self.book.snapshots_in_flight.remove(&from);
+                self.raw.report_snapshot(from, SnapshotStatus::Failure);
+            }
+        }
+    }
+
+    fn refuse_notice(&mut self, from: u64, term: u64, notice: crate::notice::Notice, now: Instant) {
+        let m = match notice {
+            crate::notice::Notice::LogEnds(i) => {
+                crate::notice::log_ends(from, self.book.id, term, i)
+            }
+            crate::notice::Notice::SnapshotRefused(i) => {
+                crate::notice::snapshot_refused(from, self.book.id, term, i)
+            }
+        };
+        self.refuse(Refusal::BadNotice, &m, now);
     }
 
     /// With leases on, a node that just started refuses (pre-)votes for an election

@@ -8,7 +8,15 @@
 //!   bytes its membership change carried: its address for `TcpTransport`); all integers
 //!   little-endian;
 //! - the payload: codec 0 stores the state machine's bytes as they are; codec 1 is LZ4
-//!   with the original length prepended as a `u32`.
+//!   with the original length prepended as a `u32`;
+//! - when the codec byte has [`WITH_CRC`] set (every frame this version writes), a
+//!   CRC-32 (IEEE) of everything before it, as a little-endian `u32`.
+//!
+//! The checksum is computed the moment the state machine's bytes are framed, on the node
+//! that took the snapshot, and checked where they are used: before a follower lets
+//! raft-rs take a snapshot from a peer (docs/security.md) and again before `restore`.
+//! So damage anywhere in between (the leader's disk, a transport without checksums, a
+//! forged frame) is caught before the log store keeps the snapshot.
 //!
 //! The member table lets a node that installs the snapshot, or restarts after its log
 //! was compacted past the membership changes, still tell its transport where every
@@ -24,6 +32,9 @@ const STORED: u8 = 0;
 const LZ4: u8 = 1;
 /// Codec-byte flag: a member table follows the codec byte.
 const WITH_MEMBERS: u8 = 0x80;
+/// Codec-byte flag: the frame ends in a CRC-32 of everything before it.
+const WITH_CRC: u8 = 0x40;
+const CRC_BYTES: usize = 4;
 /// Data below this size is stored as is: compressing it saves nothing worth the time.
 const MIN_COMPRESS: usize = 4096;
 /// Largest state a compressed snapshot may claim to expand to.
@@ -45,7 +56,7 @@ pub(crate) fn encode(data: Bytes) -> Bytes {
 /// least 10% smaller.
 pub(crate) fn encode_with_members(data: Bytes, members: &MemberContexts) -> Bytes {
     let table_len: usize = members.values().map(|c| 12 + c.len()).sum::<usize>() + 4;
-    let flag = if members.is_empty() { 0 } else { WITH_MEMBERS };
+    let flag = WITH_CRC | if members.is_empty() { 0 } else { WITH_MEMBERS };
     let header = |out: &mut BytesMut, codec: u8| {
         out.put_slice(MAGIC);
         out.put_u8(codec | flag);
@@ -61,25 +72,63 @@ pub(crate) fn encode_with_members(data: Bytes, members: &MemberContexts) -> Byte
     if data.len() >= MIN_COMPRESS && data.len() <= u32::MAX as usize {
         let compressed = lz4_flex::block::compress(&data);
         if compressed.len() < data.len() / 10 * 9 {
-            let mut out = BytesMut::with_capacity(compressed.len() + table_len + 8);
+            let mut out = BytesMut::with_capacity(compressed.len() + table_len + 12);
             header(&mut out, LZ4);
             out.put_u32_le(data.len() as u32);
             out.put_slice(&compressed);
-            return out.freeze();
+            return seal(out);
         }
     }
-    let mut out = BytesMut::with_capacity(data.len() + table_len + 4);
+    let mut out = BytesMut::with_capacity(data.len() + table_len + 8);
     header(&mut out, STORED);
     out.put_slice(&data);
+    seal(out)
+}
+
+/// Appends the CRC-32 of the frame so far.
+fn seal(mut out: BytesMut) -> Bytes {
+    let crc = crc32fast::hash(&out);
+    out.put_u32_le(crc);
     out.freeze()
 }
 
-/// Reads the header: the codec, the member table and where the payload starts.
-fn parse_header(framed: &[u8]) -> Result<(u8, MemberContexts, usize), String> {
+/// Where a checked frame's payload lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    codec: u8,
+    /// Start of the payload (for LZ4, of the claimed length before it).
+    at: usize,
+    /// End of the payload: before the checksum, when there is one.
+    end: usize,
+    /// For LZ4, the length the payload claims to expand to.
+    len: usize,
+    /// Whether the frame carries a checksum (and it matched).
+    pub checksummed: bool,
+}
+
+/// Reads the header: the codec, the member table, where the payload starts, and where
+/// it ends (before the checksum, which is checked here).
+fn parse_header(framed: &[u8]) -> Result<(u8, MemberContexts, usize, usize), String> {
     if framed.len() < 4 || &framed[..3] != MAGIC {
         return Err("missing snapshot header (not written by raftnode?)".into());
     }
-    let codec = framed[3] & !WITH_MEMBERS;
+    let codec = framed[3] & !(WITH_MEMBERS | WITH_CRC);
+    let mut end = framed.len();
+    if framed[3] & WITH_CRC != 0 {
+        if framed.len() < 4 + CRC_BYTES {
+            return Err("snapshot frame too short for its checksum".into());
+        }
+        end -= CRC_BYTES;
+        let stored = u32::from_le_bytes(framed[end..].try_into().expect("4 bytes"));
+        let actual = crc32fast::hash(&framed[..end]);
+        if stored != actual {
+            return Err(format!(
+                "snapshot checksum mismatch (stored {stored:08x}, computed {actual:08x}): \
+                 the data was damaged after the snapshot was taken"
+            ));
+        }
+    }
+    let framed = &framed[..end];
     let mut members = MemberContexts::new();
     let mut at: usize = 4;
     if framed[3] & WITH_MEMBERS != 0 {
@@ -111,34 +160,52 @@ fn parse_header(framed: &[u8]) -> Result<(u8, MemberContexts, usize), String> {
             members.insert(id, Bytes::copy_from_slice(context));
         }
     }
-    Ok((codec, members, at))
+    Ok((codec, members, at, end))
 }
 
 /// Returns the member table of framed snapshot data (empty when it has none).
 pub(crate) fn decode_members(framed: &[u8]) -> Result<MemberContexts, String> {
-    parse_header(framed).map(|(_, members, _)| members)
+    parse_header(framed).map(|(_, members, _, _)| members)
 }
 
 /// Returns the state machine's bytes from framed snapshot data.
 pub(crate) fn decode(framed: &Bytes) -> Result<Bytes, String> {
-    let (codec, at, len) = check_header(framed)?;
-    match codec {
-        STORED => Ok(framed.slice(at..)),
-        _ => lz4_flex::block::decompress(&framed[at + 4..], len)
+    let layout = check(framed)?;
+    match layout.codec {
+        STORED => Ok(framed.slice(layout.at..layout.end)),
+        _ => lz4_flex::block::decompress(&framed[layout.at + 4..layout.end], layout.len)
             .map(Bytes::from)
             .map_err(|e| format!("LZ4: {e}")),
     }
 }
 
-/// Checks everything [`decode`] checks before it decompresses: the header, the member
-/// table, the codec and (for LZ4) the claimed length. Returns the codec, where the
-/// payload starts and, for LZ4, the claimed length.
-pub(crate) fn check_header(framed: &[u8]) -> Result<(u8, usize, usize), String> {
-    let (codec, _, at) = parse_header(framed)?;
+/// Whether the frame carries a checksum that matches (`None`: no checksum, or too short
+/// to hold one).
+pub(crate) fn checksum_matches(framed: &[u8]) -> Option<bool> {
+    if framed.len() < 4 + CRC_BYTES || &framed[..3] != MAGIC || framed[3] & WITH_CRC == 0 {
+        return None;
+    }
+    let end = framed.len() - CRC_BYTES;
+    let stored = u32::from_le_bytes(framed[end..].try_into().expect("4 bytes"));
+    Some(stored == crc32fast::hash(&framed[..end]))
+}
+
+/// Checks everything [`decode`] checks before it decompresses: the checksum (when the
+/// frame has one: frames written before checksums existed have none), the header, the
+/// member table, the codec and (for LZ4) the claimed length.
+pub(crate) fn check(framed: &[u8]) -> Result<Layout, String> {
+    let checksummed = framed.len() >= 4 && framed[3] & WITH_CRC != 0;
+    let (codec, _, at, end) = parse_header(framed)?;
     match codec {
-        STORED => Ok((codec, at, 0)),
+        STORED => Ok(Layout {
+            codec,
+            at,
+            end,
+            len: 0,
+            checksummed,
+        }),
         LZ4 => {
-            if framed.len() < at + 4 {
+            if end < at + 4 {
                 return Err("truncated LZ4 snapshot header".into());
             }
             let len = u32::from_le_bytes(framed[at..at + 4].try_into().expect("4 bytes")) as usize;
@@ -147,7 +214,13 @@ pub(crate) fn check_header(framed: &[u8]) -> Result<(u8, usize, usize), String> 
                     "claims {len} bytes, above the {MAX_SNAPSHOT_BYTES} limit"
                 ));
             }
-            Ok((codec, at, len))
+            Ok(Layout {
+                codec,
+                at,
+                end,
+                len,
+                checksummed,
+            })
         }
         other => Err(format!("unknown snapshot codec {other}")),
     }
@@ -181,6 +254,35 @@ mod tests {
             assert_eq!(decode(&framed).unwrap(), data);
             assert_eq!(decode_members(&framed).unwrap(), members);
         }
+    }
+
+    #[test]
+    fn every_damaged_byte_is_caught_by_the_checksum() {
+        let mut members = MemberContexts::new();
+        members.insert(2, Bytes::from_static(b"10.0.0.2:7000"));
+        for data in [
+            Bytes::from_static(b"abcdef"),
+            Bytes::from(vec![7u8; 100_000]),
+        ] {
+            let framed = encode_with_members(data, &members);
+            assert!(check(&framed).unwrap().checksummed);
+            for at in (0..framed.len()).step_by(framed.len() / 97 + 1) {
+                let mut bad = framed.to_vec();
+                bad[at] ^= 0x10;
+                assert!(
+                    decode(&Bytes::from(bad)).is_err(),
+                    "flip at {at} went unseen"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn frames_without_a_checksum_still_read() {
+        // What 0.1 wrote: no checksum flag, nothing after the payload.
+        let framed = Bytes::from_static(b"RNS\x00abc");
+        assert_eq!(decode(&framed).unwrap(), Bytes::from_static(b"abc"));
+        assert!(!check(&framed).unwrap().checksummed);
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub(crate) struct Metrics {
     pub snapshots_restored: AtomicU64,
     pub step_errors: AtomicU64,
     pub reads_served: AtomicU64,
+    pub followers_lost_entries: AtomicU64,
     /// Peer messages refused before `step`, by reason, and their warnings' rate limit.
     pub refused: Refusals,
 }
@@ -136,6 +137,11 @@ pub struct MetricsSnapshot {
     pub refused: BTreeMap<Refusal, u64>,
     /// Reads served (all consistency levels).
     pub reads_served: u64,
+    /// Times this node, leading, learned that a follower lost entries it had
+    /// acknowledged (its log now ends below them: restored from an older copy, or a
+    /// tail cut after corruption) and replicated them again. See docs/security.md,
+    /// "Data loss".
+    pub followers_lost_entries: u64,
     /// Readies handled.
     pub readies: u64,
     /// Log store syncs.
@@ -164,6 +170,7 @@ impl Metrics {
             step_errors: get(&self.step_errors),
             refused: self.refused.snapshot(),
             reads_served: get(&self.reads_served),
+            followers_lost_entries: get(&self.followers_lost_entries),
             readies: driver.readies,
             syncs: driver.syncs,
             entries_appended: driver.entries_appended,

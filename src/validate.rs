@@ -41,7 +41,8 @@ pub enum Refusal {
     /// The message names no sender (`from` 0) or this node itself.
     BadSender,
     /// A type that never travels between nodes: local ones (`MsgHup`, `MsgBeat`,
-    /// `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`) and `MsgPropose`.
+    /// `MsgCheckQuorum`) and `MsgPropose`. (`MsgUnreachable` and `MsgSnapStatus` travel
+    /// only as raftnode's notices, checked apart: see [`Refusal::BadNotice`].)
     LocalType,
     /// An index or term above 2^63 - 1.
     OutOfRange,
@@ -72,8 +73,8 @@ pub enum Refusal {
     PastLeaderLog,
     /// A response asking for a snapshot (`request_snapshot`), which raftnode never does.
     SnapshotRequest,
-    /// A vote request from a log position no candidate has: `log_term` above the term,
-    /// an index and a `log_term` one of which is 0, or a commit past the index.
+    /// A vote request from a log position no candidate has: an index and a `log_term`
+    /// one of which is 0, or a commit past the index.
     VoteLog,
     /// A `MsgReadIndex` or `MsgReadIndexResp` without exactly one entry holding a
     /// ReadIndex context of the node that asked (raft-rs indexes the entry: panic).
@@ -99,11 +100,23 @@ pub enum Refusal {
     /// also a learner, `learners_next` not within the outgoing voters, or `learners_next`
     /// or `auto_leave` outside a joint configuration.
     ConfState,
+    /// A `MsgSnapshot` whose data lacks the checksum every raftnode peer writes, or
+    /// whose checksum does not match: damaged after the snapshot was taken. The sender
+    /// is told (a notice, docs/security.md) and sends a fresh snapshot.
+    SnapshotChecksum,
+    /// A `MsgSnapshot` the state machine's
+    /// [`StateMachine::check_snapshot`](crate::StateMachine::check_snapshot) refused; the
+    /// sender is told and sends a fresh snapshot.
+    SnapshotRejected,
+    /// A raftnode notice (`MsgUnreachable`: "my log ends here"; `MsgSnapStatus`: "your
+    /// snapshot was refused") that is malformed: not from a member, naming an index past
+    /// this node's log, or not a rejection.
+    BadNotice,
 }
 
 impl Refusal {
     /// Every reason, in declaration order.
-    pub const ALL: [Refusal; 20] = [
+    pub const ALL: [Refusal; 23] = [
         Refusal::Misaddressed,
         Refusal::BadSender,
         Refusal::LocalType,
@@ -124,6 +137,9 @@ impl Refusal {
         Refusal::SnapshotData,
         Refusal::StaleLeader,
         Refusal::ConfState,
+        Refusal::SnapshotChecksum,
+        Refusal::SnapshotRejected,
+        Refusal::BadNotice,
     ];
 
     /// Whether an honest peer can cause this refusal: a request or answer that raced a
@@ -159,6 +175,9 @@ impl Refusal {
             Refusal::SnapshotData => "snapshot's data is not in raftnode's snapshot framing",
             Refusal::StaleLeader => "answer or hand-over from a node this node does not follow",
             Refusal::ConfState => "snapshot's ConfState cannot be restored",
+            Refusal::SnapshotChecksum => "snapshot's checksum is missing or does not match",
+            Refusal::SnapshotRejected => "the state machine's check_snapshot refused the snapshot",
+            Refusal::BadNotice => "raftnode notice that is malformed or not from a member",
         }
     }
 }
@@ -316,8 +335,10 @@ pub(crate) fn check_shape(m: &Message, id: u64) -> Result<(), Refusal> {
         MessageType::MsgAppend => check_append(m),
         MessageType::MsgSnapshot => check_snapshot(m),
         MessageType::MsgRequestVote | MessageType::MsgRequestPreVote => {
-            // A candidate sends its last index and term, and its commit.
-            if m.log_term > m.term || (m.index == 0) != (m.log_term == 0) || m.commit > m.index {
+            // A candidate sends its last index and term, and its commit. Its last term may
+            // be above the campaign's term: entries persisted, then a crash lost the
+            // unsynced HardState that held their term (simulator seed 2034355).
+            if (m.index == 0) != (m.log_term == 0) || m.commit > m.index {
                 return Err(Refusal::VoteLog);
             }
             Ok(())
@@ -334,7 +355,7 @@ pub(crate) fn check_shape(m: &Message, id: u64) -> Result<(), Refusal> {
     }
 }
 
-fn check_ranges(m: &Message) -> Result<(), Refusal> {
+pub(crate) fn check_ranges(m: &Message) -> Result<(), Refusal> {
     let meta = m.get_snapshot().get_metadata();
     let scalars = [
         m.term,
@@ -388,9 +409,14 @@ fn check_snapshot(m: &Message) -> Result<(), Refusal> {
         return Err(Refusal::SnapshotMetadata);
     }
     check_conf_state(meta.get_conf_state())?;
-    // The state machine's own bytes are checked by its `restore`, after raft-rs took
-    // the snapshot (docs/security.md); the framing around them can be checked now.
-    crate::snapshot_codec::check_header(&m.get_snapshot().data)
+    // Every frame a raftnode peer sends ends in the checksum taken where the state
+    // machine's bytes were framed; then the framing itself. The state machine's own
+    // check (`StateMachine::check_snapshot`) runs in the replica, which holds it.
+    let data = &m.get_snapshot().data;
+    if crate::snapshot_codec::checksum_matches(data) != Some(true) {
+        return Err(Refusal::SnapshotChecksum);
+    }
+    crate::snapshot_codec::check(data)
         .map(|_| ())
         .map_err(|_| Refusal::SnapshotData)
 }

@@ -219,3 +219,127 @@ fn large_snapshot_transfers_to_a_new_learner_within_a_memory_bound() {
     learner.kill();
     leader.kill();
 }
+
+/// Damages the data of the next `damage` snapshots it sends, as a faulty disk or a
+/// transport without checksums would: one byte in the middle flipped.
+struct DamagingTransport {
+    inner: raftnode::ChannelTransport,
+    damage: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl raftnode::Transport for DamagingTransport {
+    fn start(&mut self, mailbox: raftnode::Mailbox) -> Result<(), raftnode::TransportError> {
+        self.inner.start(mailbox)
+    }
+
+    fn send(&mut self, mut messages: Vec<raftnode::raft_types::Message>) {
+        use std::sync::atomic::Ordering;
+        for m in &mut messages {
+            if m.get_msg_type() == raftnode::raft_types::MessageType::MsgSnapshot
+                && self
+                    .damage
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                let mut data = m.get_snapshot().data.to_vec();
+                let middle = data.len() / 2;
+                data[middle] ^= 0x20;
+                m.mut_snapshot().data = data.into();
+            }
+        }
+        self.inner.send(messages);
+    }
+}
+
+/// Isolates a follower of `c` while the leader commits past two snapshots, then heals;
+/// returns (leader, follower, time from the heal until the follower caught up).
+fn catch_up_after_isolation(c: &Cluster, before_heal: impl FnOnce(u64)) -> (u64, u64, f64) {
+    let leader = c.wait_leader();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    c.network.isolate(follower);
+    propose_in_flight(c.node(leader), "k", 2 * EVERY_APPLIED as usize + 200, 200);
+    assert!(c.status(leader).metrics.snapshots_taken >= 1);
+    before_heal(follower);
+    let healed = Instant::now();
+    c.network.heal();
+    let commit = c.status(leader).commit;
+    c.wait_applied(&[follower], commit);
+    (leader, follower, healed.elapsed().as_secs_f64())
+}
+
+/// Proves a snapshot damaged on its way is refused before the follower's log store sees
+/// it (counted as `SnapshotChecksum`), that the follower keeps running, and that the
+/// leader, told by the follower, sends a good snapshot the follower installs.
+#[test]
+fn damaged_snapshot_is_refused_and_the_leader_sends_a_good_one() {
+    let _serial = SERIAL.lock();
+    let damage = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut c = Cluster {
+        network: ChannelNetwork::new(),
+        nodes: Default::default(),
+        stores: Default::default(),
+        states: Default::default(),
+        logger: logger(),
+        configure: small_snapshots,
+    };
+    for id in 1..=3 {
+        let mut config = test_config(id, &[1, 2, 3]);
+        small_snapshots(&mut config);
+        let store = c.stores.entry(id).or_default().clone();
+        let kv = c.states.entry(id).or_default().clone();
+        let transport = DamagingTransport {
+            inner: c.network.transport(id),
+            damage: damage.clone(),
+        };
+        let node = Node::start(config, store, kv, transport, &c.logger).expect("node starts");
+        c.nodes.insert(id, node);
+    }
+    let (leader, follower, secs) = catch_up_after_isolation(&c, |_| {
+        damage.store(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    println!("follower caught up {secs:.2} s after the heal, past one damaged snapshot");
+    assert_eq!(
+        damage.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing damaged"
+    );
+    let f = c.status(follower);
+    assert_eq!(
+        f.metrics.refused.get(&raftnode::Refusal::SnapshotChecksum),
+        Some(&1),
+        "refusals: {:?}",
+        f.metrics.refused
+    );
+    assert!(f.metrics.snapshots_restored >= 1);
+    assert!(c.status(leader).metrics.snapshots_sent >= 2);
+    assert!(!c.node(follower).is_stopped());
+    assert_eq!(c.map_of(follower), c.map_of(leader));
+    c.assert_no_double_apply();
+}
+
+/// Proves a snapshot the state machine's `check_snapshot` refuses never reaches the log
+/// store (counted as `SnapshotRejected`), and that the leader sends another, which the
+/// follower installs.
+#[test]
+fn snapshot_refused_by_the_state_machine_is_sent_again() {
+    let _serial = SERIAL.lock();
+    let c = Cluster::with_config(3, small_snapshots);
+    let (leader, follower, secs) = catch_up_after_isolation(&c, |follower| {
+        c.states[&follower].state.lock().refuse_snapshot_checks = 1;
+    });
+    println!("follower caught up {secs:.2} s after the heal, past one refused snapshot");
+    let f = c.status(follower);
+    assert_eq!(
+        f.metrics.refused.get(&raftnode::Refusal::SnapshotRejected),
+        Some(&1),
+        "refusals: {:?}",
+        f.metrics.refused
+    );
+    let state = c.states[&follower].state.lock();
+    assert_eq!(state.refuse_snapshot_checks, 0);
+    assert!(state.snapshot_checks >= 2 && state.restores >= 1);
+    drop(state);
+    assert!(c.status(leader).metrics.snapshots_sent >= 2);
+    assert_eq!(c.map_of(follower), c.map_of(leader));
+    c.assert_no_double_apply();
+}

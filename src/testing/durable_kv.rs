@@ -603,6 +603,12 @@ impl StateMachine for DurableKv {
         self.applied = index;
         self.rewrite().map_err(StateMachineError::new)
     }
+
+    fn check_snapshot(&self, _index: u64, data: &[u8]) -> Result<(), StateMachineError> {
+        decode_state(data)
+            .map(|_| ())
+            .map_err(|e| StateMachineError::new(format!("bad DurableKv snapshot: {e}")))
+    }
 }
 
 #[cfg(test)]

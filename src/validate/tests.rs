@@ -287,9 +287,22 @@ fn responses_past_the_leaders_log_are_refused() {
 }
 
 #[test]
+fn vote_requests_whose_last_term_is_above_the_campaign_term_pass() {
+    // Entries of term 7 persisted, the HardState with term 7 lost in a crash: the node
+    // campaigns at term 6 with a last term of 7 (simulator seed 2034355).
+    let f = follower();
+    for t in [MessageType::MsgRequestVote, MessageType::MsgRequestPreVote] {
+        let mut m = msg(t, 3);
+        m.term = 6;
+        (m.index, m.log_term, m.commit) = (12, 7, 9);
+        assert_eq!(refused(&m, &f), None);
+    }
+}
+
+#[test]
 fn vote_requests_from_impossible_log_positions_are_refused() {
     let f = follower();
-    for (index, log_term, commit) in [(12, 7, 9), (12, 0, 9), (0, 3, 0), (12, 5, 13)] {
+    for (index, log_term, commit) in [(12, 0, 9), (0, 3, 0), (12, 5, 13)] {
         for t in [MessageType::MsgRequestVote, MessageType::MsgRequestPreVote] {
             let mut m = msg(t, 3);
             m.term = 6;
@@ -359,10 +372,33 @@ fn snapshot_data_outside_the_framing_is_refused() {
         b"RNS\x07data",
         b"RNS\x80\xff\xff",
     ];
+    // Without a checksum (every raftnode peer writes one) or with a wrong one.
     for data in garbage {
         let mut m = snapshot_msg(conf_state(&[1, 2, 3], &[]));
         m.mut_snapshot().data = data.to_vec().into();
-        assert_eq!(refused(&m, &f), Some(Refusal::SnapshotData), "{data:?}");
+        assert_eq!(refused(&m, &f), Some(Refusal::SnapshotChecksum), "{data:?}");
+    }
+    let mut damaged = framed_data().to_vec();
+    damaged[5] ^= 1;
+    let mut m = snapshot_msg(conf_state(&[1, 2, 3], &[]));
+    m.mut_snapshot().data = damaged.into();
+    assert_eq!(refused(&m, &f), Some(Refusal::SnapshotChecksum));
+    // A checksum that matches bytes that are not raftnode's framing.
+    for data in garbage.into_iter().skip(1) {
+        let mut sealed = data.to_vec();
+        if sealed.len() >= 4 {
+            sealed[3] |= 0x40;
+        }
+        let crc = crc32fast::hash(&sealed);
+        sealed.extend_from_slice(&crc.to_le_bytes());
+        let mut m = snapshot_msg(conf_state(&[1, 2, 3], &[]));
+        m.mut_snapshot().data = sealed.into();
+        let expected = if data.starts_with(b"RNS") {
+            Refusal::SnapshotData
+        } else {
+            Refusal::SnapshotChecksum
+        };
+        assert_eq!(refused(&m, &f), Some(expected), "{data:?}");
     }
 }
 

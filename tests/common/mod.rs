@@ -30,6 +30,38 @@ pub struct KvState {
     /// index -> number of times applied; any value above 1 is a double apply.
     pub applies: BTreeMap<u64, u32>,
     pub restores: u64,
+    /// Calls of `check_snapshot`.
+    pub snapshot_checks: u64,
+    /// How many more snapshots `check_snapshot` refuses before it checks for real.
+    pub refuse_snapshot_checks: u32,
+}
+
+impl KvState {
+    /// A deep copy, as a backup of a durable state machine would be.
+    pub fn copy(&self) -> KvState {
+        KvState {
+            map: self.map.clone(),
+            applied: self.applied,
+            log: self.log.clone(),
+            applies: self.applies.clone(),
+            restores: self.restores,
+            snapshot_checks: self.snapshot_checks,
+            refuse_snapshot_checks: self.refuse_snapshot_checks,
+        }
+    }
+}
+
+/// Parses `Kv`'s snapshot format: `key\tvalue` lines.
+fn parse_kv_snapshot(data: &[u8]) -> Result<BTreeMap<String, String>, StateMachineError> {
+    let text = std::str::from_utf8(data).map_err(StateMachineError::new)?;
+    let mut map = BTreeMap::new();
+    for line in text.lines() {
+        let (k, v) = line
+            .split_once('\t')
+            .ok_or_else(|| StateMachineError::new("bad line"))?;
+        map.insert(k.to_string(), v.to_string());
+    }
+    Ok(map)
 }
 
 /// A KV map. Commands: `put k v`, `del k`. Response: the previous value.
@@ -92,19 +124,23 @@ impl StateMachine for Kv {
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
-        let text = std::str::from_utf8(data).map_err(StateMachineError::new)?;
+        let map = parse_kv_snapshot(data)?;
         let mut s = self.state.lock();
-        s.map.clear();
-        for line in text.lines() {
-            let (k, v) = line
-                .split_once('\t')
-                .ok_or_else(|| StateMachineError::new("bad line"))?;
-            s.map.insert(k.to_string(), v.to_string());
-        }
+        s.map = map;
         s.applied = index;
         s.log.clear();
         s.restores += 1;
         Ok(())
+    }
+
+    fn check_snapshot(&self, _index: u64, data: &[u8]) -> Result<(), StateMachineError> {
+        let mut s = self.state.lock();
+        s.snapshot_checks += 1;
+        if s.refuse_snapshot_checks > 0 {
+            s.refuse_snapshot_checks -= 1;
+            return Err(StateMachineError::new("refused by the test"));
+        }
+        parse_kv_snapshot(data).map(|_| ())
     }
 }
 

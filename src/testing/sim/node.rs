@@ -61,6 +61,10 @@ impl<M: StateMachine> StateMachine for Recorded<M> {
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
         self.inner.restore(index, data)
     }
+
+    fn check_snapshot(&self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
+        self.inner.check_snapshot(index, data)
+    }
 }
 
 /// Virtual time: one simulation step is one millisecond of true time.
