@@ -178,7 +178,7 @@ fn snapshot_whose_joint_conf_state_removes_every_voter_is_refused() {
 }
 
 /// Proves a `MsgSnapshot` with a valid ConfState and data that is not a raftnode
-/// snapshot is refused (`SnapshotData`); it used to be stored before the state machine
+/// snapshot (no checksum) is refused (`SnapshotChecksum`); it used to be stored before the state machine
 /// read it, stopping the node on every restart until its data directory was wiped.
 #[test]
 fn snapshot_with_garbage_data_is_refused() {
@@ -188,7 +188,7 @@ fn snapshot_with_garbage_data_is_refused() {
     cs.voters = vec![1, 2, 3];
     let mut m = snapshot(leader, follower, term(&c), cs);
     m.mut_snapshot().data = vec![0xA5; 4096].into();
-    forge_and_check(&c, m, Refusal::SnapshotData);
+    forge_and_check(&c, m, Refusal::SnapshotChecksum);
 }
 
 /// Proves a forged `MsgAppendResponse` with an index far past the leader's log, sent to
@@ -246,15 +246,15 @@ fn transfer_request_to_a_follower_is_refused() {
     forge_and_check(&c, m, Refusal::NotLeader);
 }
 
-/// Proves a vote request from a log position no candidate has (a last log term above
-/// its term) is refused (`VoteLog`), and a read-index request without a context is
+/// Proves a vote request from a log position no candidate has (an index past 0 with a
+/// last log term of 0) is refused (`VoteLog`), and a read-index request without a context is
 /// refused (`ReadContext`; raft-rs indexes its first entry).
 #[test]
 fn impossible_vote_and_empty_read_index_are_refused() {
     let c = tcp_cluster();
     let (leader, follower, other) = roles(&c);
     let mut vote = message(MessageType::MsgRequestVote, other, follower, term(&c) + 1);
-    (vote.index, vote.log_term) = (FAR, FAR);
+    (vote.index, vote.log_term) = (FAR, 0);
     forge_and_check(&c, vote, Refusal::VoteLog);
     let read = message(MessageType::MsgReadIndex, follower, leader, 0);
     forge_and_check(&c, read, Refusal::ReadContext);
