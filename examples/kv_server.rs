@@ -60,6 +60,10 @@
 //! `413` body too large, `431` headers too large, `503` no leader, queue full, timeout
 //! (a timed-out write *may* still be applied: its outcome is unknown), node stopped. The
 //! body of every error is one line of text saying what happened.
+//!
+//! **When the raft node stops** (its disk fails or fills, its state machine fails), the
+//! process prints `kv_server: raft node stopped: <reason>` and exits with status 1 at
+//! once; a restart on a healthy disk recovers every acknowledged write.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -73,7 +77,7 @@ use parking_lot::RwLock;
 use raftnode::testing::durable_kv::{encode_delete, encode_put, DurableKv, KvResponse};
 use raftnode::{
     Config, EngineLogStore, MembershipError, Node, ProposeError, ReadConsistency, ReadError, Role,
-    TcpConfig, TcpTransport,
+    StopReason, TcpConfig, TcpTransport,
 };
 
 /// Largest value accepted in a `PUT` body.
@@ -305,6 +309,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     config.tick_interval = args.tick;
     config.lease_reads = true;
     let node = Node::start(config, store, kv, transport, &logger)?;
+
+    // Leave as soon as the node stops (a full disk, a failed state machine), with its
+    // reason and a non-zero status, rather than on the next HTTP connection.
+    let watched = node.clone();
+    std::thread::Builder::new()
+        .name("stop-watch".into())
+        .spawn(move || loop {
+            if let Some(reason) = watched.wait_stopped(Duration::from_secs(3600)) {
+                eprintln!("kv_server: raft node stopped: {reason}");
+                std::process::exit(if reason == StopReason::Shutdown { 0 } else { 1 });
+            }
+        })
+        .map_err(|e| format!("spawning the stop watcher: {e}"))?;
 
     let server = Arc::new(Server {
         node,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState};
 use slog::{info, o, Logger};
 
@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     /// senders hold the read lock across their send. So no request is ever left in the
     /// queue with nobody to resolve it (crossbeam keeps queued items while a sender lives).
     pub closed: RwLock<bool>,
+    /// Notified (under `stop_reason`) once `closed` is set: `Node::wait_stopped`.
+    pub stopped: Condvar,
 }
 
 impl Shared {
@@ -64,6 +66,7 @@ impl Shared {
             peers_queued: AtomicUsize::new(0),
             requests_queued: AtomicUsize::new(0),
             closed: RwLock::new(false),
+            stopped: Condvar::new(),
         }
     }
 }
@@ -552,6 +555,45 @@ impl<M: StateMachine> Node<M> {
     /// Whether the node has stopped.
     pub fn is_stopped(&self) -> bool {
         self.inner.shared.stop_reason.lock().is_some()
+    }
+
+    /// Blocks until the node has stopped, for at most `timeout`, and returns why; `None`
+    /// if it is still running when `timeout` passes.
+    ///
+    /// "Stopped" means its driver thread has finished: every caller waiting on it has
+    /// its `Stopped` error. A host uses this to leave as soon as its node stops (a full
+    /// disk, a failed state machine), instead of finding out on the next request:
+    ///
+    /// ```no_run
+    /// # fn host<M: raftnode::StateMachine>(node: raftnode::Node<M>) {
+    /// let watched = node.clone();
+    /// std::thread::spawn(move || loop {
+    ///     if let Some(reason) = watched.wait_stopped(std::time::Duration::from_secs(60)) {
+    ///         eprintln!("raft node stopped: {reason}");
+    ///         std::process::exit(1);
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn wait_stopped(&self, timeout: Duration) -> Option<StopReason> {
+        let shared = &self.inner.shared;
+        let deadline = Instant::now().checked_add(timeout);
+        let mut reason = shared.stop_reason.lock();
+        loop {
+            if *shared.closed.read() {
+                return Some(reason.clone().unwrap_or(StopReason::Shutdown));
+            }
+            match deadline {
+                Some(deadline) => {
+                    if shared.stopped.wait_until(&mut reason, deadline).timed_out()
+                        && !*shared.closed.read()
+                    {
+                        return None;
+                    }
+                }
+                None => shared.stopped.wait(&mut reason),
+            }
+        }
     }
 
     /// Stops the node gracefully: if it leads, it first hands leadership to the most

@@ -249,5 +249,8 @@ impl<S: LogStore, M: StateMachine> Drop for Runtime<S, M> {
             .get_or_insert(StopReason::Shutdown);
         *self.shared.closed.write() = true;
         while self.req_rx.try_recv().is_ok() {}
+        // Under the lock `Node::wait_stopped` waits with, so no waiter misses it.
+        let _reason = self.shared.stop_reason.lock();
+        self.shared.stopped.notify_all();
     }
 }

@@ -23,7 +23,7 @@ use raftnode::{
 
 mod common;
 
-use common::{wait_until, DEADLINE};
+use common::DEADLINE;
 
 fn entries(indexes: std::ops::RangeInclusive<u64>, term: u64, size: usize) -> Vec<Entry> {
     indexes
@@ -370,6 +370,10 @@ fn fault_scenario(arm: impl FnOnce(&Faults), fault_name: &str) {
         acked.push(key);
     }
 
+    assert!(
+        node.wait_stopped(Duration::from_millis(1)).is_none(),
+        "{fault_name}: wait_stopped returned while the node runs"
+    );
     arm(&faults);
     let mut late_acks = Vec::new();
     for i in 0..20 {
@@ -387,12 +391,12 @@ fn fault_scenario(arm: impl FnOnce(&Faults), fault_name: &str) {
         late_acks.is_empty(),
         "{fault_name}: writes acknowledged after the fault: {late_acks:?}"
     );
-    wait_until("the node stops", || node.is_stopped());
-    let reason = node.stop_reason();
+    let reason = node.wait_stopped(DEADLINE);
     assert!(
         matches!(&reason, Some(StopReason::Storage(_))),
         "{fault_name}: stop reason {reason:?}"
     );
+    assert_eq!(node.stop_reason(), reason);
     drop(node);
 
     // Restart on a healthy disk: every acknowledged write is there, applied once.

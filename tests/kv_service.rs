@@ -381,3 +381,101 @@ fn follower_redirects_and_bad_input_gets_clear_statuses() {
     let answer = http(&f, "GET", "/kv/x?consistency=stale", b"").expect("GET after garbage");
     assert_eq!(answer.status, 200);
 }
+
+/// Proves `kv_server` leaves as soon as its raft node stops, with status 1 and the
+/// reason, instead of staying up until the next HTTP connection (issue 13 item 6). The
+/// disk "fills": the process runs under a file-size limit (`ulimit -f`, with `SIGXFSZ`
+/// ignored, so a write past it fails with `EFBIG`, as on a full disk). After the first
+/// refused write no request is sent, so only the stop watcher can end the process. A
+/// restart without the limit then holds every acknowledged write.
+#[test]
+fn kv_server_exits_with_the_reason_when_its_disk_fills() {
+    server_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raft = format!("1=127.0.0.1:{}", free_port());
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let spawn = |limit_kib: Option<u64>| {
+        let mut command = Command::new("bash");
+        // `trap '' XFSZ` is inherited across exec: writes past the limit fail instead of
+        // killing the process with a signal.
+        let limit = limit_kib.map_or(String::new(), |k| format!("ulimit -f {k}; "));
+        command
+            .arg("-c")
+            .arg(format!("trap '' XFSZ; {limit}exec \"$0\" \"$@\""))
+            .arg(server_binary())
+            .args(["--id", "1", "--cluster", &raft, "--http", &http_addr])
+            .args(["--tick-ms", "50"])
+            .arg("--data-dir")
+            .arg(dir.path().join("n1"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command.spawn().expect("spawn kv_server under bash")
+    };
+    let wait_serving = || {
+        let deadline = Instant::now() + DEADLINE;
+        while !http(&http_addr, "GET", "/status", b"").is_ok_and(|a| {
+            a.status == 200 && String::from_utf8_lossy(&a.body).contains("\"role\":\"leader\"")
+        }) {
+            assert!(Instant::now() < deadline, "kv_server never led");
+            // Poll interval; the loop is bounded by `deadline`.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // 16 MiB in all: raft-engine and DurableKv together pass it after a few hundred
+    // 64 KiB writes.
+    let mut child = spawn(Some(16 * 1024));
+    wait_serving();
+    let value = vec![b'v'; 64 << 10];
+    let mut acked = Vec::new();
+    let refused_at = loop {
+        let key = format!("k{:05}", acked.len());
+        match http(&http_addr, "PUT", &format!("/kv/{key}"), &value) {
+            Ok(answer) if answer.status == 204 => acked.push(key),
+            _ => break Instant::now(),
+        }
+        assert!(acked.len() < 10_000, "the file-size limit never bit");
+    };
+
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            refused_at.elapsed() < Duration::from_secs(10),
+            "kv_server still running 10 s after its node stopped"
+        );
+        // Poll interval; the loop is bounded by the assertion above.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exited_after = refused_at.elapsed();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "exit status; stderr: {stderr}");
+    assert!(
+        stderr.contains("kv_server: raft node stopped: storage error")
+            || stderr.contains("kv_server: raft node stopped: driver panicked"),
+        "stderr names the reason: {stderr}"
+    );
+    eprintln!(
+        "{} writes acknowledged; kv_server exited {:.2} s after the first refused one",
+        acked.len(),
+        exited_after.as_secs_f64()
+    );
+
+    let mut child = spawn(None);
+    wait_serving();
+    for key in &acked {
+        let answer = http(&http_addr, "GET", &format!("/kv/{key}"), b"").expect("GET");
+        assert_eq!(answer.status, 200, "{key} lost after the restart");
+        assert_eq!(answer.body.len(), value.len(), "{key}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
