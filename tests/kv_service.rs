@@ -410,7 +410,7 @@ fn kv_server_exits_with_the_reason_when_its_disk_fills() {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        command.spawn().expect("spawn kv_server under bash")
+        KillOnDrop(command.spawn().expect("spawn kv_server under bash"))
     };
     let wait_serving = || {
         let deadline = Instant::now() + DEADLINE;
@@ -439,7 +439,7 @@ fn kv_server_exits_with_the_reason_when_its_disk_fills() {
     };
 
     let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
             break status;
         }
         assert!(
@@ -452,6 +452,7 @@ fn kv_server_exits_with_the_reason_when_its_disk_fills() {
     let exited_after = refused_at.elapsed();
     let mut stderr = String::new();
     child
+        .0
         .stderr
         .take()
         .expect("piped stderr")
@@ -469,13 +470,22 @@ fn kv_server_exits_with_the_reason_when_its_disk_fills() {
         exited_after.as_secs_f64()
     );
 
-    let mut child = spawn(None);
+    drop(child);
+    let _child = spawn(None);
     wait_serving();
     for key in &acked {
         let answer = http(&http_addr, "GET", &format!("/kv/{key}"), b"").expect("GET");
         assert_eq!(answer.status, 200, "{key} lost after the restart");
         assert_eq!(answer.body.len(), value.len(), "{key}");
     }
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// A child process killed and reaped when dropped, so a failing test leaves none behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
