@@ -82,7 +82,8 @@ impl LogWindow {
         self.entries.len()
     }
 
-    /// Every entry held, oldest first.
+    /// Every entry held, oldest first (the simulator's disk reads it).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
     }
