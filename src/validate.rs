@@ -22,7 +22,7 @@ use raft::{RawNode, StateRole};
 
 /// Largest index or term a message may carry: no real log reaches it, and refusing more
 /// keeps `index + entries` (and raft-rs's `term + 1`) from overflowing.
-pub(crate) const MAX_INDEX: u64 = i64::MAX as u64;
+pub(crate) use crate::wire::MAX_INDEX;
 
 use crate::replica::READ_CTX_LEN;
 
@@ -357,21 +357,21 @@ pub(crate) fn check_shape(m: &Message, id: u64) -> Result<(), Refusal> {
 
 pub(crate) fn check_ranges(m: &Message) -> Result<(), Refusal> {
     let meta = m.get_snapshot().get_metadata();
-    let scalars = [
-        m.term,
-        m.log_term,
-        m.index,
-        m.commit,
-        m.commit_term,
-        m.reject_hint,
-        m.request_snapshot,
-        meta.index,
-        meta.term,
-    ];
-    let entries = m.entries.iter().flat_map(|e| [e.index, e.term]);
-    if scalars.into_iter().chain(entries).any(|v| v > MAX_INDEX)
-        || m.index + m.entries.len() as u64 > MAX_INDEX
-    {
+    // MAX_INDEX is 2^63 - 1: a value is above it exactly when its top bit is set, so
+    // one OR over every index and term tells (no branch per entry).
+    let mut any = m.term
+        | m.log_term
+        | m.index
+        | m.commit
+        | m.commit_term
+        | m.reject_hint
+        | m.request_snapshot
+        | meta.index
+        | meta.term;
+    for e in m.entries.iter() {
+        any |= e.index | e.term;
+    }
+    if any > MAX_INDEX || m.index + m.entries.len() as u64 > MAX_INDEX {
         return Err(Refusal::OutOfRange);
     }
     Ok(())

@@ -665,25 +665,7 @@ pub fn check_message(m: &Message, ctx: &DecodeContext) -> Result<(), WireError> 
 
 /// Refuses indexes and terms no real log reaches, so later arithmetic cannot overflow.
 fn check_ranges(m: &Message) -> Result<(), WireError> {
-    let meta = m.get_snapshot().get_metadata();
-    let scalars = [
-        m.term,
-        m.log_term,
-        m.index,
-        m.commit,
-        m.commit_term,
-        m.reject_hint,
-        m.request_snapshot,
-        meta.index,
-        meta.term,
-    ];
-    let entries = m.entries.iter().flat_map(|e| [e.index, e.term]);
-    if scalars.into_iter().chain(entries).any(|v| v > MAX_INDEX)
-        || m.index + m.entries.len() as u64 > MAX_INDEX
-    {
-        return Err(WireError::Invalid("index or term above 2^63"));
-    }
-    Ok(())
+    crate::validate::check_ranges(m).map_err(|_| WireError::Invalid("index or term above 2^63"))
 }
 
 /// Walks the protobuf encoding of an `eraftpb::Message` without parsing it.

@@ -642,3 +642,41 @@ fn accepted_messages_never_panic_raft() {
         "{stepped} {refused_count}"
     );
 }
+
+/// Every index and term a message carries is range-checked, each on its own: at
+/// `MAX_INDEX` it passes, one above (and at `u64::MAX`) it is refused.
+#[test]
+fn every_index_and_term_is_range_checked() {
+    type Set = fn(&mut Message, u64);
+    let fields: [(&str, Set); 11] = [
+        ("term", |m, v| m.term = v),
+        ("log_term", |m, v| m.log_term = v),
+        ("index", |m, v| m.index = v),
+        ("commit", |m, v| m.commit = v),
+        ("commit_term", |m, v| m.commit_term = v),
+        ("reject_hint", |m, v| m.reject_hint = v),
+        ("request_snapshot", |m, v| m.request_snapshot = v),
+        ("snapshot index", |m, v| {
+            m.mut_snapshot().mut_metadata().index = v
+        }),
+        ("snapshot term", |m, v| {
+            m.mut_snapshot().mut_metadata().term = v
+        }),
+        ("entry index", |m, v| m.mut_entries()[0].index = v),
+        ("entry term", |m, v| m.mut_entries()[0].term = v),
+    ];
+    for (name, set) in fields {
+        for (value, ok) in [(MAX_INDEX, true), (MAX_INDEX + 1, false), (u64::MAX, false)] {
+            let mut m = Message::default();
+            m.set_entries(vec![entry(1, 1)].into());
+            m.index = 0;
+            set(&mut m, value);
+            if name == "index" {
+                // `index + entries` must stay in range too.
+                m.clear_entries();
+            }
+            let result = check_ranges(&m);
+            assert_eq!(result.is_ok(), ok, "{name} = {value}: {result:?}");
+        }
+    }
+}
