@@ -17,6 +17,9 @@
 //! `RAFTNODE_BENCH_WARMUP_SECS` (1), `RAFTNODE_BENCH_MEASURE_SECS` (3),
 //! `RAFTNODE_BENCH_LATENCY_OPS` (20000, the per-operation latency pass of the summary),
 //! `RAFTNODE_BENCH_ROUNDS` (10) and `RAFTNODE_BENCH_ROUND_SECS` (0.2), the paired pass.
+//! `RAFTNODE_BENCH_FIXED=P:N` runs only N proposals from P proposers on the library
+//! cluster and exits: fixed work for instruction counts under
+//! `valgrind --tool=callgrind` (docs/benchmarks.md).
 //!
 //! After the criterion groups, a plain-text summary: criterion's median ops/s per side
 //! and proposer count; a paired pass that runs library and raw back to back, alternating
@@ -730,6 +733,16 @@ fn print_summary(
 }
 
 fn main() {
+    // Fixed work for instruction counts (valgrind --tool=callgrind): `P:N` runs N
+    // proposals from P proposers on the library cluster and exits.
+    if let Ok(spec) = std::env::var("RAFTNODE_BENCH_FIXED") {
+        let (p, n) = spec.split_once(':').expect("RAFTNODE_BENCH_FIXED=P:N");
+        let (p, n): (usize, u64) = (p.parse().expect("P"), n.parse().expect("N"));
+        let lib = LibCluster::start();
+        closed_loop(&mut LocalPool::new(), &lib, p, n);
+        lib.stop();
+        return;
+    }
     let settings = Settings::from_env();
     let mut criterion = Criterion::default()
         .sample_size(settings.samples)
