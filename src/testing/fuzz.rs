@@ -23,7 +23,7 @@
 //!
 //! Snapshot data must carry raftnode's framing and checksum to pass the validator, which
 //! a fuzzer cannot forge at random (a CRC-32); with bit 6 set, the harness frames the
-//! data the message carries, as [`StateMachine::snapshot`](crate::StateMachine::snapshot)'s
+//! data the message carries, as [`StateMachine::snapshot`]'s
 //! bytes are framed by an honest peer, so that the checks behind it are reached too.
 //!
 //! raftnode's notices (`MsgUnreachable`, `MsgSnapStatus`) are handled by the runtime's

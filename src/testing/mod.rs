@@ -9,7 +9,6 @@
 
 pub mod conformance;
 pub mod durable_kv;
-/// The entry point of the coverage-guided validator fuzz target (`tests/fuzz/`).
 pub mod fuzz;
 pub mod linearizability;
 pub mod sim;
