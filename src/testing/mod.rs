@@ -9,5 +9,6 @@
 
 pub mod conformance;
 pub mod durable_kv;
+pub mod fuzz;
 pub mod linearizability;
 pub mod sim;
