@@ -1,6 +1,8 @@
 //! Recovery after partial data loss (docs/security.md, "Data loss"): a follower whose
 //! log is shorter than its leader believes tells the leader where its log ends, and the
-//! leader replicates the lost entries again, without any change of leadership.
+//! leader replicates the lost entries again, without any change of leadership; a log
+//! whose tail was cut below its commit index starts; a state machine ahead of the log
+//! is refused with the lost range.
 
 mod common;
 
@@ -9,7 +11,8 @@ use std::sync::Arc;
 
 use common::*;
 use parking_lot::Mutex;
-use raftnode::{ChannelNetwork, Config, EngineLogStore, Node, Refusal};
+use raftnode::raft_types::{ConfState, Entry, HardState};
+use raftnode::{ChannelNetwork, Config, EngineLogStore, LogStore, MemLogStore, Node, Refusal};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create dir");
@@ -166,4 +169,84 @@ fn follower_restored_from_an_old_copy_rejoins_without_a_leadership_change() {
     for node in c.nodes.iter_mut().filter_map(Option::take) {
         node.kill();
     }
+}
+
+/// A one-voter store holding entries 1..=`last` of term 1, with `commit` recorded in
+/// its HardState, as a raft-engine directory whose tail was cut would be.
+fn store_with_cut_tail(last: u64, commit: u64) -> MemLogStore {
+    let mut store = MemLogStore::new();
+    let mut cs = ConfState::default();
+    cs.voters = vec![1];
+    store.set_conf_state(&cs).expect("conf state");
+    let entries: Vec<Entry> = (1..=last)
+        .map(|index| {
+            let mut e = Entry::default();
+            e.index = index;
+            e.term = 1;
+            e
+        })
+        .collect();
+    store.append(&entries).expect("append");
+    let mut hs = HardState::default();
+    hs.term = 1;
+    hs.vote = 1;
+    hs.commit = commit;
+    store.set_hard_state(&hs).expect("hard state");
+    store.sync().expect("sync");
+    store
+}
+
+/// Proves a HardState whose commit index is past the log's end (the tail was cut after
+/// corruption) does not stop the node at start: the commit is lowered to the last index
+/// and the node leads and commits again. raft-rs itself refuses such a state ("commit
+/// is out of range"), so without the repair this start fails.
+#[test]
+fn commit_index_past_a_cut_tail_is_lowered_at_start() {
+    let network = ChannelNetwork::new();
+    let node = Node::start(
+        test_config(1, &[1]),
+        store_with_cut_tail(5, 10),
+        Kv::default(),
+        network.transport(1),
+        &logger(),
+    )
+    .expect("the node starts on a log whose tail was cut");
+    node.wait_for_leader(DEADLINE).expect("leads");
+    node.propose(put("k", "v"))
+        .expect("propose")
+        .wait_timeout(DEADLINE)
+        .expect("commits after the repair");
+    let status = node.status().expect("status");
+    assert!(
+        status.commit > 5,
+        "commit {} after the new entry",
+        status.commit
+    );
+}
+
+/// Proves a state machine that applied more than the log holds is refused at start
+/// with an error that says so and names the lost entries, instead of a raft-rs panic
+/// or a hint at the wrong cause.
+#[test]
+fn state_machine_ahead_of_the_log_is_refused_with_the_lost_range() {
+    let network = ChannelNetwork::new();
+    let kv = Kv::default();
+    kv.state.lock().applied = 9;
+    let err = Node::start(
+        test_config(1, &[1]),
+        store_with_cut_tail(5, 5),
+        kv,
+        network.transport(1),
+        &logger(),
+    )
+    .err()
+    .expect("start is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("the state machine is ahead of the log")
+            && text.contains("applied index 9")
+            && text.contains("ends at 5")
+            && text.contains("entries 6..=9"),
+        "{text}"
+    );
 }
