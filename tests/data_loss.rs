@@ -232,15 +232,15 @@ fn state_machine_ahead_of_the_log_is_refused_with_the_lost_range() {
     let network = ChannelNetwork::new();
     let kv = Kv::default();
     kv.state.lock().applied = 9;
-    let err = Node::start(
+    let Err(err) = Node::start(
         test_config(1, &[1]),
         store_with_cut_tail(5, 5),
         kv,
         network.transport(1),
         &logger(),
-    )
-    .err()
-    .expect("start is refused");
+    ) else {
+        panic!("a state machine ahead of the log was accepted at start");
+    };
     let text = err.to_string();
     assert!(
         text.contains("the state machine is ahead of the log")
