@@ -99,8 +99,7 @@ fn hostile_members_cannot_break_simulated_nodes() {
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
-                while !stop.load(Ordering::Relaxed) && messages.load(Ordering::Relaxed) < target
-                {
+                while !stop.load(Ordering::Relaxed) && messages.load(Ordering::Relaxed) < target {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
                     match run(&config(seed, rate)) {
                         Ok(report) => {
@@ -141,7 +140,12 @@ fn hostile_members_cannot_break_simulated_nodes() {
     assert!(failures.is_empty(), "{} seed(s) failed", failures.len());
     assert!(totals.messages >= target);
     // Every kind was made, and every kind of refusal the generator aims at was seen.
-    assert_eq!(totals.by_mutation.len(), Mutation::ALL.len(), "{:?}", totals.by_mutation);
+    assert_eq!(
+        totals.by_mutation.len(),
+        Mutation::ALL.len(),
+        "{:?}",
+        totals.by_mutation
+    );
 }
 
 /// Without hostile traffic, a seed runs exactly as it did before the generator existed:
@@ -176,7 +180,10 @@ fn replay() {
     let Ok(seed) = std::env::var("RAFTNODE_HOSTILE_SEED") else {
         return;
     };
-    let seed: u64 = seed.trim().parse().expect("RAFTNODE_HOSTILE_SEED is a number");
+    let seed: u64 = seed
+        .trim()
+        .parse()
+        .expect("RAFTNODE_HOSTILE_SEED is a number");
     let config = SimConfig {
         trace: std::env::var("RAFTNODE_SIM_TRACE").is_ok(),
         ..config(seed, env_u64("RAFTNODE_HOSTILE_RATE", 2_000_000))

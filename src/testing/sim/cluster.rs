@@ -14,7 +14,7 @@ use raft::{SnapshotStatus, StateRole};
 use slog::Logger;
 
 use super::disk::SimStore;
-use super::hostile::{Hostile, Mutation, Target};
+use super::hostile::{Hostile, HostileTarget, Mutation};
 use super::network::{Delivery, Network};
 use super::node::{fnv, NodeSettings, Refused, SimNode};
 use super::{
@@ -202,7 +202,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             // A stream of its own, not a fork of `rng`: the other streams stay as they
             // were before the generator existed.
             hostile: (cfg.hostile_per_million > 0)
-                .then(|| Hostile::new(SimRng::new(cfg.seed ^ 0x4057_11E5_F022_0001))),
+                .then(|| Hostile::new(cfg.seed ^ 0x4057_11E5_F022_0001)),
             hostile_counts: HostileCounts::default(),
         }
     }
@@ -362,7 +362,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             return Ok(());
         };
         let raft = &node.raw().raft;
-        let target = Target {
+        let target = HostileTarget {
             id,
             term: raft.term,
             leading: raft.state == StateRole::Leader,

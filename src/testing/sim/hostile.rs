@@ -142,17 +142,23 @@ impl Mutation {
     }
 }
 
-/// What the generator knows of the node it aims at, read just before the message is
-/// stepped.
+/// What the generator knows of the node it aims at. The simulator reads it just before
+/// it steps the message; a forger over a real network reads it earlier, and must then
+/// make `last_index` a bound the log cannot reach before the message arrives (so that
+/// "past the log" stays past it: tests/hostile_tcp.rs).
 #[derive(Debug, Clone)]
-pub(crate) struct Target {
+pub struct HostileTarget {
+    /// The target's id.
     pub id: u64,
+    /// Its current term.
     pub term: u64,
+    /// Whether it leads `term`.
     pub leading: bool,
     /// The leader the target follows in `term` (0: none known).
     pub leader: u64,
+    /// Its last log index, or a bound above it.
     pub last_index: u64,
-    /// Every other node id of the run, members or not: the senders a forger can claim.
+    /// The senders a forger may claim: other node ids, members or not.
     pub peers: Vec<u64>,
 }
 
@@ -166,7 +172,18 @@ const FAR: u64 = 1 << 40;
 
 /// The generator: its own random stream (so a run without hostile traffic draws exactly
 /// the numbers it drew before the generator existed) and the real messages it copies.
-pub(crate) struct Hostile {
+///
+/// # Examples
+///
+/// ```
+/// use raftnode::testing::sim::{Hostile, HostileTarget};
+///
+/// let mut forger = Hostile::new(7);
+/// let target = HostileTarget { id: 1, term: 3, leading: false, leader: 2, last_index: 10, peers: vec![2, 3] };
+/// let made = (0..100).filter_map(|_| forger.generate(&target)).count();
+/// assert!(made > 50);
+/// ```
+pub struct Hostile {
     rng: SimRng,
     recent: Vec<Message>,
     next_recent: usize,
@@ -175,9 +192,10 @@ pub(crate) struct Hostile {
 }
 
 impl Hostile {
-    pub(crate) fn new(rng: SimRng) -> Self {
+    /// A generator whose every choice comes from `seed`.
+    pub fn new(seed: u64) -> Self {
         Hostile {
-            rng,
+            rng: SimRng::new(seed),
             recent: Vec::with_capacity(RECENT),
             next_recent: 0,
             old: Vec::with_capacity(OLD),
@@ -190,8 +208,9 @@ impl Hostile {
         &mut self.rng
     }
 
-    /// Keeps a copy of a real message sent on the network (one in four).
-    pub(crate) fn observe(&mut self, m: &Message) {
+    /// Keeps a copy of a real message sent on the network (one in four), for
+    /// [`Mutation::Replay`] and as the base of other kinds.
+    pub fn observe(&mut self, m: &Message) {
         if self.rng.below(4) != 0 {
             return;
         }
@@ -233,7 +252,7 @@ impl Hostile {
             .cloned()
     }
 
-    fn peer(&mut self, t: &Target) -> u64 {
+    fn peer(&mut self, t: &HostileTarget) -> u64 {
         if t.peers.is_empty() {
             return t.id + 1;
         }
@@ -241,7 +260,7 @@ impl Hostile {
     }
 
     /// A term at or above the target's: the same, a little ahead, or far ahead.
-    fn term_at_or_ahead(&mut self, t: &Target) -> u64 {
+    fn term_at_or_ahead(&mut self, t: &HostileTarget) -> u64 {
         match self.rng.below(4) {
             0 => t.term.max(1),
             1 => t.term + self.rng.between(1, 3),
@@ -251,7 +270,7 @@ impl Hostile {
     }
 
     /// An index past the target's log: just past, or far past.
-    fn past_log(&mut self, t: &Target) -> u64 {
+    fn past_log(&mut self, t: &HostileTarget) -> u64 {
         if self.rng.below(2) == 0 {
             t.last_index + self.rng.between(1, 5)
         } else {
@@ -260,7 +279,7 @@ impl Hostile {
     }
 
     /// Any index: 0, inside the log, around its end, far past, or at the limit.
-    fn any_index(&mut self, t: &Target) -> u64 {
+    fn any_index(&mut self, t: &HostileTarget) -> u64 {
         match self.rng.below(5) {
             0 => 0,
             1 => self.rng.below(t.last_index + 1),
@@ -272,7 +291,7 @@ impl Hostile {
 
     /// Draws one hostile message for `t`; `None` when the kind drawn needs a state the
     /// target is not in (the caller draws again next time).
-    pub(crate) fn generate(&mut self, t: &Target) -> Option<(Mutation, Message)> {
+    pub fn generate(&mut self, t: &HostileTarget) -> Option<(Mutation, Message)> {
         let kind = Mutation::ALL[self.rng.below(Mutation::ALL.len() as u64) as usize];
         let m = match kind {
             Mutation::Replay => self.replay(t)?,
@@ -539,7 +558,7 @@ impl Hostile {
         Some((kind, m))
     }
 
-    fn replay(&mut self, t: &Target) -> Option<Message> {
+    fn replay(&mut self, t: &HostileTarget) -> Option<Message> {
         let id = t.id;
         self.sample(|m| m.to == id)
     }
@@ -547,11 +566,17 @@ impl Hostile {
     /// A copy of a real message to anyone, readdressed to the target, with a term below
     /// its term and its numbers scrambled. Readdressing is safe here: raft-rs answers
     /// every message from an older term with its own term and nothing else.
-    fn stale_term(&mut self, t: &Target) -> Option<Message> {
+    fn stale_term(&mut self, t: &HostileTarget) -> Option<Message> {
         if t.term < 2 {
             return None;
         }
-        let mut m = self.sample(|_| true).unwrap_or_default();
+        let mut m = match self.sample(|_| true) {
+            Some(m) => m,
+            None => {
+                let kind = TRAVELLING[self.rng.below(TRAVELLING.len() as u64) as usize];
+                msg(kind, self.peer(t), t.id, 1)
+            }
+        };
         m.to = t.id;
         if m.from == t.id || m.from == 0 {
             m.from = self.peer(t);
@@ -586,7 +611,7 @@ impl Hostile {
     }
 
     /// A well-formed notice from a peer in the target's term.
-    fn notice(&mut self, t: &Target) -> Message {
+    fn notice(&mut self, t: &HostileTarget) -> Message {
         let from = self.peer(t);
         let term = t.term.max(1);
         if self.rng.below(2) == 0 {
@@ -600,7 +625,7 @@ impl Hostile {
 
     /// A `MsgAppend` at `term` whose anchor and entries are well formed: a real one
     /// when one is kept, else one built here, with at least one entry.
-    fn append_base(&mut self, t: &Target, term: u64) -> Message {
+    fn append_base(&mut self, t: &HostileTarget, term: u64) -> Message {
         let real = self.sample(|m| m.get_msg_type() == MessageType::MsgAppend);
         let mut m = real.unwrap_or_else(|| {
             let mut m = msg(MessageType::MsgAppend, 0, t.id, term);
@@ -622,7 +647,7 @@ impl Hostile {
 
     /// A `MsgSnapshot` at `term` with well-formed metadata and data: a real one when
     /// one is kept, else one framed here (random state-machine bytes, real checksum).
-    fn snapshot_base(&mut self, t: &Target, term: u64) -> Message {
+    fn snapshot_base(&mut self, t: &HostileTarget, term: u64) -> Message {
         let real = self.sample(|m| m.get_msg_type() == MessageType::MsgSnapshot);
         let mut m = real.unwrap_or_else(|| {
             let mut m = msg(MessageType::MsgSnapshot, 0, t.id, term);
@@ -644,7 +669,7 @@ impl Hostile {
     }
 
     /// A ConfState that `validate::check_conf_state` refuses.
-    fn bad_conf_state(&mut self, t: &Target) -> ConfState {
+    fn bad_conf_state(&mut self, t: &HostileTarget) -> ConfState {
         let mut ids: Vec<u64> = t.peers.iter().copied().chain([t.id]).collect();
         ids.sort_unstable();
         let a = ids[self.rng.below(ids.len() as u64) as usize];
@@ -676,7 +701,7 @@ impl Hostile {
 
     /// An append, heartbeat or snapshot in the target's term from a node other than the
     /// one leader of that term it knows (itself, or the one it follows).
-    fn not_from_leader(&mut self, t: &Target) -> Option<Message> {
+    fn not_from_leader(&mut self, t: &HostileTarget) -> Option<Message> {
         if !t.leading && t.leader == 0 {
             return None;
         }
@@ -711,7 +736,7 @@ impl Hostile {
         Some(m)
     }
 
-    fn read_context(&mut self, t: &Target) -> Message {
+    fn read_context(&mut self, t: &HostileTarget) -> Message {
         let from = self.peer(t);
         let (mut m, asker) = if self.rng.below(2) == 0 {
             (msg(MessageType::MsgReadIndex, from, t.id, 0), from)
@@ -742,7 +767,7 @@ impl Hostile {
     }
 
     /// A message of a random type the transport carries, to be broken in one field.
-    fn any_message(&mut self, t: &Target) -> Message {
+    fn any_message(&mut self, t: &HostileTarget) -> Message {
         let mut m = self
             .sample(|m| !is_notice(m))
             .unwrap_or_else(|| msg(MessageType::MsgHeartbeat, 0, t.id, t.term.max(1)));
@@ -758,6 +783,22 @@ impl Hostile {
         Bytes::from(v)
     }
 }
+
+/// The types raft-rs sends between nodes.
+const TRAVELLING: [MessageType; 12] = [
+    MessageType::MsgAppend,
+    MessageType::MsgAppendResponse,
+    MessageType::MsgRequestVote,
+    MessageType::MsgRequestVoteResponse,
+    MessageType::MsgSnapshot,
+    MessageType::MsgHeartbeat,
+    MessageType::MsgHeartbeatResponse,
+    MessageType::MsgTransferLeader,
+    MessageType::MsgTimeoutNow,
+    MessageType::MsgReadIndex,
+    MessageType::MsgReadIndexResp,
+    MessageType::MsgRequestPreVote,
+];
 
 fn msg(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
     let mut m = Message::default();
@@ -793,8 +834,8 @@ mod tests {
     use super::*;
     use crate::validate::{check, check_conf_state, Local};
 
-    fn target(leading: bool, leader: u64) -> Target {
-        Target {
+    fn target(leading: bool, leader: u64) -> HostileTarget {
+        HostileTarget {
             id: 2,
             term: 7,
             leading,
@@ -808,7 +849,7 @@ mod tests {
     /// more than `Local` (the replica's snapshot check aside), in every role.
     #[test]
     fn kinds_marked_refused_are_refused() {
-        let mut h = Hostile::new(SimRng::new(9));
+        let mut h = Hostile::new(9);
         let mut seen = BTreeSet::new();
         for (leading, leader) in [(true, 2), (false, 1), (false, 0)] {
             let t = target(leading, leader);
@@ -840,7 +881,7 @@ mod tests {
 
     #[test]
     fn bad_conf_states_are_refused() {
-        let mut h = Hostile::new(SimRng::new(3));
+        let mut h = Hostile::new(3);
         for _ in 0..1_000 {
             let cs = h.bad_conf_state(&target(false, 1));
             assert!(check_conf_state(&cs).is_err(), "{cs:?}");

@@ -117,7 +117,7 @@ use bytes::Bytes;
 pub use cluster::run;
 pub use disk::SimStore;
 pub use history::{History, OpId, Operation};
-pub use hostile::Mutation;
+pub use hostile::{Hostile, HostileTarget, Mutation};
 pub use rng::SimRng;
 
 use crate::state_machine::StateMachine;
