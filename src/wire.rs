@@ -643,12 +643,12 @@ pub fn check_message(m: &Message, ctx: &DecodeContext) -> Result<(), WireError> 
         });
     }
     let t = m.get_msg_type();
+    // MsgUnreachable and MsgSnapStatus travel as raftnode's notices (src/notice.rs),
+    // which the replica checks before anything acts on them.
     if matches!(
         t,
         MessageType::MsgHup
             | MessageType::MsgBeat
-            | MessageType::MsgUnreachable
-            | MessageType::MsgSnapStatus
             | MessageType::MsgCheckQuorum
             | MessageType::MsgPropose
     ) {
@@ -1088,6 +1088,14 @@ mod tests {
             decode_frame(&frame_of(&[m]), &ctx()),
             Err(WireError::Invalid(_))
         ));
+        // Notices travel: a follower's "my log ends here" and "snapshot refused" reach
+        // the leader's replica, which checks them (the hostile TCP fuzzer found them
+        // refused here, closing the follower's connection each time).
+        for kind in [MessageType::MsgUnreachable, MessageType::MsgSnapStatus] {
+            let mut m = append();
+            m.set_msg_type(kind);
+            assert!(decode_frame(&frame_of(&[m]), &ctx()).is_ok(), "{kind:?}");
+        }
     }
 
     #[test]

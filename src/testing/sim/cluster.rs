@@ -14,6 +14,7 @@ use raft::{SnapshotStatus, StateRole};
 use slog::Logger;
 
 use super::disk::SimStore;
+use super::hostile::{Hostile, HostileTarget, Mutation};
 use super::network::{Delivery, Network};
 use super::node::{fnv, NodeSettings, Refused, SimNode};
 use super::{
@@ -103,6 +104,18 @@ struct Sim<'a, W: Workload> {
     trace: Option<String>,
     recent: VecDeque<String>,
     logger: Logger,
+    /// The hostile-message generator, when [`SimConfig::hostile_per_million`] is on.
+    hostile: Option<Hostile>,
+    hostile_counts: HostileCounts,
+}
+
+/// What the hostile messages did, for the report.
+#[derive(Default)]
+struct HostileCounts {
+    messages: u64,
+    by_mutation: BTreeMap<Mutation, u64>,
+    refused: BTreeMap<crate::Refusal, u64>,
+    passed: u64,
 }
 
 impl<'a, W: Workload> Sim<'a, W> {
@@ -186,6 +199,11 @@ impl<'a, W: Workload> Sim<'a, W> {
             trace: cfg.trace.then(String::new),
             recent: VecDeque::new(),
             logger: crate::node::discard_logger(),
+            // A stream of its own, not a fork of `rng`: the other streams stay as they
+            // were before the generator existed.
+            hostile: (cfg.hostile_per_million > 0)
+                .then(|| Hostile::new(cfg.seed ^ 0x4057_11E5_F022_0001)),
+            hostile_counts: HostileCounts::default(),
         }
     }
 
@@ -205,6 +223,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             seed: self.cfg.seed,
             step: self.step,
             message,
+            hostile_per_million: self.cfg.hostile_per_million,
             // With tracing on, the whole trace: the cause may be long before the failure.
             recent_events: match &self.trace {
                 Some(trace) => trace.lines().map(str::to_string).collect(),
@@ -240,12 +259,17 @@ impl<'a, W: Workload> Sim<'a, W> {
             snapshots: self.snapshots,
             check_time,
             trace: self.trace.take(),
+            hostile_messages: self.hostile_counts.messages,
+            hostile_by_mutation: std::mem::take(&mut self.hostile_counts.by_mutation),
+            hostile_refused: std::mem::take(&mut self.hostile_counts.refused),
+            hostile_passed: self.hostile_counts.passed,
         })
     }
 
     fn one_step(&mut self, clients: bool) -> Result<(), SimFailure> {
         self.step += 1;
         self.deliver();
+        self.inject_hostile()?;
         if clients {
             self.run_clients();
         }
@@ -298,6 +322,76 @@ impl<'a, W: Workload> Sim<'a, W> {
                 }
             }
         }
+    }
+
+    /// Steps this step's hostile messages into live nodes, during the faulty phase:
+    /// `hostile_per_million / 1e6` per step on average.
+    fn inject_hostile(&mut self) -> Result<(), SimFailure> {
+        let rate = self.cfg.hostile_per_million;
+        let Some(hostile) = &mut self.hostile else {
+            return Ok(());
+        };
+        if !self.plan.active {
+            return Ok(());
+        }
+        let mut n = rate / 1_000_000;
+        if hostile.rng().below(1_000_000) < rate % 1_000_000 {
+            n += 1;
+        }
+        for _ in 0..n {
+            self.inject_one_hostile()?;
+        }
+        Ok(())
+    }
+
+    fn inject_one_hostile(&mut self) -> Result<(), SimFailure> {
+        let Some(hostile) = &mut self.hostile else {
+            return Ok(());
+        };
+        let up: Vec<u64> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| matches!(self.nodes.get(id), Some(Slot::Up(_))))
+            .collect();
+        if up.is_empty() {
+            return Ok(());
+        }
+        let id = up[hostile.rng().below(up.len() as u64) as usize];
+        let Some(Slot::Up(node)) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
+        let raft = &node.raw().raft;
+        let target = HostileTarget {
+            id,
+            term: raft.term,
+            leading: raft.state == StateRole::Leader,
+            leader: raft.leader_id,
+            last_index: raft.raft_log.last_index(),
+            peers: self.ids.iter().copied().filter(|&i| i != id).collect(),
+        };
+        let Some((kind, m)) = hostile.generate(&target) else {
+            return Ok(());
+        };
+        let brief = (kind.must_be_refused() || self.trace.is_some()).then(|| describe(&m, true));
+        let refusal = node.step_hostile(m, self.step);
+        let counts = &mut self.hostile_counts;
+        counts.messages += 1;
+        *counts.by_mutation.entry(kind).or_default() += 1;
+        match refusal {
+            Some(reason) => *counts.refused.entry(reason).or_default() += 1,
+            None => counts.passed += 1,
+        }
+        if let Some(brief) = &brief {
+            self.event(|| format!("hostile {kind:?} ({refusal:?}): {brief}"));
+        }
+        if kind.must_be_refused() && refusal.is_none() {
+            return Err(self.failure(format!(
+                "node {id} let a hostile {kind:?} message through its checks: {}",
+                brief.unwrap_or_default()
+            )));
+        }
+        Ok(())
     }
 
     fn run_clients(&mut self) {
@@ -418,7 +512,7 @@ impl<'a, W: Workload> Sim<'a, W> {
         };
         // Invariant: honest peers are never refused for a reason only a faulty or hostile
         // peer can cause (src/validate.rs); races with a change of leader are allowed.
-        let mut refused = node.refused();
+        let mut refused = node.honest_refused();
         refused.retain(|reason, _| !reason.can_be_honest());
         if !refused.is_empty() {
             return Err(self.failure(format!(
@@ -469,6 +563,9 @@ impl<'a, W: Workload> Sim<'a, W> {
             }
         }
         for m in sent {
+            if let Some(hostile) = &mut self.hostile {
+                hostile.observe(&m);
+            }
             self.net.send(step, m, &self.plan, &mut self.rng_net);
         }
         for (op, output) in outputs {

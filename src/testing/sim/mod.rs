@@ -104,6 +104,7 @@
 mod cluster;
 pub(crate) mod disk;
 mod history;
+mod hostile;
 pub mod kv;
 mod network;
 mod node;
@@ -116,6 +117,7 @@ use bytes::Bytes;
 pub use cluster::run;
 pub use disk::SimStore;
 pub use history::{History, OpId, Operation};
+pub use hostile::{Hostile, HostileTarget, Mutation};
 pub use rng::SimRng;
 
 use crate::state_machine::StateMachine;
@@ -403,6 +405,12 @@ pub struct SimConfig {
     pub trace: bool,
     /// Bugs to re-introduce (tests of the harness only).
     pub bugs: Bugs,
+    /// Hostile messages per million steps during the faulty phase (may exceed a
+    /// million: several per step), each aimed at a random live node in the name of
+    /// another (docs/hostile-fuzzing.md). 0, the default, turns the generator off; it
+    /// draws from a stream of its own, so a seed replays the same with it off as it
+    /// did before it existed.
+    pub hostile_per_million: u64,
 }
 
 impl SimConfig {
@@ -430,6 +438,7 @@ impl SimConfig {
             trace: false,
             bugs: Bugs::default(),
             pinned_clients: rng.below(2) == 0,
+            hostile_per_million: 0,
         }
     }
 }
@@ -461,6 +470,14 @@ pub struct SimReport {
     pub check_time: std::time::Duration,
     /// Every event, one per line, when [`SimConfig::trace`] was set.
     pub trace: Option<String>,
+    /// Hostile messages stepped into live nodes ([`SimConfig::hostile_per_million`]).
+    pub hostile_messages: u64,
+    /// Of those, how many of each kind.
+    pub hostile_by_mutation: std::collections::BTreeMap<Mutation, u64>,
+    /// Of those, how many the checks refused, by reason.
+    pub hostile_refused: std::collections::BTreeMap<crate::Refusal, u64>,
+    /// Of those, how many passed the checks to raft-rs (or to the notice handling).
+    pub hostile_passed: u64,
 }
 
 /// A failed run: what went wrong, and how to replay it.
@@ -474,6 +491,8 @@ pub struct SimFailure {
     pub message: String,
     /// The last events before the failure; every event when [`SimConfig::trace`] was set.
     pub recent_events: Vec<String>,
+    /// The run's [`SimConfig::hostile_per_million`], for the replay command.
+    pub hostile_per_million: u64,
 }
 
 impl fmt::Display for SimFailure {
@@ -488,6 +507,14 @@ impl fmt::Display for SimFailure {
             for e in &self.recent_events {
                 writeln!(f, "  {e}")?;
             }
+        }
+        if self.hostile_per_million > 0 {
+            return write!(
+                f,
+                "replay: RAFTNODE_HOSTILE_SEED={} RAFTNODE_HOSTILE_RATE={} RAFTNODE_SIM_TRACE=1 \
+                 cargo test --release --all-features --test hostile_fuzz replay -- --nocapture",
+                self.seed, self.hostile_per_million
+            );
         }
         write!(
             f,

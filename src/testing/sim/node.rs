@@ -179,6 +179,9 @@ pub(crate) struct SimNode<W: Workload> {
     next_conf_token: u64,
     shared: Arc<Shared>,
     snapshots_reported: u64,
+    /// Refusals of hostile messages (the simulator's own forgeries), by reason: kept
+    /// apart so that the check on honest traffic still sees every other refusal.
+    hostile_refused: std::collections::BTreeMap<crate::Refusal, u64>,
 }
 
 /// Per-node settings drawn from the seed.
@@ -281,6 +284,7 @@ impl<W: Workload> SimNode<W> {
             next_conf_token: 0,
             shared,
             snapshots_reported: 0,
+            hostile_refused: Default::default(),
         })
     }
 
@@ -304,10 +308,36 @@ impl<W: Workload> SimNode<W> {
         self.core.state_machine_mut()
     }
 
-    /// Peer messages this node refused before raft-rs saw them, by reason. Every peer
-    /// in the simulator is honest, so any refusal is a check that is wrong.
-    pub(crate) fn refused(&self) -> std::collections::BTreeMap<crate::Refusal, u64> {
-        self.shared.metrics.refused.snapshot()
+    /// Honest peers' messages this node refused before raft-rs saw them, by reason:
+    /// every refusal but those of hostile messages. Any refusal an honest peer cannot
+    /// cause is a check that is wrong.
+    pub(crate) fn honest_refused(&self) -> std::collections::BTreeMap<crate::Refusal, u64> {
+        let mut refused = self.shared.metrics.refused.snapshot();
+        for (reason, n) in &self.hostile_refused {
+            if let Some(count) = refused.get_mut(reason) {
+                *count -= n;
+            }
+        }
+        refused.retain(|_, n| *n > 0);
+        refused
+    }
+
+    /// Steps a hostile message; returns the reason it was refused, or `None` when it
+    /// passed the checks. A notice the node sends at once in answer (to the member the
+    /// message claims to come from) is lost on the way, as the network may lose any
+    /// message: the claimed sender never sent what it answers.
+    pub(crate) fn step_hostile(&mut self, m: Message, step: u64) -> Option<crate::Refusal> {
+        let before = self.shared.metrics.refused.snapshot();
+        let sent = self.core.host_mut().sent.len();
+        self.step(m, step);
+        self.core.host_mut().sent.truncate(sent);
+        let after = self.shared.metrics.refused.snapshot();
+        let reason = after
+            .into_iter()
+            .find(|(r, n)| before.get(r).copied().unwrap_or(0) < *n)
+            .map(|(r, _)| r)?;
+        *self.hostile_refused.entry(reason).or_default() += 1;
+        Some(reason)
     }
 
     /// Snapshots taken since the last call.
