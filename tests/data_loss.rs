@@ -6,13 +6,18 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
 use parking_lot::Mutex;
 use raftnode::raft_types::{ConfState, Entry, HardState};
-use raftnode::{ChannelNetwork, Config, EngineLogStore, LogStore, MemLogStore, Node, Refusal};
+use raftnode::{
+    ChannelNetwork, Config, EngineLogStore, LogStore, MemLogStore, Node, Refusal, TcpConfig,
+    TcpTransport,
+};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create dir");
@@ -27,8 +32,15 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// How the nodes reach each other.
+enum Net {
+    Channel(ChannelNetwork),
+    /// Real sockets on loopback; each node listens at its address across restarts.
+    Tcp(BTreeMap<u64, SocketAddr>),
+}
+
 struct Nodes {
-    network: ChannelNetwork,
+    network: Net,
     dirs: Vec<tempfile::TempDir>,
     states: Vec<Kv>,
     nodes: Vec<Option<Node<Kv>>>,
@@ -45,13 +57,27 @@ impl Nodes {
     fn start(&mut self, id: u64) {
         let i = id as usize - 1;
         let store = EngineLogStore::open(self.dirs[i].path(), 1).expect("open store");
-        let node = Node::start(
-            Self::config(id),
-            store,
-            self.states[i].clone(),
-            self.network.transport(id),
-            &logger(),
-        )
+        let (config, state) = (Self::config(id), self.states[i].clone());
+        let node = match &self.network {
+            Net::Channel(network) => {
+                Node::start(config, store, state, network.transport(id), &logger())
+            }
+            Net::Tcp(addrs) => {
+                let mut tcp = TcpConfig::new(0xDA7A, addrs[&id]);
+                tcp.peers = addrs
+                    .iter()
+                    .filter(|(peer, _)| **peer != id)
+                    .map(|(peer, addr)| (*peer, *addr))
+                    .collect();
+                // A restarted node binds the address its predecessor just released.
+                let mut transport = None;
+                wait_until("the node's raft address is free again", || {
+                    transport = TcpTransport::bind(tcp.clone(), &logger()).ok();
+                    transport.is_some()
+                });
+                Node::start(config, store, state, transport.unwrap(), &logger())
+            }
+        }
         .expect("node starts");
         self.nodes[i] = Some(node);
     }
@@ -77,8 +103,25 @@ impl Nodes {
 /// keeps its leadership and term throughout, and nothing is applied twice.
 #[test]
 fn follower_restored_from_an_old_copy_rejoins_without_a_leadership_change() {
+    restored_follower_rejoins(Net::Channel(ChannelNetwork::new()));
+}
+
+/// The same over real TCP: the follower's notice ("my log ends here") crosses the wire
+/// and its checks (they once refused it as a local message type).
+#[test]
+fn follower_restored_from_an_old_copy_rejoins_over_tcp() {
+    let addrs = (1..=3)
+        .map(|id| {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe");
+            (id, probe.local_addr().expect("probe address"))
+        })
+        .collect();
+    restored_follower_rejoins(Net::Tcp(addrs));
+}
+
+fn restored_follower_rejoins(network: Net) {
     let mut c = Nodes {
-        network: ChannelNetwork::new(),
+        network,
         dirs: (0..3)
             .map(|_| tempfile::tempdir().expect("tempdir"))
             .collect(),
