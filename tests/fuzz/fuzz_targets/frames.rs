@@ -141,10 +141,10 @@ fn accepted(m: &Message, ctx: &DecodeContext) {
     assert!(
         !matches!(
             m.get_msg_type(),
+            // MsgUnreachable and MsgSnapStatus travel: raftnode's notices, which the
+            // replica checks (src/notice.rs).
             MessageType::MsgHup
                 | MessageType::MsgBeat
-                | MessageType::MsgUnreachable
-                | MessageType::MsgSnapStatus
                 | MessageType::MsgCheckQuorum
                 | MessageType::MsgPropose
         ),
