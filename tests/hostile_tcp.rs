@@ -172,6 +172,8 @@ fn send_batch(c: &TcpCluster, forger: &mut Hostile, from: u64, to: u64, tally: &
         if Instant::now() >= deadline {
             break None;
         }
+        // Poll interval; the loop is bounded by `deadline` (a batch not seen by then is
+        // counted as lost, not waited for).
         std::thread::sleep(Duration::from_millis(1));
     };
     let Some(after) = after else {
@@ -211,8 +213,9 @@ fn writer(
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let Some(leader) = nodes.iter().find(|x| x.leader() == Some(x.id())) else {
-                // No leader known right now: poll until one is, or until told to stop.
-                std::thread::sleep(Duration::from_millis(5));
+                // No leader known right now: wait (bounded) until one is, then look again;
+                // the loop also ends when told to stop.
+                let _ = nodes[0].wait_for_leader(Duration::from_millis(100));
                 continue;
             };
             let (key, value) = (format!("w{writer}-{n}"), n.to_string());
@@ -223,7 +226,9 @@ fn writer(
             if outcome.is_ok() {
                 acked.lock().expect("not poisoned").push((key, value));
             } else {
-                // Back off after a failed write (its key is never reused).
+                // Pacing, not synchronization: after a failed write (its key is never
+                // reused) back off briefly so a refusing leader is not hammered; nothing
+                // waits on this to have happened.
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
