@@ -10,9 +10,12 @@
 //!
 //! "raft-rs note N" cites docs/raft-rs-notes.md.
 
+mod common;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
+use common::env_u64;
 use raftnode::raft_types::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raftnode::wire::{self, DecodeContext, Handshake, Reassembly, ReassemblyBudget, WireError};
 
@@ -273,13 +276,6 @@ fn exercise(input: &[u8], budget: &std::sync::Arc<ReassemblyBudget>) {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Proves the seeds are valid, so mutations start from inputs that reach deep into the

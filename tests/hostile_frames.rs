@@ -12,7 +12,7 @@ use common::tcp::TcpCluster;
 use common::*;
 use raftnode::raft_types::{ConfState, Message, MessageType};
 use raftnode::wire::{self, Handshake};
-use raftnode::{ReadConsistency, Refusal, TcpConfig, TcpTransport};
+use raftnode::{ReadConsistency, Refusal};
 
 const CLUSTER_ID: u64 = 0x4057_11E5;
 
@@ -20,13 +20,7 @@ const CLUSTER_ID: u64 = 0x4057_11E5;
 const FAR: u64 = 1 << 30;
 
 fn tcp_cluster() -> TcpCluster {
-    let transports = (1..=3)
-        .map(|id| {
-            let config = TcpConfig::new(CLUSTER_ID, "127.0.0.1:0".parse().expect("address"));
-            (id, TcpTransport::bind(config, &logger()).expect("bind"))
-        })
-        .collect();
-    let c = TcpCluster::start(transports, &[]);
+    let c = TcpCluster::start_plain(CLUSTER_ID, 3);
     c.wait_leader();
     c.propose_ok(put("before", "1"));
     c

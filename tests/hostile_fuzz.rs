@@ -14,24 +14,16 @@
 //! for every event, hostile messages included). docs/hostile-fuzzing.md has the figures.
 #![cfg(feature = "testing")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use common::env_u64;
 use raftnode::testing::sim::{self, kv::KvWorkload, Mutation, SimConfig, SimFailure, SimReport};
 use raftnode::Refusal;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 fn config(seed: u64, rate: u64) -> SimConfig {
     SimConfig {

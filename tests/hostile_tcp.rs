@@ -36,7 +36,7 @@ use common::*;
 use raftnode::raft_types::{Message, MessageType};
 use raftnode::testing::sim::{Hostile, HostileTarget, Mutation};
 use raftnode::wire::{self, DecodeContext, Handshake};
-use raftnode::{Node, ReadConsistency, Refusal, Role, TcpConfig, TcpTransport};
+use raftnode::{Node, ReadConsistency, Refusal, Role, TcpConfig};
 
 const CLUSTER_ID: u64 = 0x4057_11E5_7C90;
 
@@ -51,17 +51,6 @@ const LOG_MARGIN: u64 = 1 << 24;
 /// Acknowledged writes the run needs at least, so that the hostile frames meet a
 /// cluster that is busy writing.
 const MIN_ACKED: usize = 1_000;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 /// What the forger's batches did, by the targets' own counts.
 #[derive(Default, Debug)]
@@ -241,13 +230,7 @@ fn writer(
 fn hostile_members_cannot_break_a_tcp_cluster() {
     let target = env_u64("RAFTNODE_HOSTILE_TCP_MESSAGES", 10_000);
     let seed = env_u64("RAFTNODE_HOSTILE_TCP_SEED", 1);
-    let transports = (1..=3)
-        .map(|id| {
-            let config = TcpConfig::new(CLUSTER_ID, "127.0.0.1:0".parse().expect("address"));
-            (id, TcpTransport::bind(config, &logger()).expect("bind"))
-        })
-        .collect();
-    let c = TcpCluster::start(transports, &[]);
+    let c = TcpCluster::start_plain(CLUSTER_ID, 3);
     c.wait_leader();
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));

@@ -11,21 +11,14 @@
 //! "raft-rs note N" cites docs/raft-rs-notes.md.
 #![cfg(feature = "testing")]
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use common::env_u64;
 use raftnode::testing::sim::{self, kv::KvWorkload, Bugs, SimConfig, SimFailure};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 fn workload(config: &SimConfig) -> KvWorkload {
     KvWorkload {

@@ -15,6 +15,24 @@ use raftnode::{
     StateMachineError, Status,
 };
 
+/// A size or seed from the environment (`_` separators allowed), or `default` when the
+/// variable is unset.
+///
+/// # Panics
+///
+/// When the variable is set but not a number: a typo in a soak command must not fall
+/// back to the CI size silently.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
 /// Generous for a loaded 2-core machine; only failures wait this long.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 

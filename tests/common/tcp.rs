@@ -6,7 +6,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use raftnode::{Config, MemLogStore, Node, RefusalReason, Role, TcpHandle, TcpTransport};
+use raftnode::{
+    Config, MemLogStore, Node, RefusalReason, Role, TcpConfig, TcpHandle, TcpTransport,
+};
 
 use super::{logger, test_config, wait_until, Kv, DEADLINE};
 
@@ -26,6 +28,18 @@ impl TcpCluster {
         extra: &[(u64, SocketAddr)],
     ) -> TcpCluster {
         TcpCluster::start_with(transports, extra, |_, _, addr| addr, test_config)
+    }
+
+    /// Starts `n` voters (ids 1..=n) on plain TCP transports bound to loopback port 0,
+    /// all with `cluster_id`.
+    pub fn start_plain(cluster_id: u64, n: u64) -> TcpCluster {
+        let transports = (1..=n)
+            .map(|id| {
+                let config = TcpConfig::new(cluster_id, "127.0.0.1:0".parse().expect("address"));
+                (id, TcpTransport::bind(config, &logger()).expect("bind"))
+            })
+            .collect();
+        TcpCluster::start(transports, &[])
     }
 
     /// Like `start`, but node `from` reaches node `to` (listening at `addr`) at
