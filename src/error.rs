@@ -266,6 +266,12 @@ pub enum StartError {
     /// The driver thread could not be spawned.
     #[error("spawning the driver thread failed: {0}")]
     Spawn(#[source] std::io::Error),
+    /// A [`crate::GroupHost`] already runs a group with this id (stop it first).
+    #[error("group {0} is already running on this host")]
+    GroupExists(u64),
+    /// The [`crate::GroupHost`] has shut down; it starts no more groups.
+    #[error("the group host has shut down")]
+    HostStopped,
 }
 
 /// A transport failure.

@@ -71,6 +71,7 @@
 mod config;
 mod driver;
 mod error;
+mod host;
 mod log_store;
 mod mailbox;
 mod membership;
@@ -97,6 +98,7 @@ pub use error::{
     ConfigError, MembershipError, ProposeError, ReadError, StartError, StateMachineError,
     StopReason, StorageError, TransportError,
 };
+pub use host::{GroupHost, HostConfig};
 pub use log_store::LogStore;
 pub use mailbox::{DeliverError, Mailbox};
 pub use membership::MembershipChange;
@@ -115,6 +117,11 @@ pub use transports::tls::{TlsConfig, TlsConfigError};
 pub use transports::{ChannelNetwork, ChannelTransport, NetworkStats};
 pub use transports::{RefusalReason, TcpConfig, TcpHandle, TcpStats, TcpTransport};
 pub use validate::Refusal;
+
+/// The code blocks of `docs/multi-raft.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/multi-raft.md")]
+pub struct MultiRaftDoc;
 
 /// raft-rs types that appear in this crate's API.
 pub mod raft_types {

@@ -2,11 +2,11 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{unbounded, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex, RwLock};
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState};
 use slog::{info, o, Logger};
@@ -16,6 +16,7 @@ use crate::driver::Faults;
 use crate::error::{
     MembershipError, ProposeError, ReadError, StartError, StopReason, StorageError,
 };
+use crate::host::Wake;
 use crate::log_store::LogStore;
 use crate::mailbox::{DeliverError, Mailbox, Push};
 use crate::membership::{self, MembershipChange};
@@ -79,7 +80,13 @@ struct Inner<M: StateMachine> {
     max_pending_requests: usize,
     mailbox: Mailbox,
     shared: Arc<Shared>,
+    /// The node's own driver thread (`Node::start`); `None` once joined, and always for a
+    /// group on a [`crate::GroupHost`] thread.
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// For a group on a host: how a queued request gets the host thread's attention,
+    /// and which thread that is (so a stop called from inside the state machine does not
+    /// wait for itself).
+    hosted: Option<(Arc<Wake>, ThreadId)>,
     max_proposal_bytes: usize,
     logger: Logger,
 }
@@ -201,74 +208,37 @@ impl<M: StateMachine> Node<M> {
 
     fn start_with_faults<S: LogStore, T: Transport>(
         config: Config,
-        mut store: S,
-        mut state_machine: M,
-        mut transport: T,
+        store: S,
+        state_machine: M,
+        transport: T,
         logger: &Logger,
         faults: Faults,
     ) -> Result<Self, StartError> {
-        config.validate()?;
         let logger = logger.new(o!("raft_id" => config.id));
-        let applied = crate::replica::recover(&config, &mut store, &mut state_machine, &logger)?;
-
-        let (req_tx, req_rx) = bounded(config.max_pending_requests + config.max_pending_messages);
-        let shared = Arc::new(Shared::new());
-        let mailbox = Mailbox::from_fn(
-            config.id,
-            peer_push(req_tx.clone(), shared.clone(), config.max_pending_messages),
-        );
-        transport.start(mailbox.clone())?;
-
-        let id = config.id;
-        let max_proposal_bytes = config.max_proposal_bytes;
-        let max_pending_requests = config.max_pending_requests;
-        // Members added by membership changes get their contexts (addresses) back from
-        // the snapshot's member table and the log (docs/membership.md) as the replica
-        // starts, and hands them to the transport.
-        let runtime = Runtime::new(
+        let (runtime, parts) = prepare(
+            config,
             store,
             state_machine,
-            applied,
-            Box::new(transport),
-            config,
-            req_rx,
-            shared.clone(),
-            logger.clone(),
+            transport,
+            logger,
             faults,
+            None,
         )?;
-        let thread_shared = shared.clone();
+        let thread_shared = parts.shared.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("raftnode-{id}"))
+            .name(format!("raftnode-{}", parts.id))
             .spawn(move || {
                 let mut runtime = runtime;
                 let outcome =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.run()));
-                let reason = outcome.unwrap_or_else(|payload| {
-                    let text = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic payload".into());
-                    StopReason::Panic(text)
-                });
+                let reason =
+                    outcome.unwrap_or_else(|payload| StopReason::Panic(panic_text(&*payload)));
                 thread_shared.stop_reason.lock().get_or_insert(reason);
                 // Only now release the waiters: whoever sees `Stopped` can read why.
                 drop(runtime);
             })
             .map_err(StartError::Spawn)?;
-        info!(logger, "node started"; "applied" => applied);
-        Ok(Node {
-            inner: Arc::new(Inner {
-                id,
-                req_tx,
-                max_pending_requests,
-                mailbox,
-                shared,
-                thread: Mutex::new(Some(thread)),
-                max_proposal_bytes,
-                logger,
-            }),
-        })
+        Ok(parts.into_node(Some(thread), None))
     }
 
     /// This node's id.
@@ -610,8 +580,30 @@ impl<M: StateMachine> Node<M> {
         self.inner.stop(false)
     }
 
+    /// For [`crate::GroupHost`]: queues this hosted group's shutdown without waiting
+    /// (a stop from a host thread's own state machine is not waited for either).
+    pub(crate) fn begin_stop(&self, graceful: bool) {
+        match &self.inner.hosted {
+            Some((_, thread)) if *thread == std::thread::current().id() => {
+                let _ = self
+                    .inner
+                    .enqueue::<ReadError>(Request::Shutdown { graceful: false });
+            }
+            _ => self.inner.begin_stop_hosted(graceful),
+        }
+    }
+
+    /// For [`crate::GroupHost`]: waits until this hosted group has stopped; does not
+    /// wait when called from the group's own host thread (it stops after this turn).
+    pub(crate) fn wait_closed(&self) -> StopReason {
+        match &self.inner.hosted {
+            Some((_, thread)) if *thread == std::thread::current().id() => StopReason::Shutdown,
+            _ => self.inner.wait_closed(),
+        }
+    }
+
     fn submit<E: StoppedError + BusyError>(&self, request: Request<M>) -> Result<(), E> {
-        self.inner.enqueue(request, None)
+        self.inner.enqueue(request)
     }
 }
 
@@ -637,61 +629,48 @@ impl BusyError for MembershipError {
 }
 
 impl<M: StateMachine> Inner<M> {
-    /// Queues a client request: without waiting (`Busy` when full), or waiting up to
-    /// `wait` for room.
-    fn enqueue<E: StoppedError + BusyError>(
-        &self,
-        request: Request<M>,
-        wait: Option<Duration>,
-    ) -> Result<(), E> {
+    /// Queues a client request, or `Busy` when `max_pending_requests` are queued.
+    /// A `Shutdown` is always queued: a stop must get through a full queue (one per
+    /// stop call, so the bound still holds but for those).
+    fn enqueue<E: StoppedError + BusyError>(&self, request: Request<M>) -> Result<(), E> {
         let closed = self.shared.closed.read();
         if *closed {
             return Err(E::stopped());
         }
         let queued = &self.shared.requests_queued;
-        if wait.is_none() && queued.fetch_add(1, Ordering::AcqRel) >= self.max_pending_requests {
+        let over = queued.fetch_add(1, Ordering::AcqRel) >= self.max_pending_requests;
+        if over && !matches!(request, Request::Shutdown { .. }) {
             queued.fetch_sub(1, Ordering::AcqRel);
             return Err(E::busy());
         }
-        if wait.is_some() {
-            queued.fetch_add(1, Ordering::AcqRel);
-        }
-        let sent = match wait {
-            None => self.req_tx.try_send(request).map_err(|e| match e {
-                TrySendError::Full(_) => E::busy(),
-                TrySendError::Disconnected(_) => E::stopped(),
-            }),
-            Some(d) => self.req_tx.send_timeout(request, d).map_err(|e| match e {
-                SendTimeoutError::Timeout(_) => E::busy(),
-                SendTimeoutError::Disconnected(_) => E::stopped(),
-            }),
-        };
-        if sent.is_err() {
+        // The channel is unbounded (a bounded crossbeam channel allocates its whole
+        // capacity up front, megabytes per node); the counters above and in
+        // `peer_push` are the bounds.
+        if self.req_tx.send(request).is_err() {
             queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(E::stopped());
         }
-        sent
+        if let Some((wake, _)) = &self.hosted {
+            wake.wake();
+        }
+        Ok(())
     }
 
     fn stop(&self, graceful: bool) -> StopReason {
+        if let Some((_, host_thread)) = &self.hosted {
+            return self.stop_hosted(graceful, *host_thread);
+        }
         let thread = self.thread.lock().take();
         if let Some(thread) = thread {
             if thread.thread().id() == std::thread::current().id() {
                 // Called from inside the state machine: the driver exits after this turn.
-                let _ = self.enqueue::<ReadError>(Request::Shutdown { graceful: false }, None);
+                let _ = self.enqueue::<ReadError>(Request::Shutdown { graceful: false });
                 *self.thread.lock() = Some(thread);
                 return StopReason::Shutdown;
             }
-            // Wait for room as long as the driver lives: joining without having queued
-            // the request could wait forever.
-            loop {
-                match self.enqueue::<ReadError>(
-                    Request::Shutdown { graceful },
-                    Some(Duration::from_millis(100)),
-                ) {
-                    Err(ReadError::Busy) if !thread.is_finished() => continue,
-                    _ => break,
-                }
-            }
+            // Always queued (a full queue does not refuse a shutdown), so the join below
+            // cannot wait for a driver that was never told to stop.
+            let _ = self.enqueue::<ReadError>(Request::Shutdown { graceful });
             let _ = thread.join();
             info!(self.logger, "driver thread joined");
         }
@@ -703,6 +682,35 @@ impl<M: StateMachine> Inner<M> {
     }
 }
 
+impl<M: StateMachine> Inner<M> {
+    /// `stop` for a group on a host thread: queue the shutdown, then wait until the host
+    /// thread has dropped the group's runtime (every waiter released).
+    fn stop_hosted(&self, graceful: bool, host_thread: ThreadId) -> StopReason {
+        if host_thread == std::thread::current().id() {
+            // Called from inside a state machine on that thread: the group exits after
+            // this turn; waiting here would wait for ourselves.
+            let _ = self.enqueue::<ReadError>(Request::Shutdown { graceful: false });
+            return StopReason::Shutdown;
+        }
+        self.begin_stop_hosted(graceful);
+        self.wait_closed()
+    }
+
+    /// Queues a hosted group's shutdown (always queued, see `enqueue`).
+    fn begin_stop_hosted(&self, graceful: bool) {
+        let _ = self.enqueue::<ReadError>(Request::Shutdown { graceful });
+    }
+
+    /// Waits, without a deadline, until the group's runtime has been dropped.
+    fn wait_closed(&self) -> StopReason {
+        let mut reason = self.shared.stop_reason.lock();
+        while !*self.shared.closed.read() {
+            self.shared.stopped.wait(&mut reason);
+        }
+        reason.clone().unwrap_or(StopReason::Shutdown)
+    }
+}
+
 impl<M: StateMachine> Drop for Inner<M> {
     fn drop(&mut self) {
         self.stop(false);
@@ -711,7 +719,12 @@ impl<M: StateMachine> Drop for Inner<M> {
 
 /// The mailbox's way into the driver's queue, bounded by `max_pending_messages` on its
 /// own so a flood of client requests never starves raft traffic (and vice versa).
-fn peer_push<M: StateMachine>(tx: Sender<Request<M>>, shared: Arc<Shared>, limit: usize) -> Push {
+fn peer_push<M: StateMachine>(
+    tx: Sender<Request<M>>,
+    shared: Arc<Shared>,
+    limit: usize,
+    wake: Option<Arc<Wake>>,
+) -> Push {
     Arc::new(move |input| {
         let dropped = || {
             shared.peers_queued.fetch_sub(1, Ordering::AcqRel);
@@ -725,7 +738,12 @@ fn peer_push<M: StateMachine>(tx: Sender<Request<M>>, shared: Arc<Shared>, limit
             return Err(DeliverError::Full);
         }
         match tx.try_send(Request::Peer(input)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(wake) = &wake {
+                    wake.wake();
+                }
+                Ok(())
+            }
             Err(TrySendError::Full(_)) => {
                 dropped();
                 Err(DeliverError::Full)
@@ -736,6 +754,109 @@ fn peer_push<M: StateMachine>(tx: Sender<Request<M>>, shared: Arc<Shared>, limit
             }
         }
     })
+}
+
+/// What `prepare` builds besides the runtime: the parts of a `Node` handle.
+pub(crate) struct NodeParts<M: StateMachine> {
+    pub(crate) id: u64,
+    req_tx: Sender<Request<M>>,
+    max_pending_requests: usize,
+    mailbox: Mailbox,
+    pub(crate) shared: Arc<Shared>,
+    max_proposal_bytes: usize,
+    logger: Logger,
+}
+
+impl<M: StateMachine> NodeParts<M> {
+    /// The handle, once the runtime runs on `thread` (its own) or on a host thread.
+    pub(crate) fn into_node(
+        self,
+        thread: Option<JoinHandle<()>>,
+        hosted: Option<(Arc<Wake>, ThreadId)>,
+    ) -> Node<M> {
+        info!(self.logger, "node started");
+        Node {
+            inner: Arc::new(Inner {
+                id: self.id,
+                req_tx: self.req_tx,
+                max_pending_requests: self.max_pending_requests,
+                mailbox: self.mailbox,
+                shared: self.shared,
+                thread: Mutex::new(thread),
+                hosted,
+                max_proposal_bytes: self.max_proposal_bytes,
+                logger: self.logger,
+            }),
+        }
+    }
+}
+
+/// Everything of a start but the thread: checks the config, recovers the store and the
+/// state machine, starts the transport on the node's mailbox and builds the runtime.
+/// `wake` is set for a group on a host thread.
+///
+/// # Errors
+///
+/// As [`Node::start`].
+pub(crate) fn prepare<S: LogStore, M: StateMachine, T: Transport>(
+    config: Config,
+    mut store: S,
+    mut state_machine: M,
+    mut transport: T,
+    logger: Logger,
+    faults: Faults,
+    wake: Option<Arc<Wake>>,
+) -> Result<(Runtime<S, M>, NodeParts<M>), StartError> {
+    config.validate()?;
+    let applied = crate::replica::recover(&config, &mut store, &mut state_machine, &logger)?;
+
+    let (req_tx, req_rx) = unbounded();
+    let shared = Arc::new(Shared::new());
+    let mailbox = Mailbox::from_fn(
+        config.id,
+        peer_push(
+            req_tx.clone(),
+            shared.clone(),
+            config.max_pending_messages,
+            wake,
+        ),
+    );
+    transport.start(mailbox.clone())?;
+
+    let parts = NodeParts {
+        id: config.id,
+        req_tx,
+        max_pending_requests: config.max_pending_requests,
+        mailbox,
+        shared: shared.clone(),
+        max_proposal_bytes: config.max_proposal_bytes,
+        logger: logger.clone(),
+    };
+    info!(logger, "node recovered"; "applied" => applied);
+    // Members added by membership changes get their contexts (addresses) back from the
+    // snapshot's member table and the log (docs/membership.md) as the replica starts,
+    // and hands them to the transport.
+    let runtime = Runtime::new(
+        store,
+        state_machine,
+        applied,
+        Box::new(transport),
+        config,
+        req_rx,
+        shared,
+        logger,
+        faults,
+    )?;
+    Ok((runtime, parts))
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".into())
 }
 
 /// A logger that drops everything, for tests and examples.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use raft::eraftpb::{ConfChangeV2, ConfState, Message};
 use slog::{info, Logger};
 
@@ -147,23 +147,74 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         })
     }
 
-    /// Runs until shutdown or a fatal error; returns why it stopped.
+    /// Runs until shutdown or a fatal error on its own thread; returns why it stopped.
     pub(crate) fn run(&mut self) -> StopReason {
         let reason = loop {
-            if let Err(e) = self.turn() {
-                let reason = e.stop_reason();
-                slog::error!(self.logger, "node stopping on a fatal error"; "error" => %e);
+            let timeout = self.next_tick.saturating_duration_since(Instant::now());
+            let first = match self.req_rx.recv_timeout(timeout) {
+                Ok(request) => Some(request),
+                Err(RecvTimeoutError::Timeout) => None,
+                // Every handle is gone: nobody can wait on us any more.
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.replica.exit();
+                    None
+                }
+            };
+            if let Some(reason) = self.work(first) {
                 break reason;
             }
-            if self.replica.phase() == Phase::Exit {
-                break self
-                    .shared
+        };
+        self.finish(reason)
+    }
+
+    /// One turn without waiting, for a host thread that runs many groups (`host.rs`):
+    /// what is queued, a tick if one is due, every Ready. `Some(reason)` once the group
+    /// has stopped; the caller then calls [`Runtime::finish`] and drops it.
+    pub(crate) fn poll(&mut self) -> Option<StopReason> {
+        let first = match self.req_rx.try_recv() {
+            Ok(request) => Some(request),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                self.replica.exit();
+                None
+            }
+        };
+        self.work(first)
+    }
+
+    /// When this group next needs a turn without new input (its next tick).
+    pub(crate) fn next_tick(&self) -> Instant {
+        self.next_tick
+    }
+
+    /// Whether input is waiting (a turn takes at most `max_batch` of it).
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.req_rx.is_empty()
+    }
+
+    /// One round after the wait: drain (bounded), propose, tick, handle every Ready.
+    /// `Some(reason)` once the group has stopped.
+    fn work(&mut self, first: Option<Request<M>>) -> Option<StopReason> {
+        if let Err(e) = self.turn(first) {
+            let reason = e.stop_reason();
+            slog::error!(self.logger, "node stopping on a fatal error"; "error" => %e);
+            return Some(reason);
+        }
+        if self.replica.phase() == Phase::Exit {
+            return Some(
+                self.shared
                     .stop_reason
                     .lock()
                     .clone()
-                    .unwrap_or(StopReason::Shutdown);
-            }
-        };
+                    .unwrap_or(StopReason::Shutdown),
+            );
+        }
+        None
+    }
+
+    /// Stops the transport and records why the group stopped; the waiters are released
+    /// when the runtime is dropped.
+    pub(crate) fn finish(&mut self, reason: StopReason) -> StopReason {
         self.replica.host_mut().transport.stop();
         info!(self.logger, "node stopped"; "reason" => %reason);
         // Recorded before `Drop` releases the waiters, so whoever gets `Stopped` can read
@@ -172,16 +223,13 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         reason
     }
 
-    /// One round: wait, drain, propose, tick, handle every Ready, then the follow-ups.
-    fn turn(&mut self) -> Result<(), DriverError> {
-        let timeout = self.next_tick.saturating_duration_since(Instant::now());
-        match self.req_rx.recv_timeout(timeout) {
-            Ok(request) => self.on_request(request),
-            Err(RecvTimeoutError::Timeout) => {}
-            // Every handle is gone: nobody can wait on us any more.
-            Err(RecvTimeoutError::Disconnected) => self.replica.exit(),
+    fn turn(&mut self, first: Option<Request<M>>) -> Result<(), DriverError> {
+        let mut taken = 0;
+        if let Some(request) = first {
+            self.on_request(request);
+            taken = 1;
         }
-        for _ in 1..self.config.max_batch {
+        for _ in taken..self.config.max_batch {
             match self.req_rx.try_recv() {
                 Ok(request) => self.on_request(request),
                 Err(_) => break,
