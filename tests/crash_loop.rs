@@ -1,9 +1,11 @@
 //! The crash loop: a real child process runs durable nodes (`EngineLogStore` + `RedbKv`
-//! from `examples/common/redb_kv.rs`, real fsync), the parent writes to it and records every acknowledged
-//! write, kills it with SIGKILL at a random moment, restarts it on the same directories,
-//! and checks that every acknowledged write is present, in acknowledgement order, and
-//! applied exactly once. Raft paper §5.4 (safety: committed entries survive) plus the
-//! state machine's exactly-once apply across restarts.
+//! from `examples/common/redb_kv.rs`, real fsync), the parent writes to it and records
+//! every acknowledged write, kills it with SIGKILL at a random moment, restarts it on the
+//! same directories, and checks that every acknowledged write is present, in
+//! acknowledgement order, and applied exactly once. Raft paper §5.4 (safety: committed
+//! entries survive) plus the state machine's exactly-once apply across restarts: RedbKv
+//! fsyncs every 64th commit only, so most kills roll its database back past entries raft
+//! must apply again, once.
 //!
 //! Cycles: `RAFTNODE_CRASH_CYCLES_SINGLE` (default 1000 in release builds, as `.ci/run`
 //! runs it; 50 in debug builds) and `RAFTNODE_CRASH_CYCLES_CLUSTER` (default 200; 10 in
