@@ -639,6 +639,8 @@ impl StateMachine for RedbKv {
 impl Drop for RedbKv {
     /// A clean shutdown: makes the last non-durable commits durable, so the next open
     /// replays nothing. A failure here loses nothing (raft applies those entries again).
+    /// redb 2.6's own drop happened to keep them as well when we tried, but its docs
+    /// promise that only for a later durable commit.
     fn drop(&mut self) {
         if self.since_durable > 0 && !std::thread::panicking() {
             let _ = self.make_durable();
