@@ -1,9 +1,11 @@
-//! The crash loop: a real child process runs durable nodes (`EngineLogStore` +
-//! `DurableKv`, real fsync), the parent writes to it and records every acknowledged
-//! write, kills it with SIGKILL at a random moment, restarts it on the same directories,
-//! and checks that every acknowledged write is present, in acknowledgement order, and
-//! applied exactly once. Raft paper §5.4 (safety: committed entries survive) plus the
-//! state machine's exactly-once apply across restarts.
+//! The crash loop: a real child process runs durable nodes (`EngineLogStore` + `RedbKv`
+//! from `examples/common/redb_kv.rs`, real fsync), the parent writes to it and records
+//! every acknowledged write, kills it with SIGKILL at a random moment, restarts it on the
+//! same directories, and checks that every acknowledged write is present, in
+//! acknowledgement order, and applied exactly once. Raft paper §5.4 (safety: committed
+//! entries survive) plus the state machine's exactly-once apply across restarts: RedbKv
+//! fsyncs every 64th commit only, so most kills roll its database back past entries raft
+//! must apply again, once.
 //!
 //! Cycles: `RAFTNODE_CRASH_CYCLES_SINGLE` (default 1000 in release builds, as `.ci/run`
 //! runs it; 50 in debug builds) and `RAFTNODE_CRASH_CYCLES_CLUSTER` (default 200; 10 in
@@ -26,11 +28,15 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raftnode::testing::durable_kv::{encode_put, DurableKv, KvResponse};
 use raftnode::{
     ChannelNetwork, Config, EngineLogStore, Node, ProposalHandle, ProposeError, ReadConsistency,
     ReadError, SnapshotPolicy,
 };
+
+#[path = "../examples/common/redb_kv.rs"]
+mod redb_kv;
+
+use redb_kv::{encode_put, KvResponse, RedbKv};
 
 const CHILD_ENV: &str = "RAFTNODE_CRASH_CHILD";
 /// Only failures wait this long.
@@ -80,12 +86,12 @@ fn child_config(id: u64, voters: &[u64]) -> Config {
 fn run_child(dir: &Path, voters: &[u64]) {
     let network = ChannelNetwork::new();
     let logger = raftnode::discard_logger();
-    let nodes: Vec<Node<DurableKv>> = voters
+    let nodes: Vec<Node<RedbKv>> = voters
         .iter()
         .map(|&id| {
             let node_dir = dir.join(format!("n{id}"));
             let store = EngineLogStore::open(node_dir.join("raft"), 1).expect("open log store");
-            let kv = DurableKv::open(node_dir.join("kv")).expect("open kv");
+            let kv = RedbKv::open(node_dir.join("kv")).expect("open kv");
             Node::start(
                 child_config(id, voters),
                 store,
@@ -149,12 +155,12 @@ fn run_child(dir: &Path, voters: &[u64]) {
     let _ = acker.join();
 }
 
-fn current_leader(nodes: &[Node<DurableKv>]) -> Option<usize> {
+fn current_leader(nodes: &[Node<RedbKv>]) -> Option<usize> {
     let id = nodes.iter().find_map(|n| n.leader())?;
     nodes.iter().position(|n| n.id() == id)
 }
 
-fn wait_leader(nodes: &[Node<DurableKv>]) -> usize {
+fn wait_leader(nodes: &[Node<RedbKv>]) -> usize {
     let deadline = Instant::now() + DEADLINE;
     loop {
         if let Some(i) = current_leader(nodes) {
@@ -169,8 +175,8 @@ fn wait_leader(nodes: &[Node<DurableKv>]) -> usize {
 }
 
 fn read<T: Send + 'static>(
-    node: &Node<DurableKv>,
-    query: impl Fn(&DurableKv) -> T + Send + Clone + 'static,
+    node: &Node<RedbKv>,
+    query: impl Fn(&RedbKv) -> T + Send + Clone + 'static,
 ) -> T {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -521,7 +527,7 @@ fn crash_loop(mode: &str, cycles: u64, max_write_ms: u64) {
     );
 }
 
-/// Proves a single durable node (EngineLogStore + DurableKv, real fsync) killed with
+/// Proves a single durable node (EngineLogStore + RedbKv, real fsync) killed with
 /// SIGKILL at random moments, including during start-up, never loses or double-applies
 /// an acknowledged write.
 #[test]

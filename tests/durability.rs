@@ -15,15 +15,17 @@ use raft::eraftpb::{Entry, Snapshot};
 use raft::{GetEntriesContext, Storage};
 use raft_engine::env::{DefaultFileSystem, FileSystem, Handle, Permission, WriteExt};
 use raftnode::testing::conformance;
-use raftnode::testing::durable_kv::{encode_put, DurableKv, KvResponse};
 use raftnode::{
     ChannelNetwork, Config, EngineLogStore, EngineOptions, LogEngine, LogStore, Node,
     ReadConsistency, StopReason, StorageError,
 };
 
 mod common;
+#[path = "../examples/common/redb_kv.rs"]
+mod redb_kv;
 
 use common::DEADLINE;
+use redb_kv::{encode_put, KvResponse, RedbKv};
 
 fn entries(indexes: std::ops::RangeInclusive<u64>, term: u64, size: usize) -> Vec<Entry> {
     indexes
@@ -329,7 +331,7 @@ fn single_node_config() -> Config {
     config
 }
 
-fn start_leader<S: LogStore>(store: S, kv: DurableKv, network: &ChannelNetwork) -> Node<DurableKv> {
+fn start_leader<S: LogStore>(store: S, kv: RedbKv, network: &ChannelNetwork) -> Node<RedbKv> {
     let node = Node::start(
         single_node_config(),
         store,
@@ -356,7 +358,7 @@ fn fault_scenario(arm: impl FnOnce(&Faults), fault_name: &str) {
     let engine =
         LogEngine::open_with(dir.path().join("raft"), fs, EngineOptions::default()).unwrap();
     let store = EngineLogStore::with_engine(engine, 1).unwrap();
-    let kv = DurableKv::open(dir.path().join("kv")).unwrap();
+    let kv = RedbKv::open(dir.path().join("kv")).unwrap();
     let node = start_leader(store, kv, &network);
 
     let mut acked = Vec::new();
@@ -402,7 +404,7 @@ fn fault_scenario(arm: impl FnOnce(&Faults), fault_name: &str) {
     // Restart on a healthy disk: every acknowledged write is there, applied once.
     let network = ChannelNetwork::new();
     let store = EngineLogStore::open(dir.path().join("raft"), 1).unwrap();
-    let kv = DurableKv::open(dir.path().join("kv")).unwrap();
+    let kv = RedbKv::open(dir.path().join("kv")).unwrap();
     let node = start_leader(store, kv, &network);
     let expected = acked.clone();
     let missing = node
@@ -432,4 +434,189 @@ fn failed_fsync_stops_the_node_and_loses_nothing_acknowledged() {
 #[test]
 fn failed_write_stops_the_node_and_loses_nothing_acknowledged() {
     fault_scenario(|f| f.fail_write.store(true, Ordering::SeqCst), "write");
+}
+
+// ------------------------------------------------------------ RedbKv
+
+/// Every state `kv` went through: (applied index, all keys) after each commit.
+fn redb_state(kv: &RedbKv) -> (u64, Vec<(bytes::Bytes, redb_kv::KvEntry)>) {
+    use raftnode::StateMachine;
+    (kv.applied_index(), kv.scan_prefix(b""))
+}
+
+/// Proves RedbKv commits the data and the applied index in one transaction: whatever a
+/// crash leaves (the file as written so far, copied while the database is open, as a
+/// SIGKILL leaves it), a reopen finds the exact state of one earlier applied index, never
+/// a mix, and never one older than the last durable commit.
+#[test]
+fn redb_kv_crash_leaves_data_and_applied_index_of_one_commit() {
+    use raftnode::StateMachine;
+    use redb_kv::{encode_cas, encode_delete, encode_get};
+    const DURABLE_EVERY: u64 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let mut kv = RedbKv::open_with(dir.path().join("live"), DURABLE_EVERY).unwrap();
+    let mut states = vec![redb_state(&kv)];
+    let mut last_durable = 0;
+    for index in 1..=40u64 {
+        let key = format!("k{:02}", index % 7);
+        match index % 5 {
+            0 => kv.apply_noop(index),
+            1 => drop(kv.apply(index, &encode_put(key.as_bytes(), b"p"))),
+            2 => drop(kv.apply(index, &encode_cas(key.as_bytes(), Some(b"p"), b"c"))),
+            3 => drop(kv.apply(
+                index,
+                &encode_delete(format!("k{:02}", index % 3).as_bytes()),
+            )),
+            _ => drop(kv.apply(index, &encode_get(key.as_bytes()))),
+        }
+        if index % DURABLE_EVERY == 0 {
+            last_durable = index;
+        }
+        states.push(redb_state(&kv));
+
+        let crashed = dir.path().join(format!("crash-{index}"));
+        std::fs::create_dir(&crashed).unwrap();
+        std::fs::copy(kv.path(), crashed.join(redb_kv::DB_FILE)).unwrap();
+        let reopened = RedbKv::open(&crashed).unwrap();
+        let (applied, keys) = redb_state(&reopened);
+        assert!(
+            (last_durable..=index).contains(&applied),
+            "after commit {index}: reopened at {applied}, last durable commit {last_durable}"
+        );
+        assert_eq!(
+            (applied, keys),
+            states[applied as usize],
+            "after commit {index}: the data is not the state at its applied index"
+        );
+    }
+}
+
+/// Proves a clean drop makes the non-durable commits durable (a restart replays nothing),
+/// and that entries applied on top of a reopened store count versions on from the
+/// stored ones.
+#[test]
+fn redb_kv_clean_drop_keeps_every_apply() {
+    use raftnode::StateMachine;
+    let dir = tempfile::tempdir().unwrap();
+    let mut kv = RedbKv::open(dir.path()).unwrap();
+    for index in 1..=5u64 {
+        kv.apply(index, &encode_put(b"k", format!("v{index}").as_bytes()));
+    }
+    drop(kv);
+    let mut kv = RedbKv::open(dir.path()).unwrap();
+    assert_eq!(kv.applied_index(), 5);
+    assert_eq!(
+        kv.apply(6, &encode_put(b"k", b"v6")),
+        KvResponse::Put {
+            previous: Some("v5".into())
+        }
+    );
+    let entry = kv.entry(b"k").unwrap();
+    assert_eq!((entry.version, entry.index), (6, 6));
+    assert_eq!((kv.len(), kv.total_versions()), (1, 6));
+}
+
+/// Proves undecodable commands are `Invalid` (no panic, no change, the applied index
+/// still moves), and that commands round-trip through their encoding.
+#[test]
+fn redb_kv_bad_commands_are_invalid_and_change_nothing() {
+    use raftnode::StateMachine;
+    use redb_kv::{encode_cas, encode_delete, encode_get, KvCommand};
+    let dir = tempfile::tempdir().unwrap();
+    let mut kv = RedbKv::open(dir.path()).unwrap();
+    kv.apply(1, &encode_put(b"a", b"1"));
+    let before = kv.scan_prefix(b"");
+    let mut put = encode_put(b"b", b"2");
+    put.push(0); // a byte after the command
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut index = 1;
+    let mut bad = vec![Vec::new(), vec![0xff], vec![7, 1, 2], put];
+    bad.extend((0..500).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Tag 0..=4 (4 is unknown), then random lengths and bytes.
+        let mut raw = vec![(x % 5) as u8];
+        raw.extend((0..(x >> 8) % 12).map(|i| (x >> (i * 5)) as u8));
+        raw
+    }));
+    for raw in bad {
+        let Err(reason) = KvCommand::decode(&raw) else {
+            continue; // a random input that happens to be a valid command
+        };
+        index += 1;
+        assert_eq!(kv.apply(index, &raw), KvResponse::Invalid(reason));
+        assert_eq!(kv.applied_index(), index);
+    }
+    assert!(index > 100, "most random inputs are invalid");
+    assert_eq!(kv.scan_prefix(b""), before);
+    for command in [
+        encode_put(b"k", b"v"),
+        encode_delete(b"k"),
+        encode_get(b"k"),
+        encode_cas(b"k", Some(b"a"), b"b"),
+        encode_cas(b"k", None, b""),
+    ] {
+        assert_eq!(KvCommand::decode(&command).unwrap().encode(), command);
+    }
+}
+
+/// Proves a snapshot restores an equal state (replacing every old key, atomically and
+/// durably), and that truncated, padded, foreign, unordered or overlong snapshots are
+/// refused by `check_snapshot` and by `restore` without changing the state.
+#[test]
+fn redb_kv_snapshot_restores_and_bad_snapshots_are_refused() {
+    use raftnode::StateMachine;
+    let dir = tempfile::tempdir().unwrap();
+    let mut source = RedbKv::open(dir.path().join("source")).unwrap();
+    for i in 1..=50u64 {
+        source.apply(i, &encode_put(format!("s{i:03}").as_bytes(), b"x"));
+    }
+    source.apply(51, &encode_put(b"s001", b"y"));
+    let snapshot = source.snapshot().unwrap();
+    let mut target = RedbKv::open(dir.path().join("target")).unwrap();
+    target.apply(1, &encode_put(b"old", b"gone after restore"));
+    let target_before = redb_state(&target);
+
+    let mut padded = snapshot.to_vec();
+    padded.push(0);
+    let mut foreign = snapshot.to_vec();
+    foreign[0] = 2; // format 2 (postcard: a u32 below 128 is one byte)
+                    // postcard by hand: format 1, 2 entries, ("b", "x", 1, 1) then ("a", "x", 1, 2).
+    let out_of_order = vec![1, 2, 1, b'b', 1, b'x', 1, 1, 1, b'a', 1, b'x', 1, 2];
+    // Format 1 and a claim of 2^32 - 1 entries with none following: refused without
+    // allocating for them.
+    let huge_count = vec![1, 0xff, 0xff, 0xff, 0xff, 0x0f];
+    for (name, bad) in [
+        ("empty", Vec::new()),
+        ("truncated", snapshot[..snapshot.len() - 1].to_vec()),
+        ("padded", padded),
+        ("foreign format", foreign),
+        ("keys out of order", out_of_order),
+        ("huge entry count", huge_count),
+    ] {
+        assert!(
+            target.check_snapshot(60, &bad).is_err(),
+            "{name} passed the check"
+        );
+        assert!(target.restore(60, &bad).is_err(), "{name} restored");
+        assert_eq!(
+            redb_state(&target),
+            target_before,
+            "{name} changed the state"
+        );
+    }
+
+    target.check_snapshot(60, &snapshot).unwrap();
+    target.restore(60, &snapshot).unwrap();
+    assert_eq!(target.applied_index(), 60);
+    assert_eq!(target.scan_prefix(b""), source.scan_prefix(b""));
+    assert!(target.get(b"old").is_none());
+    // Durable before `restore` returned: the file as it is now reopens at 60.
+    let crashed = dir.path().join("crashed");
+    std::fs::create_dir(&crashed).unwrap();
+    std::fs::copy(target.path(), crashed.join(redb_kv::DB_FILE)).unwrap();
+    let reopened = RedbKv::open(&crashed).unwrap();
+    assert_eq!(redb_state(&reopened), redb_state(&target));
+    assert_eq!((reopened.len(), reopened.total_versions()), (50, 51));
 }
