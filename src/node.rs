@@ -487,7 +487,12 @@ impl<M: StateMachine> Node<M> {
         self.submit(Request::Campaign)
     }
 
-    /// The leader this node last heard of. Cheap: no round trip to the driver.
+    /// The leader this node can vouch for: itself while it leads, or the leader of its
+    /// term if it heard from it within the last election timeout (`election_ticks`
+    /// ticks). `None` otherwise, so a dead leader is not named for longer than that
+    /// (raft-rs alone names it until the next election ends). `Status::leader` and the
+    /// `NotLeader { leader }` hints follow the same rule. Cheap: no round trip to the
+    /// driver.
     pub fn leader(&self) -> Option<u64> {
         match self.inner.shared.leader.load(Ordering::Relaxed) {
             0 => None,
@@ -495,7 +500,8 @@ impl<M: StateMachine> Node<M> {
         }
     }
 
-    /// Blocks until this node knows a leader, and returns it.
+    /// Blocks until this node knows a leader (as [`Node::leader`] reports it: fresh
+    /// within an election timeout), and returns it.
     ///
     /// # Errors
     ///

@@ -325,6 +325,11 @@ pub(crate) struct Replica<S: LogStore, M: StateMachine, H: Host<M>> {
     elections: Elections,
     last_snapshot_index: u64,
     ticks: u64,
+    /// Ticks since a message from the leader of the current term was stepped; the
+    /// leader hint goes stale past `election_ticks` of them (`leader_hint`).
+    leader_silent_ticks: usize,
+    /// The leader hint last published to the handles (`Shared::leader`; 0 for none).
+    published_leader: u64,
     /// Set on each tick: `after_ready` then runs the checks that need no faster pace.
     housekeeping_due: bool,
     phase: Phase,
@@ -499,6 +504,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             },
             last_snapshot_index,
             ticks: 0,
+            leader_silent_ticks: 0,
+            published_leader: 0,
             housekeeping_due: true,
             phase: Phase::Running,
             timeout_key: (u64::MAX, StateRole::Leader, u64::MAX),
@@ -550,10 +557,28 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         self.raw.raft.state == StateRole::Leader
     }
 
+    /// The leader this node can name: itself while it leads, or the leader of its term
+    /// if it heard from it within the last `election_ticks` ticks. raft-rs keeps
+    /// `leader_id` until the term changes, so a dead leader would otherwise be named
+    /// (in `Node::leader` and every `NotLeader` hint) until an election ends.
     pub(crate) fn leader_hint(&self) -> Option<u64> {
-        match self.raw.raft.leader_id {
+        let raft = &self.raw.raft;
+        if raft.state == StateRole::Leader {
+            return Some(self.book.id);
+        }
+        match raft.leader_id {
             0 => None,
+            _ if self.leader_silent_ticks > self.config.election_ticks => None,
             id => Some(id),
+        }
+    }
+
+    /// Publishes the leader hint to the handles when it changed.
+    fn publish_leader(&mut self) {
+        let hint = self.leader_hint().unwrap_or(0);
+        if hint != self.published_leader {
+            self.published_leader = hint;
+            self.book.shared.leader.store(hint, Ordering::Relaxed);
         }
     }
 
@@ -608,12 +633,19 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 "term" => m.term, "index" => m.index, "log_term" => m.log_term,
                 "commit" => m.commit, "entries" => m.entries.len());
         }
-        let (from, msg_type) = (m.from, m.get_msg_type());
+        let (from, term, msg_type) = (m.from, m.term, m.get_msg_type());
         if let Err(e) = self.raw.step(m) {
             // Unknown or removed peers, local types: routine, never fatal.
             bump(&self.book.shared.metrics.step_errors);
             debug!(self.book.logger, "message dropped by raft"; "from" => from,
                 "type" => ?msg_type, "error" => %e);
+        }
+        let raft = &self.raw.raft;
+        if from == raft.leader_id && term == raft.term && from != 0 {
+            self.leader_silent_ticks = 0;
+            if self.published_leader != from {
+                self.publish_leader();
+            }
         }
         self.note_transfer();
         self.rerandomize();
@@ -826,7 +858,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     pub(crate) fn propose_conf_change(&mut self, cc: ConfChangeV2, token: H::ConfChange) {
         let host = &mut self.book.host;
         if !(self.raw.raft.state == StateRole::Leader) || self.phase != Phase::Running {
-            let leader = Some(self.raw.raft.leader_id).filter(|&l| l != 0);
+            let leader = self.leader_hint();
+            let host = &mut self.book.host;
             return host.conf_change_done(token, Err(MembershipError::NotLeader { leader }));
         }
         let conf = self.raw.raft.prs().conf().to_conf_state();
@@ -1073,6 +1106,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         self.book.now = now;
         self.raw.tick();
         self.ticks += 1;
+        self.leader_silent_ticks = self.leader_silent_ticks.saturating_add(1);
+        self.publish_leader();
         self.housekeeping_due = true;
         self.note_transfer();
         self.rerandomize();
@@ -1337,7 +1372,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             "role" => ?role, "term" => raft.term, "leader" => leader,
             "commit" => raft.raft_log.committed, "applied" => raft.raft_log.applied,
             "last_index" => raft.raft_log.last_index());
-        self.book.shared.leader.store(leader, Ordering::Relaxed);
+        self.publish_leader();
         if was == StateRole::Leader && role != StateRole::Leader {
             // Entries appended under our leadership may or may not commit now.
             self.book.fail_pending_unknown();

@@ -55,7 +55,8 @@ pub struct Status {
     pub role: Role,
     /// Current term.
     pub term: u64,
-    /// The leader this node knows of.
+    /// The leader this node can vouch for: itself, or one heard from within the last
+    /// election timeout (see [`crate::Node::leader`]).
     pub leader: Option<u64>,
     /// Highest index known committed.
     pub commit: u64,

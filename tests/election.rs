@@ -121,3 +121,48 @@ fn campaign_against_healthy_leader_is_refused() {
         "a refused pre-vote must not bump the term"
     );
 }
+
+/// Proves a dead leader stops being named once an election timeout (`election_ticks`)
+/// has passed. raft-rs alone keeps naming it until this node's own election timer fires
+/// (it clears `leader_id` only on becoming a pre-candidate); here that timer is drawn
+/// from 80..100 ticks, four times `election_ticks`, so the hint must go while the
+/// survivor is still a plain follower. With the leader and one follower killed, nobody
+/// can be elected; `leader()`, `Status::leader` and the `NotLeader` hint all say "no
+/// leader known".
+#[test]
+fn a_dead_leader_is_not_named_once_an_election_timeout_passed() {
+    let mut c = Cluster::with_config(3, |config| {
+        config.election_tick_range = Some((80, 100));
+    });
+    let leader = c.wait_leader();
+    c.propose_ok(put("k", "v"));
+    let survivor = (1..=3).find(|&id| id != leader).expect("a follower");
+    let other = (1..=3)
+        .find(|&id| id != leader && id != survivor)
+        .expect("another");
+    wait_until("the survivor knows the leader", || {
+        c.status(survivor).leader == Some(leader)
+    });
+    c.kill(leader);
+    c.kill(other);
+    let killed = std::time::Instant::now();
+    let node = c.node(survivor).clone();
+    let mut role = None;
+    wait_until("the survivor stops naming the dead leader", || {
+        let status = node.status().expect("status");
+        role = Some(status.role);
+        status.leader.is_none() && node.leader().is_none()
+    });
+    let after = killed.elapsed();
+    assert_eq!(
+        role,
+        Some(Role::Follower),
+        "the hint went only when raft-rs's own election timer fired"
+    );
+    match node.propose(put("k", "w")).expect("queued").wait() {
+        Err(raftnode::ProposeError::NotLeader { leader: None }) => {}
+        other => panic!("expected NotLeader without a hint, got {other:?}"),
+    }
+    // One election timeout is 20 ticks of 10 ms.
+    eprintln!("dead leader unnamed after {after:?}");
+}
