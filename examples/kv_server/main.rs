@@ -61,7 +61,10 @@
 //! known (missing from `--peers-http`; `http=` in `POST /members` teaches it to the
 //! leader only), the answer is `503`.
 //!
-//! **Errors.** The body of every error is one line of text saying what happened.
+//! **Errors.** The body of every error is one line of text saying what happened, but
+//! for the `400` and `431` hyper itself sends (bytes that are not HTTP, a head over
+//! 16 KiB), which have none. A connection that sends no complete request head for 30 s,
+//! an idle keep-alive one included, is closed.
 //!
 //! | status | meaning |
 //! |---|---|
@@ -108,7 +111,8 @@ use tokio::net::TcpListener;
 /// wait on the raft node. Each HTTP/1.1 connection has at most one request in flight,
 /// so this is also how many such requests wait at once; more queue for a thread.
 const MAX_BLOCKING_THREADS: usize = 64;
-/// A client must send a request's head within this long, or its connection is closed.
+/// A client must send a request's head within this long, or its connection is closed;
+/// hyper counts an idle keep-alive connection's wait for its next request too.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head hyper buffers; larger ones get `431`.
 const MAX_HEAD_BYTES: usize = 16 << 10;
