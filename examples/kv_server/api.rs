@@ -17,13 +17,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
-use raftnode::testing::durable_kv::{encode_delete, encode_put, DurableKv, KvResponse};
 use raftnode::{
     MembershipError, PeerProgress, ProposeError, ReadConsistency, ReadError, Role, Status,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{cluster, Server};
+use crate::{cluster, encode_delete, encode_put, DurableKv, KvResponse, Server};
 
 /// Largest value accepted in a `PUT` body.
 const MAX_VALUE_BYTES: usize = 512 << 10;

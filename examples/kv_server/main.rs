@@ -103,9 +103,12 @@ use clap::Parser;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::RwLock;
-use raftnode::testing::durable_kv::DurableKv;
 use raftnode::{Config, EngineLogStore, Node, StopReason, TcpConfig, TcpTransport};
 use tokio::net::TcpListener;
+
+/// The state machine and its commands, for every module here: the one line to change
+/// to put the data in another store with the same API.
+pub(crate) use raftnode::testing::durable_kv::{encode_delete, encode_put, DurableKv, KvResponse};
 
 /// Threads of the runtime's blocking pool, where reads, status and membership changes
 /// wait on the raft node. Each HTTP/1.1 connection has at most one request in flight,
