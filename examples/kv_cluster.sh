@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local 3-node kv_server cluster on loopback, in a temporary data directory.
-# Ctrl-C stops all three and removes the directory.
+# Ctrl-C stops all three and removes the directory. docs/kv-example.md explains the API;
+# http://127.0.0.1:8001/ is the cluster status page.
 #
 #   examples/kv_cluster.sh            # raft ports 7001-7003, HTTP ports 8001-8003
 #   KEEP_DATA=1 examples/kv_cluster.sh  # keep the data directory on exit
@@ -8,7 +9,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --release --features testing --example kv_server
+cargo build --release --example kv_server
 BIN="$TARGET_DIR/release/examples/kv_server"
 
 DATA="$(mktemp -d -t kv_cluster.XXXXXX)"
@@ -40,6 +41,7 @@ curl -s 127.0.0.1:8001/status || true
 
 cat <<'TRY'
 
+Open http://127.0.0.1:8001/ in a browser: the cluster status page.
 Try (-L follows a follower's 307 redirect to the leader):
   curl -L -X PUT -d hello 127.0.0.1:8001/kv/greeting
   curl 127.0.0.1:8002/kv/greeting                        # linearizable, on a follower
@@ -47,6 +49,7 @@ Try (-L follows a follower's 307 redirect to the leader):
   curl -L '127.0.0.1:8003/kv/greeting?consistency=lease'
   curl -L -X DELETE 127.0.0.1:8001/kv/greeting
   curl 127.0.0.1:8001/status
+  curl 127.0.0.1:8001/cluster                            # every node's /status, gathered by node 1
   curl -L -X POST -d to=2 127.0.0.1:8001/leader          # move leadership to node 2
 Add a fourth node (in another shell), then tell the leader:
   <target>/release/examples/kv_server --id 4 --join \

@@ -74,6 +74,7 @@ fn free_port() -> u16 {
 struct Answer {
     status: u16,
     location: Option<String>,
+    retry_after: Option<String>,
     body: Vec<u8>,
 }
 
@@ -100,6 +101,7 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<An
         .and_then(|s| s.parse().ok())
         .ok_or_else(bad)?;
     let mut location = None;
+    let mut retry_after = None;
     let mut length = 0;
     loop {
         line.clear();
@@ -114,6 +116,7 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<An
         match name.to_ascii_lowercase().as_str() {
             "content-length" => length = value.trim().parse().map_err(|_| bad())?,
             "location" => location = Some(value.trim().to_string()),
+            "retry-after" => retry_after = Some(value.trim().to_string()),
             _ => {}
         }
     }
@@ -122,6 +125,7 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<An
     Ok(Answer {
         status,
         location,
+        retry_after,
         body,
     })
 }
@@ -141,11 +145,18 @@ struct Cluster {
     dir: tempfile::TempDir,
     raft: BTreeMap<u64, String>,
     http: BTreeMap<u64, String>,
+    /// Flags every node gets besides the addresses and `--data-dir`.
+    flags: Vec<String>,
     children: BTreeMap<u64, Child>,
 }
 
 impl Cluster {
+    /// Three nodes ticking every 50 ms.
     fn start() -> Cluster {
+        Cluster::start_with(&["--tick-ms", "50"])
+    }
+
+    fn start_with(flags: &[&str]) -> Cluster {
         server_binary();
         let ids = [1u64, 2, 3];
         let raft = ids
@@ -160,6 +171,7 @@ impl Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             raft,
             http,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
             children: BTreeMap::new(),
         };
         for id in ids {
@@ -182,7 +194,7 @@ impl Cluster {
             .args(["--cluster", &Self::list(&self.raft)])
             .args(["--http", &self.http[&id]])
             .args(["--peers-http", &Self::list(&self.http)])
-            .args(["--tick-ms", "50"])
+            .args(&self.flags)
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("n{id}")))
             .stdin(Stdio::null())
@@ -277,7 +289,7 @@ impl Drop for Cluster {
 /// through HTTP, the leader process is killed with SIGKILL, writing continues through
 /// the new leader, the killed node restarts on its data directory, and all three nodes
 /// then hold every acknowledged write (Raft §5.4: committed entries survive leader
-/// changes; durability of `EngineLogStore` + `DurableKv` across a real crash).
+/// changes; durability of `EngineLogStore` + `RedbKv` across a real crash).
 #[test]
 fn acknowledged_writes_survive_leader_sigkill_and_restart() {
     let mut cluster = Cluster::start();
@@ -362,7 +374,9 @@ fn follower_redirects_and_bad_input_gets_clear_statuses() {
     expect("GET", "/kv/x?consistency=sometimes", b"", 400);
     expect("GET", "/kv/%zz", b"", 400);
     expect("GET", "/nowhere", b"", 404);
+    expect("GET", "/kv/", b"", 400);
     expect("PATCH", "/kv/x", b"", 405);
+    expect("GET", "/leader", b"", 405);
     // Refused from its Content-Length alone, before any of the body is read.
     let mut raw = TcpStream::connect(&f).expect("connect");
     raw.write_all(b"PUT /kv/big HTTP/1.1\r\nContent-Length: 614400\r\n\r\n")
@@ -380,6 +394,141 @@ fn follower_redirects_and_bad_input_gets_clear_statuses() {
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
     let answer = http(&f, "GET", "/kv/x?consistency=stale", b"").expect("GET after garbage");
     assert_eq!(answer.status, 200);
+}
+
+/// Proves the two kinds of failed write get distinct statuses. A leader whose two
+/// followers were killed (SIGKILL) still leads for a moment (until check-quorum makes it
+/// step down, Raft §6.2 / §9.6): a write it appends cannot commit, and when the wait ends
+/// the answer is `504` "outcome unknown" (the entry is in its log and could still commit
+/// under it or a later leader). Once it has stepped down and knows no leader, writes and
+/// linearizable reads are refused before reaching raft: `503` with `Retry-After`. With the
+/// followers back, the same write succeeds.
+#[test]
+fn writes_without_a_quorum_get_504_outcome_unknown_then_503_retry_after() {
+    // Elections take 10-20 ticks (1-2 s) and check-quorum steps a lone leader down
+    // after at least one election timeout, well after the 300 ms wait of a request.
+    let mut cluster = Cluster::start_with(&["--tick-ms", "100", "--request-timeout-ms", "300"]);
+    let leader = cluster.wait_leader();
+    assert!(cluster.put("before", "1"));
+    let followers: Vec<u64> = cluster
+        .http
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    for id in &followers {
+        cluster.kill(*id);
+    }
+    let l = cluster.http[&leader].clone();
+
+    let answer = http(&l, "PUT", "/kv/lost", b"maybe").expect("PUT to the lone leader");
+    let body = String::from_utf8_lossy(&answer.body);
+    assert_eq!(answer.status, 504, "{answer:?}");
+    assert!(body.starts_with("outcome unknown"), "{body}");
+    assert_eq!(
+        answer.retry_after, None,
+        "504 must not invite a blind retry"
+    );
+
+    let deadline = Instant::now() + DEADLINE;
+    while !cluster
+        .status(leader)
+        .is_some_and(|s| s.contains("\"leader\":null") && !s.contains("\"role\":\"leader\""))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lone leader never stepped down"
+        );
+        // Poll interval; the loop is bounded by `deadline`.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (method, path) in [("PUT", "/kv/lost"), ("GET", "/kv/before")] {
+        let answer = http(&l, method, path, b"again").expect("request without a quorum");
+        assert_eq!(answer.status, 503, "{method} {path}: {answer:?}");
+        assert_eq!(
+            answer.retry_after.as_deref(),
+            Some("1"),
+            "{method} {path}: 503 carries Retry-After"
+        );
+    }
+
+    for id in followers {
+        cluster.spawn(id);
+    }
+    cluster.wait_leader();
+    assert!(cluster.put("lost", "again"));
+}
+
+/// Proves `--max-connections` holds: with a limit of one, a second connection while the
+/// first is open gets `503` with `Retry-After`, and once the first closes the next is
+/// served.
+#[test]
+fn connections_beyond_the_limit_get_503_with_retry_after() {
+    server_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let _child = KillOnDrop(
+        Command::new(server_binary())
+            .args([
+                "--id",
+                "1",
+                "--cluster",
+                &format!("1=127.0.0.1:{}", free_port()),
+            ])
+            .args([
+                "--http",
+                &http_addr,
+                "--tick-ms",
+                "50",
+                "--max-connections",
+                "1",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("n1"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kv_server"),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while !http(&http_addr, "GET", "/status", b"").is_ok_and(|a| a.status == 200) {
+        assert!(Instant::now() < deadline, "kv_server never served");
+        // Poll interval; the loop is bounded by `deadline`.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A keep-alive connection that has been served once holds the only slot. The slot
+    // of the connection before it comes back only once the server has seen it close,
+    // which may be just after the client did: until then this one gets the 503.
+    let deadline = Instant::now() + DEADLINE;
+    let held = loop {
+        let mut held = TcpStream::connect(&http_addr).expect("connect");
+        held.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        held.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut first = [0u8; 12];
+        held.read_exact(&mut first).expect("first answer");
+        if &first == b"HTTP/1.1 200" {
+            break held;
+        }
+        assert_eq!(&first, b"HTTP/1.1 503", "the only other answer");
+        assert!(Instant::now() < deadline, "no connection was ever served");
+        // Poll interval; the loop is bounded by `deadline`.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    let answer = http(&http_addr, "GET", "/status", b"").expect("second connection");
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+
+    drop(held);
+    let deadline = Instant::now() + DEADLINE;
+    while !http(&http_addr, "GET", "/status", b"").is_ok_and(|a| a.status == 200) {
+        assert!(Instant::now() < deadline, "the slot never came back");
+        // Poll interval; the loop is bounded by `deadline`.
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Proves `kv_server` leaves as soon as its raft node stops, with status 1 and the
@@ -423,7 +572,7 @@ fn kv_server_exits_with_the_reason_when_its_disk_fills() {
         }
     };
 
-    // 16 MiB in all: raft-engine and DurableKv together pass it after a few hundred
+    // 16 MiB in all: raft-engine and RedbKv together pass it after a few hundred
     // 64 KiB writes.
     let mut child = spawn(Some(16 * 1024));
     wait_serving();

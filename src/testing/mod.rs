@@ -8,7 +8,6 @@
 //! See `docs/testing.md`.
 
 pub mod conformance;
-pub mod durable_kv;
 pub mod fuzz;
 pub mod linearizability;
 pub mod sim;

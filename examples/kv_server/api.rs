@@ -1,0 +1,592 @@
+//! The HTTP API: routes, handlers, and how raftnode's errors become statuses.
+//!
+//! Every `503` means "not applied, safe to retry" and carries `Retry-After`; `504`
+//! means "outcome unknown" (see the table in the crate docs). Handlers never block a
+//! runtime thread: a write awaits its `ProposalHandle` (a `Future`); `Node::read`,
+//! `Node::status` and the membership calls block, so they run on the blocking pool.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, delete, get, post};
+use axum::{Json, Router};
+use raftnode::{
+    MembershipError, PeerProgress, ProposeError, ReadConsistency, ReadError, Role, Status,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{cluster, encode_delete, encode_put, KvResponse, RedbKv, Server};
+
+/// Largest value accepted in a `PUT` body.
+const MAX_VALUE_BYTES: usize = 512 << 10;
+/// Largest body of the other requests.
+const MAX_FORM_BYTES: usize = 4 << 10;
+/// Largest key, after percent-decoding.
+const MAX_KEY_BYTES: usize = 4 << 10;
+/// How long membership changes and transfers may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// What every `503` tells the client to wait before retrying, in seconds.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// The routes; `server` is every handler's state.
+pub(crate) fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/", get(cluster::page))
+        .route("/cluster", get(cluster::cluster))
+        .route("/status", get(status))
+        .route(
+            "/kv/",
+            any(|| async { text(StatusCode::BAD_REQUEST, "empty key") }),
+        )
+        .route("/kv/{*key}", get(read_key).put(put_key).delete(delete_key))
+        .route("/members", post(add_member))
+        .route("/members/{id}", delete(remove_member))
+        .route("/leader", post(transfer))
+        .method_not_allowed_fallback(|| async {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "wrong method; see the kv_server docs",
+            )
+        })
+        .fallback(|| async {
+            text(
+                StatusCode::NOT_FOUND,
+                "unknown path; see /kv/{key}, /members, /leader, /status, /cluster, /",
+            )
+        })
+        .with_state(server)
+}
+
+// ------------------------------------------------------------------ responses
+
+/// One line of plain text.
+pub(crate) fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut body = message.into();
+    body.push('\n');
+    (status, [(CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// `503` with `Retry-After`: nothing was applied, and trying again later is safe.
+pub(crate) fn retry_later(message: impl Into<String>) -> Response {
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    response
+}
+
+/// `504`: the command reached raft and the wait ended; it may or may not be applied.
+fn outcome_unknown(error: impl std::fmt::Display) -> Response {
+    text(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!("outcome unknown: the write may or may not have been applied ({error})"),
+    )
+}
+
+/// The answer to a connection beyond `--max-connections`.
+pub(crate) fn too_many_connections() -> Response {
+    retry_later("too many connections; retry later")
+}
+
+/// `500` for a blocking task that panicked or was cancelled.
+fn task_failed(error: tokio::task::JoinError) -> Response {
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("request task failed: {error}"),
+    )
+}
+
+fn leads(server: &Server) -> bool {
+    server.node.leader() == Some(server.node.id())
+}
+
+/// A `307` to the leader, or `503` when it or its HTTP address is unknown.
+fn redirect(server: &Server, uri: &Uri, leader: Option<u64>) -> Response {
+    let Some(leader) = leader.or_else(|| server.node.leader()) else {
+        return retry_later("no leader known; retry shortly");
+    };
+    if leader == server.node.id() {
+        return retry_later("leadership is changing; retry shortly");
+    }
+    let Some(addr) = server.peers_http.read().get(&leader).cloned() else {
+        return retry_later(format!(
+            "the leader is node {leader}, whose HTTP address is unknown here (--peers-http)"
+        ));
+    };
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut response = text(
+        StatusCode::TEMPORARY_REDIRECT,
+        format!("node {leader} leads"),
+    );
+    match format!("http://{addr}{target}").parse() {
+        Ok(location) => {
+            response.headers_mut().insert(LOCATION, location);
+            response
+        }
+        Err(_) => retry_later(format!(
+            "the leader is node {leader}, whose HTTP address {addr:?} does not make a URL"
+        )),
+    }
+}
+
+// ------------------------------------------------------------------ request parts
+
+/// The key of a `/kv/{key}` request: the rest of the path, percent-decoded; or why it
+/// is refused (a `400`).
+fn key_of(uri: &Uri) -> Result<Vec<u8>, String> {
+    let raw = uri.path().strip_prefix("/kv/").unwrap_or_default();
+    // `percent_decode_str` passes a malformed escape through as it is; refuse it, so
+    // `/kv/%zz` is an error rather than the key "%zz".
+    let bytes = raw.as_bytes();
+    for (i, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'%') {
+        let hex = bytes.get(i + 1..i + 3);
+        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            return Err(format!("bad percent escape in {raw:?}"));
+        }
+    }
+    let key: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    if key.is_empty() {
+        return Err("empty key".into());
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!("key exceeds {MAX_KEY_BYTES} bytes"));
+    }
+    Ok(key)
+}
+
+/// Reads a body of at most `limit` bytes; `413` from `Content-Length` alone when the
+/// client declares more, before any of the body is read.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Response> {
+    let too_large = |size: String| {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body{size} exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = declared.filter(|l| *l > limit as u64) {
+        return Err(too_large(format!(" of {length} bytes")));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over {
+            too_large(String::new())
+        } else {
+            text(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+        }
+    })
+}
+
+/// Parses an `a=1&b=2` form body.
+async fn read_form(headers: &HeaderMap, body: Body) -> Result<BTreeMap<String, String>, Response> {
+    let raw = read_body(headers, body, MAX_FORM_BYTES).await?;
+    serde_urlencoded::from_bytes(&raw)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("bad form body: {e}")))
+}
+
+// ------------------------------------------------------------------ keys
+
+/// The one read of the store: the value of `key`, copied out of the state machine.
+fn read_value(kv: &RedbKv, key: &[u8]) -> Option<Bytes> {
+    kv.get(key)
+}
+
+async fn put_key(
+    State(server): State<Arc<Server>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let key = match key_of(&uri) {
+        Ok(key) => key,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    match read_body(&headers, body, MAX_VALUE_BYTES).await {
+        Ok(value) => propose(&server, &uri, encode_put(&key, &value)).await,
+        Err(response) => response,
+    }
+}
+
+async fn delete_key(State(server): State<Arc<Server>>, uri: Uri) -> Response {
+    match key_of(&uri) {
+        Ok(key) => propose(&server, &uri, encode_delete(&key)).await,
+        Err(e) => text(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// Proposes on the leader and awaits the outcome, at most `request_timeout`.
+async fn propose(server: &Server, uri: &Uri, command: Vec<u8>) -> Response {
+    if !leads(server) {
+        return redirect(server, uri, None);
+    }
+    let outcome = match server.node.propose(command) {
+        Ok(handle) => tokio::time::timeout(server.request_timeout, handle)
+            .await
+            .unwrap_or(Err(ProposeError::Timeout)),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(KvResponse::Put { .. } | KvResponse::Deleted { previous: Some(_) }) => {
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(KvResponse::Deleted { previous: None }) => text(StatusCode::NOT_FOUND, "no such key"),
+        Ok(KvResponse::Invalid(e)) => text(StatusCode::BAD_REQUEST, e),
+        Ok(other) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected state machine answer {other:?}"),
+        ),
+        Err(e) => propose_error(server, uri, e),
+    }
+}
+
+fn propose_error(server: &Server, uri: &Uri, e: ProposeError) -> Response {
+    match e {
+        ProposeError::NotLeader { leader } => redirect(server, uri, leader),
+        ProposeError::TooLarge { .. } => text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        ProposeError::OutcomeUnknown { .. } | ProposeError::Timeout => outcome_unknown(e),
+        // Dropped, Busy, Stopped (and Empty, which a key-value command never is):
+        // nothing was or will be applied.
+        _ => retry_later(e.to_string()),
+    }
+}
+
+/// `?consistency=` of a read.
+#[derive(Deserialize)]
+struct ReadParams {
+    consistency: Option<String>,
+}
+
+async fn read_key(
+    State(server): State<Arc<Server>>,
+    uri: Uri,
+    Query(params): Query<ReadParams>,
+) -> Response {
+    let key = match key_of(&uri) {
+        Ok(key) => key,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let consistency = match params.consistency.as_deref() {
+        None | Some("linearizable") => ReadConsistency::Linearizable,
+        Some("lease") => ReadConsistency::Lease,
+        Some("stale") => ReadConsistency::Stale,
+        Some(other) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("consistency={other}: use linearizable, lease or stale"),
+            )
+        }
+    };
+    if consistency == ReadConsistency::Lease && !leads(&server) {
+        return redirect(&server, &uri, None);
+    }
+    let node = server.node.clone();
+    let timeout = server.request_timeout;
+    let read = tokio::task::spawn_blocking(move || {
+        node.read(consistency, timeout, move |kv| read_value(kv, &key))
+    })
+    .await;
+    match read {
+        Ok(Ok(Some(value))) => {
+            ([(CONTENT_TYPE, "application/octet-stream")], value).into_response()
+        }
+        Ok(Ok(None)) => text(StatusCode::NOT_FOUND, "no such key"),
+        Ok(Err(ReadError::NotLeader { leader })) => redirect(&server, &uri, leader),
+        Ok(Err(ReadError::Timeout)) => retry_later(
+            "read timed out: no leader or no quorum confirmed the read index; retry shortly",
+        ),
+        Ok(Err(e @ (ReadError::Busy | ReadError::Stopped))) => retry_later(e.to_string()),
+        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => task_failed(e),
+    }
+}
+
+// ------------------------------------------------------------------ membership
+
+fn membership_error(server: &Server, uri: &Uri, e: MembershipError) -> Response {
+    match e {
+        MembershipError::NotLeader { leader } => redirect(server, uri, leader),
+        MembershipError::Invalid(_) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        MembershipError::Rejected(_) => text(StatusCode::CONFLICT, e.to_string()),
+        MembershipError::OutcomeUnknown { .. } | MembershipError::Timeout => {
+            text(StatusCode::GATEWAY_TIMEOUT, format!("outcome unknown: {e}"))
+        }
+        _ => retry_later(e.to_string()),
+    }
+}
+
+/// Voters and learners after a change, as `POST /members` and `DELETE /members/{id}`
+/// answer.
+#[derive(Serialize)]
+struct Members {
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+}
+
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids
+}
+
+fn members(cs: &raftnode::raft_types::ConfState) -> Response {
+    Json(Members {
+        voters: sorted(&cs.voters),
+        learners: sorted(&cs.learners),
+    })
+    .into_response()
+}
+
+/// Runs a blocking `Node` call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    server: &Arc<Server>,
+    call: impl FnOnce(&Server) -> T + Send + 'static,
+) -> Result<T, Response> {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || call(&server))
+        .await
+        .map_err(task_failed)
+}
+
+async fn add_member(
+    State(server): State<Arc<Server>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let form = match read_form(&headers, body).await {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    let bad = |m: String| text(StatusCode::BAD_REQUEST, m);
+    let id = match form.get("id").map(|v| v.parse::<u64>()) {
+        Some(Ok(id)) if id > 0 => id,
+        _ => return bad("id=N (non-zero) is required".into()),
+    };
+    let Some(addr) = form.get("addr").cloned() else {
+        return bad("addr=HOST:PORT (the new node's raft address) is required".into());
+    };
+    if addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        return bad(format!("addr={addr:?} is not HOST:PORT"));
+    }
+    let voter = match form.get("role").map(String::as_str) {
+        None | Some("learner") => false,
+        Some("voter") => true,
+        Some(other) => return bad(format!("role={other}: use learner or voter")),
+    };
+    if !leads(&server) {
+        return redirect(&server, &uri, None);
+    }
+    if let Some(http) = form.get("http") {
+        server.peers_http.write().insert(id, http.clone());
+    }
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
+    let added = blocking(&server, move |s| {
+        s.node.add_learner(id, addr, ADMIN_TIMEOUT)
+    })
+    .await;
+    let cs = match added {
+        Ok(Ok(cs)) => cs,
+        Ok(Err(e)) => return membership_error(&server, &uri, e),
+        Err(response) => return response,
+    };
+    if !voter {
+        return members(&cs);
+    }
+    // Promote only once the learner holds the log up to now, so the quorum never waits
+    // on an empty node.
+    loop {
+        let caught_up = blocking(&server, move |s| {
+            s.node.status().ok().is_some_and(|st| {
+                st.progress
+                    .iter()
+                    .any(|p| p.id == id && p.matched >= st.commit)
+            })
+        })
+        .await;
+        match caught_up {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(response) => return response,
+        }
+        if Instant::now() >= deadline {
+            return text(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "node {id} was added as a learner but did not catch up in time; \
+                     promote it later with role=voter"
+                ),
+            );
+        }
+        // Poll interval; the loop is bounded by `deadline`.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+    match blocking(&server, move |s| s.node.promote(id, remaining)).await {
+        Ok(Ok(cs)) => members(&cs),
+        Ok(Err(e)) => membership_error(&server, &uri, e),
+        Err(response) => response,
+    }
+}
+
+async fn remove_member(
+    State(server): State<Arc<Server>>,
+    uri: Uri,
+    Path(id): Path<String>,
+) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "use DELETE /members/{id} with a numeric id",
+        );
+    };
+    if !leads(&server) {
+        return redirect(&server, &uri, None);
+    }
+    match blocking(&server, move |s| s.node.remove(id, ADMIN_TIMEOUT)).await {
+        Ok(Ok(cs)) => members(&cs),
+        Ok(Err(e)) => membership_error(&server, &uri, e),
+        Err(response) => response,
+    }
+}
+
+async fn transfer(
+    State(server): State<Arc<Server>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let form = match read_form(&headers, body).await {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    let to = match form.get("to").map(|v| v.parse::<u64>()) {
+        Some(Ok(to)) if to > 0 => to,
+        _ => return text(StatusCode::BAD_REQUEST, "to=N (a voter's id) is required"),
+    };
+    if !leads(&server) {
+        return redirect(&server, &uri, None);
+    }
+    if to == server.node.id() {
+        return text(StatusCode::OK, format!("node {to} already leads"));
+    }
+    match blocking(&server, move |s| s.node.transfer_leader(to, ADMIN_TIMEOUT)).await {
+        Ok(Ok(())) => text(StatusCode::OK, format!("node {to} leads")),
+        Ok(Err(e)) => membership_error(&server, &uri, e),
+        Err(response) => response,
+    }
+}
+
+// ------------------------------------------------------------------ status
+
+/// `GET /status`: this node's view, as JSON.
+#[derive(Serialize)]
+pub(crate) struct StatusJson {
+    id: u64,
+    role: &'static str,
+    term: u64,
+    leader: Option<u64>,
+    leader_http: Option<String>,
+    commit: u64,
+    applied: u64,
+    last_index: u64,
+    snapshot_index: u64,
+    members: MembersJson,
+    removed: bool,
+    http_connections: usize,
+    /// The leader's view of each peer's replication; empty on other nodes.
+    progress: Vec<ProgressJson>,
+}
+
+#[derive(Serialize)]
+struct MembersJson {
+    voters: Vec<u64>,
+    voters_outgoing: Vec<u64>,
+    learners: Vec<u64>,
+}
+
+#[derive(Serialize)]
+struct ProgressJson {
+    id: u64,
+    matched: u64,
+    next_index: u64,
+    state: String,
+    is_learner: bool,
+    recent_active: bool,
+}
+
+impl From<&PeerProgress> for ProgressJson {
+    fn from(p: &PeerProgress) -> Self {
+        ProgressJson {
+            id: p.id,
+            matched: p.matched,
+            next_index: p.next_index,
+            state: p.state.clone(),
+            is_learner: p.is_learner,
+            recent_active: p.recent_active,
+        }
+    }
+}
+
+fn status_json(server: &Server, s: &Status) -> StatusJson {
+    let role = match s.role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre_candidate",
+    };
+    let mut progress: Vec<ProgressJson> = s.progress.iter().map(ProgressJson::from).collect();
+    progress.sort_unstable_by_key(|p| p.id);
+    StatusJson {
+        id: s.id,
+        role,
+        term: s.term,
+        leader: s.leader,
+        leader_http: s
+            .leader
+            .and_then(|l| server.peers_http.read().get(&l).cloned()),
+        commit: s.commit,
+        applied: s.applied,
+        last_index: s.last_index,
+        snapshot_index: s.snapshot_index,
+        members: MembersJson {
+            voters: sorted(&s.voters),
+            voters_outgoing: sorted(&s.voters_outgoing),
+            learners: sorted(&s.learners),
+        },
+        removed: s.removed,
+        http_connections: server.connections.load(Ordering::Relaxed),
+        progress,
+    }
+}
+
+/// This node's status as JSON, or why it could not be had.
+pub(crate) async fn local_status(server: &Arc<Server>) -> Result<serde_json::Value, String> {
+    match blocking(server, |s| s.node.status().map(|st| status_json(s, &st))).await {
+        Ok(Ok(json)) => serde_json::to_value(json).map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the status task failed".into()),
+    }
+}
+
+async fn status(State(server): State<Arc<Server>>) -> Response {
+    match blocking(&server, |s| s.node.status().map(|st| status_json(s, &st))).await {
+        Ok(Ok(json)) => Json(json).into_response(),
+        Ok(Err(e)) => retry_later(e.to_string()),
+        Err(response) => response,
+    }
+}
