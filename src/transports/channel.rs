@@ -277,7 +277,17 @@ impl ChannelNetwork {
         });
     }
 
-    /// Removes every fault: cuts, partitions, isolations, drop rates and delays.
+    /// Removes the cuts, partitions and isolations; drop rates and delays stay (a
+    /// partition that heals on a lossy network stays lossy).
+    pub fn heal_partitions(&self) {
+        self.hub.core.update_faults(|faults| {
+            faults.cuts.clear();
+            faults.isolated.clear();
+        });
+    }
+
+    /// Removes every fault: cuts, partitions, isolations, drop rates and delays
+    /// ([`heal_partitions`](Self::heal_partitions) keeps the rates and delays).
     ///
     /// Messages already delayed are still delivered at their due time.
     pub fn heal(&self) {
@@ -1011,6 +1021,27 @@ mod tests {
         network.heal();
         nodes[0].send(2, MsgAppend, 4);
         assert_eq!(nodes[1].got(), [Got::Message(1, 2, MsgAppend, 4)]);
+    }
+
+    /// `heal_partitions` lifts cuts and isolations and keeps the drop rate.
+    #[test]
+    fn heal_partitions_keeps_the_drop_rate() {
+        let network = ChannelNetwork::new();
+        let mut nodes = cluster(&network, 3);
+        network.set_drop_rate(1.0);
+        network.partition(&[1], &[2]);
+        network.isolate(3);
+        network.heal_partitions();
+        nodes[0].send(2, MsgAppend, 1);
+        nodes[1].send(3, MsgAppend, 2);
+        assert_eq!(nodes[1].got(), []);
+        assert_eq!(nodes[2].got(), []);
+        // The rate alone decides now: with it at 0 the cut and the isolation are gone.
+        network.set_drop_rate(0.0);
+        nodes[0].send(2, MsgAppend, 3);
+        nodes[1].send(3, MsgAppend, 4);
+        assert_eq!(nodes[1].got(), [Got::Message(1, 2, MsgAppend, 3)]);
+        assert_eq!(nodes[2].got(), [Got::Message(2, 3, MsgAppend, 4)]);
     }
 
     #[test]
