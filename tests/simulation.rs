@@ -122,7 +122,7 @@ fn seeds() {
 #[test]
 fn regression_seeds() {
     for seed in [
-        1_007_638, 1_016_873, 1_018_635, 1_019_328, 2_034_355, 2_067_938,
+        1_007_638, 1_016_873, 1_018_635, 1_019_328, 2_034_355, 2_067_938, 2_188_402,
     ] {
         let config = SimConfig::from_seed(seed);
         if let Err(failure) = sim::run(&workload(&config), &config) {
