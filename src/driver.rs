@@ -154,6 +154,12 @@ faults! {
     /// its first context, as 0.1 did: a late acknowledgement of an earlier use then
     /// confirms a later round.
     read_ctx_reused,
+    /// Ignore peers' "not a member" notices, as 0.1 did: a node that missed the commit
+    /// of its own removal never learns it.
+    removal_notice_ignored,
+    /// Hand leadership to any voter, as 0.1 did: also to one that announced it is
+    /// shutting down or has not been heard from.
+    transfer_to_any_voter,
 }
 
 /// Handles every pending Ready (raft paginates committed entries): loops while

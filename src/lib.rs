@@ -77,6 +77,7 @@ mod mailbox;
 mod membership;
 mod node;
 mod notice;
+mod peer_watch;
 mod proposals;
 mod replica;
 mod runtime;

@@ -1,9 +1,8 @@
 //! Notices: what a follower must tell its leader and raft-rs 0.7 has no message for.
 //!
-//! raft-rs never sends its local message types between nodes, so raftnode uses two of
-//! them, always with `reject` set or an index, as notices between raftnode peers. The
-//! replica intercepts them before the checks every other message gets: raft-rs never
-//! steps one.
+//! raft-rs never sends its local message types between nodes, so raftnode uses four of
+//! them as notices between raftnode peers. The replica intercepts them before the
+//! checks every other message gets: raft-rs never steps one.
 //!
 //! - **Log ends here** (`MsgUnreachable`, `index` = the sender's last index). Sent by a
 //!   follower whose leader heartbeats a commit past the follower's log: the follower
@@ -17,8 +16,19 @@
 //!   `StateMachine::check_snapshot`): the leader reports the snapshot failed at once and
 //!   sends a fresh one, instead of waiting for the transport's report or its timeout.
 //!
-//! A notice only ever makes the leader send more: a forged one costs a resend, nothing
-//! else. Stale notices (another term, no longer the leader) are ignored.
+//! - **Stopping** (`MsgBeat`). Sent to every other member by a node that begins a
+//!   graceful shutdown: no leader hands leadership to it while it goes
+//!   (docs/membership.md, "Shutting a cluster down").
+//! - **Not a member** (`MsgCheckQuorum`, `index` = the sender's applied index). Sent in
+//!   answer to a message from a node that is not in the sender's configuration. A node
+//!   that missed the commit of its own removal learns it this way: once voters forming
+//!   a majority of its configuration say so, each from an applied index past its own,
+//!   it reports `removed` and stops campaigning (docs/membership.md, "Removal").
+//!
+//! The first two only ever make the leader send more: a forged one costs a resend,
+//! nothing else. Stale ones (another term, no longer the leader) are ignored. A forged
+//! "stopping" only keeps leadership away from its (authenticated) sender; "not a member"
+//! needs a majority, which can commit a real removal anyway.
 
 use raft::eraftpb::{Message, MessageType};
 
@@ -31,6 +41,10 @@ pub(crate) enum Notice {
     LogEnds(u64),
     /// The sender refused the snapshot at this index.
     SnapshotRefused(u64),
+    /// The sender is shutting down.
+    Stopping,
+    /// This node is not in the sender's configuration as of the sender's applied index.
+    NotAMember(u64),
 }
 
 /// "My log ends at `last_index`", from `from` to the leader `to` of `term`.
@@ -56,12 +70,35 @@ pub(crate) fn snapshot_refused(from: u64, to: u64, term: u64, index: u64) -> Mes
     m
 }
 
+/// "I am shutting down", from `from` to `to`, at the sender's `term`.
+pub(crate) fn stopping(from: u64, to: u64, term: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgBeat);
+    m.from = from;
+    m.to = to;
+    m.term = term.max(1);
+    m
+}
+
+/// "You are not a member as of my applied index `applied`", from `from` to `to`.
+pub(crate) fn not_a_member(from: u64, to: u64, term: u64, applied: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgCheckQuorum);
+    m.from = from;
+    m.to = to;
+    m.term = term.max(1);
+    m.index = applied;
+    m
+}
+
 /// `None` when `m` is not of a notice's type; otherwise the notice, or why its shape
 /// is wrong for this node, `id`.
 pub(crate) fn parse(m: &Message, id: u64) -> Option<Result<Notice, Refusal>> {
     let notice = match m.get_msg_type() {
         MessageType::MsgUnreachable => Notice::LogEnds(m.index),
         MessageType::MsgSnapStatus => Notice::SnapshotRefused(m.index),
+        MessageType::MsgBeat => Notice::Stopping,
+        MessageType::MsgCheckQuorum => Notice::NotAMember(m.index),
         _ => return None,
     };
     Some(check(m, id).map(|()| notice))
@@ -83,7 +120,8 @@ fn check(m: &Message, id: u64) -> Result<(), Refusal> {
         || m.reject_hint != 0
         || m.request_snapshot != 0;
     let reject_ok = (m.get_msg_type() == MessageType::MsgSnapStatus) == m.reject;
-    if m.term == 0 || extra || !reject_ok {
+    let index_ok = m.get_msg_type() != MessageType::MsgBeat || m.index == 0;
+    if m.term == 0 || extra || !reject_ok || !index_ok {
         return Err(Refusal::BadNotice);
     }
     Ok(())
@@ -125,6 +163,17 @@ mod tests {
         let mut m = log_ends(2, 1, 5, 40);
         m.index = u64::MAX;
         assert_eq!(parse(&m, 1), Some(Err(Refusal::OutOfRange)));
+        assert_eq!(parse(&stopping(2, 1, 5), 1), Some(Ok(Notice::Stopping)));
+        assert_eq!(
+            parse(&not_a_member(2, 1, 5, 40), 1),
+            Some(Ok(Notice::NotAMember(40)))
+        );
+        let mut m = stopping(2, 1, 5);
+        m.index = 3;
+        assert_eq!(parse(&m, 1), Some(Err(Refusal::BadNotice)));
+        let mut m = not_a_member(2, 1, 5, 40);
+        m.reject = true;
+        assert_eq!(parse(&m, 1), Some(Err(Refusal::BadNotice)));
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgHeartbeat);
         assert_eq!(parse(&m, 1), None);

@@ -26,6 +26,8 @@ use crate::driver::{self, DriverError, DriverStats, Faults, Outbox};
 use crate::error::{MembershipError, ProposeError, ReadError, StartError, StorageError};
 use crate::log_store::LogStore;
 use crate::node::{ReadConsistency, Shared};
+use crate::notice::Notice;
+use crate::peer_watch::PeerWatch;
 use crate::proposals::{self, AppliedAs, Outcome, Pending, Waiter};
 use crate::snapshot_codec::{self, MemberContexts};
 use crate::state_machine::StateMachine;
@@ -157,6 +159,9 @@ struct Book<M: StateMachine, H: Host<M>> {
     confirmed_reads: Vec<(u64, u64)>,
     removed: bool,
     ss_changed: bool,
+    /// When each peer was last heard from, which are stopping, which say this node was
+    /// removed.
+    peers: PeerWatch,
 }
 
 fn finish_waiter<M: StateMachine, H: Host<M>>(
@@ -251,6 +256,7 @@ impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
                 self.removed = true;
             } else {
                 self.members.remove(&id);
+                self.peers.forget(id);
                 self.host.remove_peer(id);
             }
         }
@@ -477,6 +483,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 confirmed_reads: Vec::new(),
                 removed,
                 ss_changed: false,
+                peers: PeerWatch::default(),
             },
             raw,
             sm,
@@ -608,6 +615,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         self.book.now = now;
         if let Some(notice) = crate::notice::parse(&m, self.book.id) {
             match notice {
+                Ok(Notice::Stopping) => self.on_stopping(m.from),
+                Ok(Notice::NotAMember(applied)) => self.on_not_a_member(m.from, applied),
                 Ok(notice) => self.on_notice(m.from, m.term, notice, now),
                 Err(refusal) => self.refuse(refusal, &m, now),
             }
@@ -634,6 +643,11 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 "commit" => m.commit, "entries" => m.entries.len());
         }
         let (from, term, msg_type) = (m.from, m.term, m.get_msg_type());
+        if self.raw.raft.prs().get(from).is_some() {
+            self.book.peers.heard(from, self.ticks);
+        } else {
+            self.tell_not_a_member(from, msg_type);
+        }
         if let Err(e) = self.raw.step(m) {
             // Unknown or removed peers, local types: routine, never fatal.
             bump(&self.book.shared.metrics.step_errors);
@@ -703,8 +717,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
 
     /// Acts on a well-formed notice when this node leads the notice's term; a stale
     /// notice (leadership moved since) is dropped.
-    fn on_notice(&mut self, from: u64, term: u64, notice: crate::notice::Notice, now: Instant) {
-        use crate::notice::Notice;
+    fn on_notice(&mut self, from: u64, term: u64, notice: Notice, now: Instant) {
         let raft = &mut self.raw.raft;
         if raft.state != StateRole::Leader || term != raft.term {
             debug!(self.book.logger, "stale notice dropped"; "from" => from, "term" => term,
@@ -736,17 +749,98 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 self.book.snapshots_in_flight.remove(&from);
                 self.raw.report_snapshot(from, SnapshotStatus::Failure);
             }
+            Notice::Stopping | Notice::NotAMember(_) => unreachable!("handled in `step`"),
         }
     }
 
-    fn refuse_notice(&mut self, from: u64, term: u64, notice: crate::notice::Notice, now: Instant) {
+    /// A member announced it is shutting down: leadership no longer goes to it, and a
+    /// hand-over already aimed at it moves to another voter (or, for a caller's
+    /// transfer, fails).
+    fn on_stopping(&mut self, from: u64) {
+        if self.raw.raft.prs().get(from).is_none() {
+            return;
+        }
+        info!(self.book.logger, "peer is shutting down"; "peer" => from);
+        self.book.peers.stopping(from, self.ticks);
+        if !self.is_leader() || self.raw.raft.lead_transferee != Some(from) {
+            return;
+        }
+        self.raw.raft.abort_leader_transfer();
+        let mut i = 0;
+        while i < self.transfers.len() {
+            if self.transfers[i].to == from {
+                let t = self.transfers.swap_remove(i);
+                self.book.host.transfer_done(
+                    t.token,
+                    Err(MembershipError::Invalid(format!(
+                        "cannot transfer leadership to node {from}: it is shutting down"
+                    ))),
+                );
+            } else {
+                i += 1;
+            }
+        }
+        if matches!(self.phase, Phase::Leaving(_)) {
+            match self.best_transfer_target() {
+                Some(to) => {
+                    info!(self.book.logger, "shutting down: transferring leadership to another voter";
+                        "to" => to);
+                    self.raw.transfer_leader(to);
+                }
+                None => self.phase = Phase::Exit,
+            }
+        }
+    }
+
+    /// A peer says this node is not in its configuration as of its applied index.
+    fn on_not_a_member(&mut self, from: u64, their_applied: u64) {
+        if self.book.removed || self.faults.removal_notice_ignored() {
+            return;
+        }
+        let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        let applied = self.raw.raft.raft_log.applied;
+        if self
+            .book
+            .peers
+            .removal_vote(from, their_applied, applied, &voters)
+        {
+            warn!(self.book.logger, "this node was removed from the group (a majority of its voters say so; it missed the commit)";
+                "applied" => applied, "voters" => ?voters);
+            self.book.removed = true;
+        }
+    }
+
+    /// Answers a message from `from`, which is not in this node's configuration, with
+    /// a "not a member" notice when it is one a node that missed its removal sends
+    /// (a bounded number per tick).
+    fn tell_not_a_member(&mut self, from: u64, msg_type: MessageType) {
+        let asks = matches!(
+            msg_type,
+            MessageType::MsgRequestPreVote
+                | MessageType::MsgRequestVote
+                | MessageType::MsgAppendResponse
+                | MessageType::MsgHeartbeatResponse
+        );
+        let id = self.book.id;
+        if !asks
+            || self.raw.raft.prs().get(id).is_none()
+            || !self.book.peers.take_notice_allowance()
+        {
+            return;
+        }
+        let raft = &self.raw.raft;
+        let notice = crate::notice::not_a_member(id, from, raft.term, raft.raft_log.applied);
+        debug!(self.book.logger, "telling a non-member it is not one"; "to" => from);
+        Outbox::<M::Response>::send(&mut self.book, vec![notice]);
+    }
+
+    fn refuse_notice(&mut self, from: u64, term: u64, notice: Notice, now: Instant) {
+        let id = self.book.id;
         let m = match notice {
-            crate::notice::Notice::LogEnds(i) => {
-                crate::notice::log_ends(from, self.book.id, term, i)
-            }
-            crate::notice::Notice::SnapshotRefused(i) => {
-                crate::notice::snapshot_refused(from, self.book.id, term, i)
-            }
+            Notice::LogEnds(i) => crate::notice::log_ends(from, id, term, i),
+            Notice::SnapshotRefused(i) => crate::notice::snapshot_refused(from, id, term, i),
+            Notice::Stopping => crate::notice::stopping(from, id, term),
+            Notice::NotAMember(i) => crate::notice::not_a_member(from, id, term, i),
         };
         self.refuse(Refusal::BadNotice, &m, now);
     }
@@ -775,6 +869,9 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     }
 
     pub(crate) fn report_unreachable(&mut self, peer: u64) {
+        if self.raw.raft.prs().get(peer).is_some() {
+            self.book.peers.unreachable(peer);
+        }
         self.raw.report_unreachable(peer);
     }
 
@@ -1033,6 +1130,14 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 ))),
             );
         }
+        if let Some(why) = self.why_not_lead(to) {
+            return self.book.host.transfer_done(
+                token,
+                Err(MembershipError::Invalid(format!(
+                    "cannot transfer leadership to node {to}: it {why}"
+                ))),
+            );
+        }
         info!(self.book.logger, "transferring leadership"; "to" => to);
         self.lease.void_term = self.raw.raft.term;
         self.raw.transfer_leader(to);
@@ -1055,6 +1160,9 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     /// Begins shutting down: a graceful shutdown of a leader hands leadership over
     /// first (until `shutdown_transfer_timeout`); anything else ends at once.
     pub(crate) fn begin_shutdown(&mut self, graceful: bool, now: Instant) {
+        if graceful {
+            self.announce_stopping();
+        }
         if !graceful || !self.is_leader() {
             self.phase = Phase::Exit;
             return;
@@ -1070,12 +1178,43 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         }
     }
 
-    /// The most up-to-date voter other than this node, the one a hand-over goes to.
+    /// Tells every other member this node is going, so no leader hands it leadership.
+    /// Best effort: a notice the network loses leaves the peer to notice the silence.
+    fn announce_stopping(&mut self) {
+        let (id, term) = (self.book.id, self.raw.raft.term);
+        let notices: Vec<Message> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(peer, _)| *peer)
+            .filter(|peer| *peer != id)
+            .map(|peer| crate::notice::stopping(id, peer, term))
+            .collect();
+        Outbox::<M::Response>::send(&mut self.book, notices);
+    }
+
+    /// Why leadership may not go to voter `to` now; `None` when it may: it was heard
+    /// from within an election timeout, was not reported unreachable since and did not
+    /// announce it is stopping ([`PeerWatch`]).
+    fn why_not_lead(&self, to: u64) -> Option<&'static str> {
+        if self.faults.transfer_to_any_voter() {
+            return None;
+        }
+        let window = self.config.election_ticks as u64;
+        self.book
+            .peers
+            .why_not_lead(to, self.ticks, window, STOPPING_WINDOW_TIMEOUTS * window)
+    }
+
+    /// The most up-to-date voter other than this node that may lead
+    /// ([`Replica::why_not_lead`]): the one a hand-over goes to.
     fn best_transfer_target(&self) -> Option<u64> {
         let prs = self.raw.raft.prs();
         prs.iter()
             .filter(|(id, _)| **id != self.book.id && prs.conf().voters().contains(**id))
-            .max_by_key(|(id, pr)| (pr.recent_active, pr.matched, std::cmp::Reverse(**id)))
+            .filter(|(id, _)| self.why_not_lead(**id).is_none())
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
             .map(|(id, _)| *id)
     }
 
@@ -1104,7 +1243,12 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     /// One tick of raft's logical clock, and the chores that run at its pace.
     pub(crate) fn tick(&mut self, now: Instant) {
         self.book.now = now;
-        self.raw.tick();
+        self.book.peers.on_tick();
+        // A node removed from the group stops campaigning. (One whose removal applied
+        // here is no longer promotable; one that learnt it from its peers still is.)
+        if !self.book.removed || self.is_leader() {
+            self.raw.tick();
+        }
         self.ticks += 1;
         self.leader_silent_ticks = self.leader_silent_ticks.saturating_add(1);
         self.publish_leader();
@@ -1528,6 +1672,11 @@ fn read_ctx(id: u64, incarnation: u64, seq: u64) -> Vec<u8> {
 
 /// Length of a [`read_ctx`]; the peer-message checks (src/validate.rs) use it too.
 pub(crate) const READ_CTX_LEN: usize = 24;
+
+/// How many election timeouts a peer's "stopping" notice keeps leadership away from it.
+/// Longer than the silence after which it is passed over anyway (one election timeout),
+/// short enough that a node restarted at once is a candidate again soon.
+const STOPPING_WINDOW_TIMEOUTS: u64 = 3;
 
 /// The round of a context this incarnation of node `id` made, if it did.
 fn parse_read_ctx(id: u64, incarnation: u64, ctx: &[u8]) -> Option<u64> {

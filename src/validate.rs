@@ -40,9 +40,10 @@ pub enum Refusal {
     Misaddressed,
     /// The message names no sender (`from` 0) or this node itself.
     BadSender,
-    /// A type that never travels between nodes: local ones (`MsgHup`, `MsgBeat`,
-    /// `MsgCheckQuorum`) and `MsgPropose`. (`MsgUnreachable` and `MsgSnapStatus` travel
-    /// only as raftnode's notices, checked apart: see [`Refusal::BadNotice`].)
+    /// A type that never travels between nodes: `MsgHup` (local) and `MsgPropose`.
+    /// (`MsgBeat`, `MsgUnreachable`, `MsgSnapStatus` and `MsgCheckQuorum` travel only as
+    /// raftnode's notices, checked apart, see [`Refusal::BadNotice`]; raft-rs never
+    /// steps one.)
     LocalType,
     /// An index or term above 2^63 - 1.
     OutOfRange,

@@ -643,15 +643,9 @@ pub fn check_message(m: &Message, ctx: &DecodeContext) -> Result<(), WireError> 
         });
     }
     let t = m.get_msg_type();
-    // MsgUnreachable and MsgSnapStatus travel as raftnode's notices (src/notice.rs),
-    // which the replica checks before anything acts on them.
-    if matches!(
-        t,
-        MessageType::MsgHup
-            | MessageType::MsgBeat
-            | MessageType::MsgCheckQuorum
-            | MessageType::MsgPropose
-    ) {
+    // MsgBeat, MsgUnreachable, MsgSnapStatus and MsgCheckQuorum travel as raftnode's
+    // notices (src/notice.rs), which the replica checks before anything acts on them.
+    if matches!(t, MessageType::MsgHup | MessageType::MsgPropose) {
         return Err(WireError::ForbiddenType(t));
     }
     if m.from != ctx.peer_id {

@@ -86,7 +86,7 @@ pub enum Mutation {
     Misaddressed,
     /// A message naming no sender, or the target itself.
     BadSender,
-    /// A type that never travels: `MsgHup`, `MsgBeat`, `MsgCheckQuorum`, `MsgPropose`.
+    /// A type that never travels: `MsgHup`, `MsgPropose`.
     LocalType,
     /// An index, term or commit above 2^63 - 1.
     OutOfRange,
@@ -505,13 +505,8 @@ impl Hostile {
                 m
             }
             Mutation::LocalType => {
-                let types = [
-                    MessageType::MsgHup,
-                    MessageType::MsgBeat,
-                    MessageType::MsgCheckQuorum,
-                    MessageType::MsgPropose,
-                ];
-                let kind = types[self.rng.below(4) as usize];
+                let types = [MessageType::MsgHup, MessageType::MsgPropose];
+                let kind = types[self.rng.below(2) as usize];
                 let term = self.term_at_or_ahead(t);
                 let mut m = msg(kind, self.peer(t), t.id, term);
                 if kind == MessageType::MsgPropose && self.rng.below(2) == 0 {
@@ -614,12 +609,20 @@ impl Hostile {
     fn notice(&mut self, t: &HostileTarget) -> Message {
         let from = self.peer(t);
         let term = t.term.max(1);
-        if self.rng.below(2) == 0 {
-            let index = self.rng.below(t.last_index + 1);
-            crate::notice::log_ends(from, t.id, term, index)
-        } else {
-            let index = self.any_index(t).max(1);
-            crate::notice::snapshot_refused(from, t.id, term, index)
+        match self.rng.below(4) {
+            0 => {
+                let index = self.rng.below(t.last_index + 1);
+                crate::notice::log_ends(from, t.id, term, index)
+            }
+            1 => {
+                let index = self.any_index(t).max(1);
+                crate::notice::snapshot_refused(from, t.id, term, index)
+            }
+            2 => crate::notice::stopping(from, t.id, term),
+            _ => {
+                let index = self.any_index(t);
+                crate::notice::not_a_member(from, t.id, term, index)
+            }
         }
     }
 

@@ -334,6 +334,12 @@ pub struct Bugs {
     /// the same context (raftnode 0.1's bug: a late acknowledgement of the first use
     /// confirms the second, and every read queued before it).
     pub read_ctx_reused: bool,
+    /// Ignore peers' "not a member" notices (raftnode 0.1: a node that missed the
+    /// commit of its own removal never learns it).
+    pub removal_notice_ignored: bool,
+    /// Hand leadership to any voter, also one that announced it is shutting down or has
+    /// not been heard from (raftnode 0.1).
+    pub transfer_to_any_voter: bool,
 }
 
 impl Bugs {
@@ -352,6 +358,8 @@ impl Bugs {
             linearizable_from_raft_lease: self.linearizable_from_raft_lease,
             lease_from_receipt: self.lease_from_receipt,
             read_ctx_reused: self.read_ctx_reused,
+            removal_notice_ignored: self.removal_notice_ignored,
+            transfer_to_any_voter: self.transfer_to_any_voter,
         }
     }
 }

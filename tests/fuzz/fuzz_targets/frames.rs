@@ -141,12 +141,9 @@ fn accepted(m: &Message, ctx: &DecodeContext) {
     assert!(
         !matches!(
             m.get_msg_type(),
-            // MsgUnreachable and MsgSnapStatus travel: raftnode's notices, which the
-            // replica checks (src/notice.rs).
-            MessageType::MsgHup
-                | MessageType::MsgBeat
-                | MessageType::MsgCheckQuorum
-                | MessageType::MsgPropose
+            // The other local types travel: raftnode's notices, which the replica
+            // checks (src/notice.rs).
+            MessageType::MsgHup | MessageType::MsgPropose
         ),
         "accepted a type that never travels: {:?}",
         m.get_msg_type()
