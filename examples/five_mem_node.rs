@@ -119,7 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| nodes[0].propose(format!("entry-{i:03}").into_bytes()))
         .collect::<Result<_, _>>()?;
     let mut last_index = 0;
-    for handle in handles {
+    for mut handle in handles {
         last_index = handle.wait_timeout(timeout)?;
     }
 

@@ -12,6 +12,9 @@ use std::fmt;
 pub enum StopReason {
     /// [`crate::Node::shutdown`] was called, or the last handle was dropped.
     Shutdown,
+    /// [`crate::Node::kill`] was called: the driver stopped at once, between two
+    /// requests.
+    Killed,
     /// A `LogStore` write or sync failed; nothing after it was acknowledged.
     Storage(String),
     /// The state machine failed to take or restore a snapshot.
@@ -26,6 +29,7 @@ impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StopReason::Shutdown => write!(f, "shut down"),
+            StopReason::Killed => write!(f, "killed"),
             StopReason::Storage(e) => write!(f, "storage error: {e}"),
             StopReason::StateMachine(e) => write!(f, "state machine error: {e}"),
             StopReason::Panic(e) => write!(f, "driver panicked: {e}"),

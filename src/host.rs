@@ -448,9 +448,7 @@ impl GroupHost {
             scheduled: AtomicBool::new(false),
             thread: worker.tx.clone(),
         });
-        let logger = host
-            .logger
-            .new(o!("group" => group, "raft_id" => config.id));
+        let logger = host.logger.new(o!("group" => group));
         let (runtime, parts) = prepare(
             config,
             store,

@@ -88,12 +88,15 @@ mod storage;
 mod transport;
 mod transports;
 mod validate;
-#[doc(hidden)]
-pub mod wire;
+// The frame format and handshake; tests and fuzzers reach it as `testing::wire`.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
+mod wire;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The `bytes` crate, whose [`Bytes`](bytes::Bytes) [`StateMachine::snapshot`] returns.
+pub use bytes;
 pub use config::{Config, SnapshotPolicy};
 pub use error::{
     ConfigError, MembershipError, ProposeError, ReadError, StartError, StateMachineError,
@@ -103,8 +106,12 @@ pub use host::{GroupHost, HostConfig};
 pub use log_store::LogStore;
 pub use mailbox::{DeliverError, Mailbox};
 pub use membership::MembershipChange;
+#[cfg(feature = "terminal-logger")]
+pub use node::terminal_logger;
 pub use node::{discard_logger, Node, ReadConsistency};
 pub use proposals::ProposalHandle;
+/// The `slog` crate, whose [`Logger`](slog::Logger) [`Node::start`] takes.
+pub use slog;
 pub use state_machine::StateMachine;
 pub use status::{MetricsSnapshot, PeerProgress, Role, Status};
 pub use storage::MemLogStore;

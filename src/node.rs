@@ -1,6 +1,6 @@
 //! `Node`: the handle users hold to propose, read, change membership and watch status.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub peers_queued: AtomicUsize,
     /// Client requests queued and not yet taken (`max_pending_requests`).
     pub requests_queued: AtomicUsize,
+    /// Set by `Node::kill`: the driver stops before the next request it would take.
+    pub killed: AtomicBool,
     /// Set under the write lock by the exiting driver, which then drains the queue;
     /// senders hold the read lock across their send. So no request is ever left in the
     /// queue with nobody to resolve it (crossbeam keeps queued items while a sender lives).
@@ -66,6 +68,7 @@ impl Shared {
             leader: AtomicU64::new(0),
             peers_queued: AtomicUsize::new(0),
             requests_queued: AtomicUsize::new(0),
+            killed: AtomicBool::new(false),
             closed: RwLock::new(false),
             stopped: Condvar::new(),
         }
@@ -78,6 +81,8 @@ struct Inner<M: StateMachine> {
     /// driver waits on a single channel (one wake-up path).
     req_tx: Sender<Request<M>>,
     max_pending_requests: usize,
+    /// Kept only for the test kit's `Node::mailbox`.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     mailbox: Mailbox,
     shared: Arc<Shared>,
     /// The node's own driver thread (`Node::start`); `None` once joined, and always for a
@@ -214,13 +219,12 @@ impl<M: StateMachine> Node<M> {
         logger: &Logger,
         faults: Faults,
     ) -> Result<Self, StartError> {
-        let logger = logger.new(o!("raft_id" => config.id));
         let (runtime, parts) = prepare(
             config,
             store,
             state_machine,
             transport,
-            logger,
+            logger.clone(),
             faults,
             None,
         )?;
@@ -246,7 +250,12 @@ impl<M: StateMachine> Node<M> {
         self.inner.id
     }
 
-    /// The node's inbound handle, the one its transport received in `start`.
+    /// The node's inbound handle, the one its transport received in `start`: for tests
+    /// that inject peer messages (feature `testing`). It bypasses the transport, and
+    /// with it the transport's authentication, so it is not part of the normal API:
+    /// peers reach a node only through its transport.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
     pub fn mailbox(&self) -> Mailbox {
         self.inner.mailbox.clone()
     }
@@ -581,8 +590,17 @@ impl<M: StateMachine> Node<M> {
         self.inner.stop(true)
     }
 
-    /// Stops the node at once, without handing over leadership (a crash, for tests).
+    /// Stops the node at once, as far as raftnode is concerned: the driver stops before
+    /// the next request it would take (requests still queued get `Stopped`), handles no
+    /// further Ready, sends nothing more, hands no leadership over and tells no peer.
+    /// Returns [`StopReason::Killed`] (or an earlier fatal error).
+    ///
+    /// It is not a power cut: what the log store and the state machine have written
+    /// stays written (whether synced or not, the process still holds it), and dropping
+    /// them runs their `Drop` ([`EngineLogStore`](crate::EngineLogStore) flushes). To
+    /// test what survives a real crash, kill the process (`tests/crash_loop.rs` does).
     pub fn kill(&self) -> StopReason {
+        self.inner.shared.killed.store(true, Ordering::Release);
         self.inner.stop(false)
     }
 
@@ -815,6 +833,10 @@ pub(crate) fn prepare<S: LogStore, M: StateMachine, T: Transport>(
     wake: Option<Arc<Wake>>,
 ) -> Result<(Runtime<S, M>, NodeParts<M>), StartError> {
     config.validate()?;
+    // `parent` goes to the runtime, which hands it to raft-rs: raft-rs adds `raft_id`
+    // itself, so it is added once per line.
+    let parent = logger;
+    let logger = parent.new(o!("raft_id" => config.id));
     let applied = crate::replica::recover(&config, &mut store, &mut state_machine, &logger)?;
 
     let (req_tx, req_rx) = queue(&config, wake.is_some());
@@ -851,7 +873,7 @@ pub(crate) fn prepare<S: LogStore, M: StateMachine, T: Transport>(
         config,
         req_rx,
         shared,
-        logger,
+        parent,
         faults,
     )?;
     Ok((runtime, parts))
@@ -891,6 +913,23 @@ pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 /// A logger that drops everything, for tests and examples.
 pub fn discard_logger() -> Logger {
     Logger::root(slog::Discard, o!())
+}
+
+/// A logger that writes lines at `level` and above to stderr, one per line with a
+/// timestamp, ready to hand to [`Node::start`] (feature `terminal-logger`).
+///
+/// # Examples
+///
+/// ```
+/// let logger = raftnode::terminal_logger(raftnode::slog::Level::Info);
+/// raftnode::slog::info!(logger, "starting"; "node" => 1);
+/// ```
+#[cfg(feature = "terminal-logger")]
+pub fn terminal_logger(level: slog::Level) -> Logger {
+    use slog::Drain;
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build();
+    Logger::root(drain.filter_level(level).fuse(), o!())
 }
 
 /// On first start, writes the initial ConfState when `initial_voters` is set.

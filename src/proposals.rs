@@ -207,13 +207,15 @@ impl<R> ProposalHandle<R> {
         self.inner.wait_deadline(None)
     }
 
-    /// Blocks for at most `timeout`.
+    /// Blocks for at most `timeout`. After a `Timeout` the handle still waits for the
+    /// outcome: call it again (or [`wait`](Self::wait), or `.await` it).
     ///
     /// # Errors
     ///
     /// [`ProposeError::Timeout`] when the outcome is still unknown after `timeout` (the
-    /// proposal may still be applied), else as [`ProposalHandle::wait`].
-    pub fn wait_timeout(self, timeout: Duration) -> Result<R, ProposeError> {
+    /// proposal may still be applied), else as [`ProposalHandle::wait`]. Once it returned
+    /// anything else, later calls return `Err(Stopped)`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<R, ProposeError> {
         self.inner.wait_deadline(Some(Instant::now() + timeout))
     }
 
@@ -393,6 +395,20 @@ mod tests {
         assert_eq!(h.wait_deadline(Some(d)), Err(ProposeError::Timeout));
         c.complete(Ok(7));
         assert_eq!(h.wait_deadline(None), Ok(7));
+    }
+
+    /// Proves a handle that timed out still gets the outcome: `wait_timeout` borrows it.
+    #[test]
+    fn a_proposal_handle_waits_again_after_a_timeout() {
+        let (h, c) = slot::<u32, ProposeError>();
+        let mut handle = ProposalHandle::new(h);
+        assert_eq!(
+            handle.wait_timeout(Duration::from_millis(5)),
+            Err(ProposeError::Timeout)
+        );
+        c.complete(Ok(7));
+        assert_eq!(handle.wait_timeout(Duration::from_secs(5)), Ok(7));
+        assert_eq!(handle.try_take(), Some(Err(ProposeError::Stopped)));
     }
 
     #[test]

@@ -439,8 +439,11 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         if faults.linearizable_from_raft_lease() && config.lease_reads {
             raft_config.read_only_option = raft::ReadOnlyOption::LeaseBased;
         }
+        // raft-rs adds `raft_id` to the logger it is given; the core's own lines get the
+        // same key, once.
         let raw = RawNode::new(&raft_config, store, &logger)
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let logger = logger.new(slog::o!("raft_id" => config.id));
         let members = recover_members(&raw, &logger);
         for (peer, context) in &members {
             if *peer != config.id {

@@ -125,6 +125,8 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         faults: Faults,
     ) -> Result<Self, StartError> {
         let now = Instant::now();
+        let parent = logger;
+        let logger = parent.new(slog::o!("raft_id" => config.id));
         let replica = Replica::new(
             config.clone(),
             store,
@@ -132,7 +134,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             applied,
             RuntimeHost { transport },
             shared.clone(),
-            logger.clone(),
+            parent,
             faults,
             crate::replica::fresh_incarnation(),
             now,
@@ -195,10 +197,16 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
     /// One round after the wait: drain (bounded), propose, tick, handle every Ready.
     /// `Some(reason)` once the group has stopped.
     fn work(&mut self, first: Option<Request<M>>) -> Option<StopReason> {
+        if self.killed() {
+            return Some(StopReason::Killed);
+        }
         if let Err(e) = self.turn(first) {
             let reason = e.stop_reason();
             slog::error!(self.logger, "node stopping on a fatal error"; "error" => %e);
             return Some(reason);
+        }
+        if self.killed() {
+            return Some(StopReason::Killed);
         }
         if self.replica.phase() == Phase::Exit {
             return Some(
@@ -223,6 +231,10 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         reason
     }
 
+    fn killed(&self) -> bool {
+        self.shared.killed.load(Ordering::Acquire)
+    }
+
     fn turn(&mut self, first: Option<Request<M>>) -> Result<(), DriverError> {
         let mut taken = 0;
         if let Some(request) = first {
@@ -230,6 +242,10 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             taken = 1;
         }
         for _ in taken..self.config.max_batch {
+            if self.killed() {
+                // Nothing more: no Ready, no message (`Node::kill`).
+                return Ok(());
+            }
             match self.req_rx.try_recv() {
                 Ok(request) => self.on_request(request),
                 Err(_) => break,

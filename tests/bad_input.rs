@@ -169,7 +169,7 @@ fn panic_in_driver_surfaces_as_stopped() {
     .unwrap();
     node.wait_for_leader(DEADLINE).unwrap();
     node.propose(b"fine".to_vec()).unwrap().wait().unwrap();
-    let pending = node.propose(b"boom".to_vec()).unwrap();
+    let mut pending = node.propose(b"boom".to_vec()).unwrap();
     assert_eq!(pending.wait_timeout(DEADLINE), Err(ProposeError::Stopped));
     wait_until("stop reason recorded", || node.is_stopped());
     assert!(

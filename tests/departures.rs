@@ -291,3 +291,71 @@ fn a_transfer_to_a_silent_voter_is_refused() {
         }
     }
 }
+
+/// A state machine that takes a millisecond per command: a driver with a backlog.
+#[derive(Default)]
+struct Slow {
+    applied: u64,
+}
+
+impl raftnode::StateMachine for Slow {
+    type Response = ();
+
+    fn apply(&mut self, index: u64, _: &[u8]) {
+        // The work a real command costs; not a synchronization.
+        std::thread::sleep(Duration::from_millis(1));
+        self.applied = index;
+    }
+
+    fn apply_noop(&mut self, index: u64) {
+        self.applied = index;
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    fn snapshot(&self) -> Result<raftnode::bytes::Bytes, raftnode::StateMachineError> {
+        Ok(raftnode::bytes::Bytes::from(
+            self.applied.to_le_bytes().to_vec(),
+        ))
+    }
+
+    fn restore(&mut self, index: u64, _: &[u8]) -> Result<(), raftnode::StateMachineError> {
+        self.applied = index;
+        Ok(())
+    }
+}
+
+/// Proves `kill()` stops the driver at once: it does not wait behind 3,000 queued
+/// commands (3 s of applying), reports `StopReason::Killed`, and the commands still
+/// queued fail with `Stopped` instead of being applied.
+#[test]
+fn kill_does_not_wait_behind_queued_requests() {
+    let node = Node::start(
+        test_config(1, &[1]),
+        MemLogStore::new(),
+        Slow::default(),
+        ChannelNetwork::new().transport(1),
+        &logger(),
+    )
+    .expect("node starts");
+    node.wait_for_leader(DEADLINE)
+        .expect("a one-node group elects itself");
+    let handles: Vec<_> = (0..3_000u32)
+        .map(|i| node.propose(i.to_le_bytes().to_vec()).expect("queued"))
+        .collect();
+    let started = Instant::now();
+    assert_eq!(node.kill(), raftnode::StopReason::Killed);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1_500), "kill waited {took:?}");
+    let stopped = handles
+        .into_iter()
+        .filter(|h| h.try_take() == Some(Err(raftnode::ProposeError::Stopped)))
+        .count();
+    assert!(
+        stopped > 1_000,
+        "only {stopped} of 3,000 queued commands were cut off"
+    );
+    eprintln!("kill took {took:?}; {stopped} queued commands cut off");
+}

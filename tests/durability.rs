@@ -380,7 +380,7 @@ fn fault_scenario(arm: impl FnOnce(&Faults), fault_name: &str) {
     let mut late_acks = Vec::new();
     for i in 0..20 {
         let key = format!("after-{i}");
-        if let Ok(handle) = node.propose(encode_put(key.as_bytes(), b"v")) {
+        if let Ok(mut handle) = node.propose(encode_put(key.as_bytes(), b"v")) {
             // Bounded wait: a proposal queued just as the driver stops is not resolved
             // until the node is dropped (reported to the runtime's owner). Either way
             // it must not come back Ok.

@@ -43,7 +43,7 @@ fn five_node_partition_majority_elects_minority_does_not_and_heal_converges() {
         c.leaders_among(&[1, 2]).is_empty()
     });
     // The majority keeps committing.
-    let h = c.node(majority_leader).propose(put("during", "y")).unwrap();
+    let mut h = c.node(majority_leader).propose(put("during", "y")).unwrap();
     h.wait_timeout(DEADLINE).unwrap();
     // The minority cannot commit.
     for id in [1, 2] {

@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use common::env_u64;
 use raftnode::raft_types::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
-use raftnode::wire::{self, DecodeContext, Handshake, Reassembly, ReassemblyBudget, WireError};
+use raftnode::testing::wire::{
+    self, DecodeContext, Handshake, Reassembly, ReassemblyBudget, WireError,
+};
 
 const LOCAL: u64 = 1;
 const PEER: u64 = 2;

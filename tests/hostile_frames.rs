@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use common::tcp::TcpCluster;
 use common::*;
 use raftnode::raft_types::{ConfState, Message, MessageType};
-use raftnode::wire::{self, Handshake};
+use raftnode::testing::wire::{self, Handshake};
 use raftnode::{ReadConsistency, Refusal};
 
 const CLUSTER_ID: u64 = 0x4057_11E5;

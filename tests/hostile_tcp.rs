@@ -35,7 +35,7 @@ use common::tcp::TcpCluster;
 use common::*;
 use raftnode::raft_types::{Message, MessageType};
 use raftnode::testing::sim::{Hostile, HostileTarget, Mutation};
-use raftnode::wire::{self, DecodeContext, Handshake};
+use raftnode::testing::wire::{self, DecodeContext, Handshake};
 use raftnode::{Node, ReadConsistency, Refusal, Role, TcpConfig};
 
 const CLUSTER_ID: u64 = 0x4057_11E5_7C90;
@@ -211,7 +211,7 @@ fn writer(
             n += 1;
             let outcome = leader
                 .propose(put(&key, &value))
-                .and_then(|h| h.wait_timeout(Duration::from_secs(5)));
+                .and_then(|mut h| h.wait_timeout(Duration::from_secs(5)));
             if outcome.is_ok() {
                 acked.lock().expect("not poisoned").push((key, value));
             } else {

@@ -87,7 +87,7 @@ impl Group {
             let acked = self.nodes[&leader]
                 .propose(put(key, value))
                 .ok()
-                .and_then(|h| h.wait_timeout(Duration::from_secs(2)).ok());
+                .and_then(|mut h| h.wait_timeout(Duration::from_secs(2)).ok());
             if acked.is_some() {
                 return Instant::now();
             }

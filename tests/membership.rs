@@ -353,7 +353,7 @@ fn leader_removing_itself_under_load_steps_down_without_stopping() {
     let handles = writer.join().expect("writer");
     let acked: Vec<String> = handles
         .into_iter()
-        .filter_map(|(key, h)| h.wait_timeout(DEADLINE).ok().map(|_| key))
+        .filter_map(|(key, mut h)| h.wait_timeout(DEADLINE).ok().map(|_| key))
         .collect();
     assert_eq!(
         c.node(leader).stop_reason(),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::tcp::{trickle_until_closed, Proxy, TcpCluster};
 use common::*;
 use raftnode::raft_types::{Message, MessageType};
-use raftnode::wire::{self, Handshake};
+use raftnode::testing::wire::{self, Handshake};
 use raftnode::{
     Config, MemLogStore, Node, ReadConsistency, RefusalReason, TcpConfig, TcpTransport,
 };
@@ -558,7 +558,7 @@ fn cut_off_node_serves_linearizable_reads_soon_after_the_partition_heals() {
         // Not `propose_ok`: the cut-off node does not agree on the leader meanwhile.
         c.nodes[&leader]
             .propose(put("during", &written.to_string()))
-            .and_then(|h| h.wait_timeout(Duration::from_secs(5)))
+            .and_then(|mut h| h.wait_timeout(Duration::from_secs(5)))
             .expect("the majority commits during the partition");
     }
     assert!(

@@ -179,7 +179,7 @@ fn sync_happens_before_persisted_messages_are_sent() {
     let handles: Vec<_> = (0..100)
         .map(|i| leader.propose(put(&format!("k{i}"), "v")).expect("queued"))
         .collect();
-    for h in handles {
+    for mut h in handles {
         h.wait_timeout(DEADLINE).unwrap();
     }
     let last = leader.status().unwrap().last_index;

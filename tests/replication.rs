@@ -20,7 +20,7 @@ fn proposals_are_applied_identically_on_every_node() {
                 .unwrap()
         })
         .collect();
-    for h in handles {
+    for mut h in handles {
         h.wait_timeout(DEADLINE).unwrap();
     }
     let commit = c.status(leader).commit;
@@ -84,7 +84,7 @@ fn overwritten_proposal_never_reports_success() {
     let old = c.wait_leader();
     c.propose_ok(put("base", "0"));
     c.network.isolate(old);
-    let doomed = c.node(old).propose(put("doomed", "1")).unwrap();
+    let mut doomed = c.node(old).propose(put("doomed", "1")).unwrap();
     let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
     let new = c.wait_leader_among(&others);
     for i in 0..5 {

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use common::tcp::{trickle_until_closed, TcpCluster};
 use common::*;
+use raftnode::testing::wire::{self, Handshake};
 use raftnode::tls::{node_server_name, TlsConfig, TlsConfigError};
-use raftnode::wire::{self, Handshake};
 use raftnode::{MemLogStore, Node, ReadConsistency, RefusalReason, TcpConfig, TcpTransport};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,

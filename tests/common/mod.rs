@@ -297,7 +297,7 @@ impl Cluster {
             let leader = self.wait_leader();
             match self.nodes[&leader]
                 .propose(command.clone())
-                .and_then(|h| h.wait_timeout(Duration::from_secs(5)))
+                .and_then(|mut h| h.wait_timeout(Duration::from_secs(5)))
             {
                 Ok(r) => return r,
                 // Back off before retrying; the loop is bounded by `deadline`.
@@ -362,7 +362,7 @@ pub fn propose_in_flight(node: &Node<Kv>, prefix: &str, count: usize, window: us
                     .expect("queued")
             })
             .collect();
-        for h in handles {
+        for mut h in handles {
             h.wait_timeout(DEADLINE).expect("proposal applied");
         }
         start = end;
@@ -425,7 +425,7 @@ impl Load {
                 let key = format!("load-{n}");
                 let outcome = leader
                     .propose(put(&key, &n.to_string()))
-                    .and_then(|h| h.wait_timeout(Duration::from_secs(5)));
+                    .and_then(|mut h| h.wait_timeout(Duration::from_secs(5)));
                 match outcome {
                     Ok(_) => {
                         t_acked.lock().push(key);

@@ -121,7 +121,7 @@ impl TcpCluster {
             let leader = self.wait_leader();
             let outcome = self.nodes[&leader]
                 .propose(command.clone())
-                .and_then(|h| h.wait_timeout(Duration::from_secs(5)));
+                .and_then(|mut h| h.wait_timeout(Duration::from_secs(5)));
             if outcome.is_ok() {
                 return;
             }

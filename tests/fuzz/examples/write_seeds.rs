@@ -8,7 +8,7 @@ use std::path::Path;
 
 use protobuf::Message as _;
 use raftnode::raft_types::{ConfState, Entry, EntryType, Message, MessageType};
-use raftnode::wire::{self, Handshake};
+use raftnode::testing::wire::{self, Handshake};
 
 fn message(t: MessageType, term: u64) -> Message {
     let mut m = Message::default();

@@ -16,7 +16,7 @@
 use libfuzzer_sys::fuzz_target;
 use protobuf::Message as _;
 use raftnode::raft_types::{Message, MessageType};
-use raftnode::wire::{
+use raftnode::testing::wire::{
     self, DecodeContext, Handshake, Reassembly, ReassemblyBudget, FRAME_HEADER_BYTES,
     HANDSHAKE_BYTES, KIND_CHUNK, KIND_MESSAGES, KIND_PING, KIND_PONG, KIND_SNAPSHOT_ACK,
 };
