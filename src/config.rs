@@ -6,6 +6,7 @@ use crate::error::ConfigError;
 
 /// When the node takes a snapshot of its state machine and compacts its log.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SnapshotPolicy {
     /// Take a snapshot once this many entries were applied since the last one.
     /// `0` disables automatic snapshots ([`crate::Node::snapshot_now`] still works).
@@ -43,6 +44,7 @@ impl Default for SnapshotPolicy {
 /// # Ok::<(), raftnode::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// This node's id: non-zero, unique in the cluster, never reused after removal.
     pub id: u64,

@@ -213,6 +213,22 @@ pub enum ReadError {
     Stopped,
 }
 
+/// Why a call about the node itself (`status`, `snapshot_now`, `campaign`,
+/// `wait_for_leader`, `confirmed_leader`) did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The node's input queue is full: retry shortly.
+    #[error("node is busy (input queue full)")]
+    Busy,
+    /// No answer within the call's deadline.
+    #[error("timed out")]
+    Timeout,
+    /// The node has stopped ([`crate::Node::stop_reason`] says why).
+    #[error("node stopped")]
+    Stopped,
+}
+
 /// Why a membership change or leadership transfer did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -99,13 +99,13 @@ pub mod testing;
 pub use bytes;
 pub use config::{Config, SnapshotPolicy};
 pub use error::{
-    ConfigError, MembershipError, ProposeError, ReadError, StartError, StateMachineError,
-    StopReason, StorageError, TransportError,
+    ConfigError, MembershipError, NodeError, ProposeError, ReadError, StartError,
+    StateMachineError, StopReason, StorageError, TransportError,
 };
 pub use host::{GroupHost, HostConfig};
 pub use log_store::LogStore;
 pub use mailbox::{DeliverError, Mailbox};
-pub use membership::MembershipChange;
+pub use membership::{Membership, MembershipChange};
 #[cfg(feature = "terminal-logger")]
 pub use node::terminal_logger;
 pub use node::{discard_logger, Node, ReadConsistency};
@@ -113,7 +113,7 @@ pub use proposals::ProposalHandle;
 /// The `slog` crate, whose [`Logger`](slog::Logger) [`Node::start`] takes.
 pub use slog;
 pub use state_machine::StateMachine;
-pub use status::{MetricsSnapshot, PeerProgress, Role, Status};
+pub use status::{MetricsSnapshot, PeerProgress, ProgressState, Role, Status};
 pub use storage::MemLogStore;
 pub use storage::{EngineLogStore, EngineOptions, LogEngine};
 pub use transport::Transport;

@@ -16,6 +16,55 @@ pub enum MembershipChange {
     Remove(u64),
 }
 
+/// A group's configuration, as a membership change left it: who votes and who only
+/// learns. During a joint change (`voters_outgoing` not empty) decisions need a
+/// majority of `voters` and of `voters_outgoing`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Membership {
+    /// The voters (of the incoming configuration, during a joint change).
+    pub voters: Vec<u64>,
+    /// The learners: they receive the log and do not vote.
+    pub learners: Vec<u64>,
+    /// The voters of the outgoing configuration; empty unless the group is joint.
+    pub voters_outgoing: Vec<u64>,
+    /// Outgoing voters that become learners when the group leaves the joint change.
+    pub learners_next: Vec<u64>,
+    /// Whether the group leaves the joint change on its own (raftnode's changes do).
+    pub auto_leave: bool,
+}
+
+impl Membership {
+    /// Whether the group is in a joint configuration.
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// Whether `id` is a voter or a learner (in either half of a joint configuration).
+    pub fn contains(&self, id: u64) -> bool {
+        [
+            &self.voters,
+            &self.learners,
+            &self.voters_outgoing,
+            &self.learners_next,
+        ]
+        .iter()
+        .any(|ids| ids.contains(&id))
+    }
+}
+
+impl From<&ConfState> for Membership {
+    fn from(cs: &ConfState) -> Self {
+        Membership {
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            voters_outgoing: cs.voters_outgoing.clone(),
+            learners_next: cs.learners_next.clone(),
+            auto_leave: cs.auto_leave,
+        }
+    }
+}
+
 impl MembershipChange {
     fn to_single(self) -> ConfChangeSingle {
         let (change_type, id) = match self {

@@ -14,12 +14,12 @@ use slog::{info, o, Logger};
 use crate::config::Config;
 use crate::driver::Faults;
 use crate::error::{
-    MembershipError, ProposeError, ReadError, StartError, StopReason, StorageError,
+    MembershipError, NodeError, ProposeError, ReadError, StartError, StopReason, StorageError,
 };
 use crate::host::Wake;
 use crate::log_store::LogStore;
 use crate::mailbox::{DeliverError, Mailbox, Push};
-use crate::membership::{self, MembershipChange};
+use crate::membership::{self, Membership, MembershipChange};
 use crate::proposals::{slot, ProposalHandle, StoppedError};
 use crate::runtime::{Request, Runtime};
 use crate::state_machine::StateMachine;
@@ -342,7 +342,7 @@ impl<M: StateMachine> Node<M> {
 
     /// Adds `id` as a voter (or promotes the learner `id`). `context` travels with the
     /// change to every member's transport (`Transport::add_peer`): put the new member's
-    /// address there. Returns the ConfState once the change is applied on this node.
+    /// address there. Returns the new [`Membership`] once the change is applied on this node.
     ///
     /// Prefer [`Node::add_learner`] then [`Node::promote`] for a node that starts empty,
     /// so it catches up before it counts towards the quorum.
@@ -355,7 +355,7 @@ impl<M: StateMachine> Node<M> {
         id: u64,
         context: impl Into<Bytes>,
         timeout: Duration,
-    ) -> Result<ConfState, MembershipError> {
+    ) -> Result<Membership, MembershipError> {
         self.change(&[MembershipChange::AddVoter(id)], context.into(), timeout)
     }
 
@@ -369,7 +369,7 @@ impl<M: StateMachine> Node<M> {
         id: u64,
         context: impl Into<Bytes>,
         timeout: Duration,
-    ) -> Result<ConfState, MembershipError> {
+    ) -> Result<Membership, MembershipError> {
         self.change(&[MembershipChange::AddLearner(id)], context.into(), timeout)
     }
 
@@ -379,7 +379,7 @@ impl<M: StateMachine> Node<M> {
     ///
     /// See [`Node::change_membership`]; [`MembershipError::Invalid`] when `id` is not a
     /// learner.
-    pub fn promote(&self, id: u64, timeout: Duration) -> Result<ConfState, MembershipError> {
+    pub fn promote(&self, id: u64, timeout: Duration) -> Result<Membership, MembershipError> {
         let status = self.status().map_err(|_| MembershipError::Stopped)?;
         if !status.learners.contains(&id) {
             return Err(MembershipError::Invalid(format!(
@@ -399,14 +399,14 @@ impl<M: StateMachine> Node<M> {
     /// # Errors
     ///
     /// See [`Node::change_membership`].
-    pub fn remove(&self, id: u64, timeout: Duration) -> Result<ConfState, MembershipError> {
+    pub fn remove(&self, id: u64, timeout: Duration) -> Result<Membership, MembershipError> {
         self.change(&[MembershipChange::Remove(id)], Bytes::new(), timeout)
     }
 
     /// Applies several changes at once through joint consensus (ConfChangeV2); the group
     /// leaves the joint configuration automatically once it is committed. Proposed on
     /// the leader; returns once the change is applied on this node. With several
-    /// changes the ConfState returned is the joint one (`voters_outgoing` non-empty);
+    /// changes the membership returned is the joint one (`voters_outgoing` non-empty);
     /// watch [`Status::voters_outgoing`] to see the group leave it. See
     /// `docs/membership.md`.
     ///
@@ -422,7 +422,7 @@ impl<M: StateMachine> Node<M> {
         changes: &[MembershipChange],
         context: impl Into<Bytes>,
         timeout: Duration,
-    ) -> Result<ConfState, MembershipError> {
+    ) -> Result<Membership, MembershipError> {
         if changes.is_empty() {
             return Err(MembershipError::Invalid("no changes given".into()));
         }
@@ -434,13 +434,15 @@ impl<M: StateMachine> Node<M> {
         changes: &[MembershipChange],
         context: Bytes,
         timeout: Duration,
-    ) -> Result<ConfState, MembershipError> {
-        let (handle, done) = slot();
+    ) -> Result<Membership, MembershipError> {
+        let (handle, done) = slot::<ConfState, MembershipError>();
         self.submit(Request::ConfChange(
             membership::build(changes, context),
             done,
         ))?;
-        handle.wait_deadline(Some(Instant::now() + timeout))
+        handle
+            .wait_deadline(Some(Instant::now() + timeout))
+            .map(|cs| Membership::from(&cs))
     }
 
     /// Moves leadership to `to` and returns once `to` leads (as this node sees it).
@@ -465,9 +467,9 @@ impl<M: StateMachine> Node<M> {
     ///
     /// # Errors
     ///
-    /// [`ReadError::Busy`], [`ReadError::Stopped`], or [`ReadError::Timeout`] if the driver
+    /// [`NodeError::Busy`], [`NodeError::Stopped`], or [`NodeError::Timeout`] if the driver
     /// does not answer within 10 s.
-    pub fn status(&self) -> Result<Status, ReadError> {
+    pub fn status(&self) -> Result<Status, NodeError> {
         let (handle, done) = slot();
         self.submit(Request::Status(done))?;
         handle.wait_deadline(Some(Instant::now() + Duration::from_secs(10)))
@@ -478,9 +480,9 @@ impl<M: StateMachine> Node<M> {
     ///
     /// # Errors
     ///
-    /// [`ReadError::Stopped`] (also when the snapshot failed: the node stops),
-    /// [`ReadError::Busy`], [`ReadError::Timeout`] after 60 s.
-    pub fn snapshot_now(&self) -> Result<Option<u64>, ReadError> {
+    /// [`NodeError::Stopped`] (also when the snapshot failed: the node stops),
+    /// [`NodeError::Busy`], [`NodeError::Timeout`] after 60 s.
+    pub fn snapshot_now(&self) -> Result<Option<u64>, NodeError> {
         let (handle, done) = slot();
         self.submit(Request::SnapshotNow(done))?;
         handle.wait_deadline(Some(Instant::now() + Duration::from_secs(60)))
@@ -491,8 +493,8 @@ impl<M: StateMachine> Node<M> {
     ///
     /// # Errors
     ///
-    /// [`ReadError::Busy`], [`ReadError::Stopped`].
-    pub fn campaign(&self) -> Result<(), ReadError> {
+    /// [`NodeError::Busy`], [`NodeError::Stopped`].
+    pub fn campaign(&self) -> Result<(), NodeError> {
         self.submit(Request::Campaign)
     }
 
@@ -514,21 +516,61 @@ impl<M: StateMachine> Node<M> {
     ///
     /// # Errors
     ///
-    /// [`ReadError::Timeout`] when no leader is known after `timeout`;
-    /// [`ReadError::Stopped`].
-    pub fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ReadError> {
+    /// [`NodeError::Timeout`] when no leader is known after `timeout`;
+    /// [`NodeError::Stopped`].
+    pub fn wait_for_leader(&self, timeout: Duration) -> Result<u64, NodeError> {
         let deadline = Instant::now() + timeout;
         loop {
             if self.is_stopped() {
-                return Err(ReadError::Stopped);
+                return Err(NodeError::Stopped);
             }
             if let Some(leader) = self.leader() {
                 return Ok(leader);
             }
             if Instant::now() >= deadline {
-                return Err(ReadError::Timeout);
+                return Err(NodeError::Timeout);
             }
             std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Blocks until a leader has proven it leads, and returns it: a `Linearizable` read
+    /// through this node succeeds, which takes a quorum answering that leader in its
+    /// term, after this call began. Unlike [`Node::leader`], the answer cannot name a
+    /// leader that lost its quorum, though leadership may move right after.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Timeout`] when no leader proved itself within `timeout` (no quorum,
+    /// or an election still going on); [`NodeError::Stopped`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo<M: raftnode::StateMachine>(node: &raftnode::Node<M>) -> Result<(), raftnode::NodeError> {
+    /// let leader = node.confirmed_leader(std::time::Duration::from_secs(5))?;
+    /// println!("send writes to node {leader}");
+    /// # Ok(()) }
+    /// ```
+    pub fn confirmed_leader(&self, timeout: Duration) -> Result<u64, NodeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(NodeError::Timeout);
+            }
+            match self.read(ReadConsistency::Linearizable, left, |_| ()) {
+                Ok(()) => {
+                    if let Some(leader) = self.leader() {
+                        return Ok(leader);
+                    }
+                }
+                Err(ReadError::Stopped) => return Err(NodeError::Stopped),
+                Err(ReadError::Timeout) => return Err(NodeError::Timeout),
+                // A full queue, or a read refused for now: try again shortly (bounded
+                // by `deadline`).
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
         }
     }
 
@@ -611,7 +653,7 @@ impl<M: StateMachine> Node<M> {
             Some((_, thread)) if *thread == std::thread::current().id() => {
                 let _ = self
                     .inner
-                    .enqueue::<ReadError>(Request::Shutdown { graceful: false });
+                    .enqueue::<NodeError>(Request::Shutdown { graceful: false });
             }
             _ => self.inner.begin_stop_hosted(graceful),
         }
@@ -644,6 +686,11 @@ impl BusyError for ProposeError {
 impl BusyError for ReadError {
     fn busy() -> Self {
         ReadError::Busy
+    }
+}
+impl BusyError for NodeError {
+    fn busy() -> Self {
+        NodeError::Busy
     }
 }
 impl BusyError for MembershipError {
@@ -689,13 +736,13 @@ impl<M: StateMachine> Inner<M> {
         if let Some(thread) = thread {
             if thread.thread().id() == std::thread::current().id() {
                 // Called from inside the state machine: the driver exits after this turn.
-                let _ = self.enqueue::<ReadError>(Request::Shutdown { graceful: false });
+                let _ = self.enqueue::<NodeError>(Request::Shutdown { graceful: false });
                 *self.thread.lock() = Some(thread);
                 return StopReason::Shutdown;
             }
             // Always queued (a full queue does not refuse a shutdown), so the join below
             // cannot wait for a driver that was never told to stop.
-            let _ = self.enqueue::<ReadError>(Request::Shutdown { graceful });
+            let _ = self.enqueue::<NodeError>(Request::Shutdown { graceful });
             let _ = thread.join();
             info!(self.logger, "driver thread joined");
         }
@@ -714,7 +761,7 @@ impl<M: StateMachine> Inner<M> {
         if host_thread == std::thread::current().id() {
             // Called from inside a state machine on that thread: the group exits after
             // this turn; waiting here would wait for ourselves.
-            let _ = self.enqueue::<ReadError>(Request::Shutdown { graceful: false });
+            let _ = self.enqueue::<NodeError>(Request::Shutdown { graceful: false });
             return StopReason::Shutdown;
         }
         self.begin_stop_hosted(graceful);
@@ -723,7 +770,7 @@ impl<M: StateMachine> Inner<M> {
 
     /// Queues a hosted group's shutdown (always queued, see `enqueue`).
     fn begin_stop_hosted(&self, graceful: bool) {
-        let _ = self.enqueue::<ReadError>(Request::Shutdown { graceful });
+        let _ = self.enqueue::<NodeError>(Request::Shutdown { graceful });
     }
 
     /// Waits, without a deadline, until the group's runtime has been dropped.

@@ -41,6 +41,15 @@ impl StoppedError for ReadError {
     }
 }
 
+impl StoppedError for crate::error::NodeError {
+    fn stopped() -> Self {
+        crate::error::NodeError::Stopped
+    }
+    fn timeout() -> Self {
+        crate::error::NodeError::Timeout
+    }
+}
+
 impl StoppedError for MembershipError {
     fn stopped() -> Self {
         MembershipError::Stopped

@@ -1617,7 +1617,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                     id: *id,
                     matched: pr.matched,
                     next_index: pr.next_idx,
-                    state: format!("{:?}", pr.state),
+                    state: pr.state.into(),
                     is_learner: cs.learners.contains(id),
                     recent_active: pr.recent_active,
                 })

@@ -14,7 +14,7 @@ use slog::{info, Logger};
 
 use crate::config::Config;
 use crate::driver::{DriverError, Faults};
-use crate::error::{MembershipError, ProposeError, ReadError, StartError, StopReason};
+use crate::error::{MembershipError, NodeError, ProposeError, ReadError, StartError, StopReason};
 use crate::log_store::LogStore;
 use crate::mailbox::PeerInput;
 use crate::node::{ReadConsistency, Shared};
@@ -44,8 +44,8 @@ pub(crate) enum Request<M: StateMachine> {
         deadline: Instant,
         done: Completer<(), MembershipError>,
     },
-    Status(Completer<Status, ReadError>),
-    SnapshotNow(Completer<Option<u64>, ReadError>),
+    Status(Completer<Status, NodeError>),
+    SnapshotNow(Completer<Option<u64>, NodeError>),
     Campaign,
     Shutdown {
         graceful: bool,

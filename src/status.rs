@@ -38,12 +38,45 @@ pub struct PeerProgress {
     pub matched: u64,
     /// Next index the leader will send.
     pub next_index: u64,
-    /// raft-rs's progress state: `Probe`, `Replicate` or `Snapshot`.
-    pub state: String,
+    /// How the leader replicates to the peer.
+    pub state: ProgressState,
     /// Whether the peer is a learner.
     pub is_learner: bool,
     /// Whether the leader heard from it in the last election timeout.
     pub recent_active: bool,
+}
+
+/// How a leader replicates to one peer (raft's progress state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProgressState {
+    /// The leader is finding where the peer's log matches its own: one append at a
+    /// time.
+    Probe,
+    /// The peer keeps up: appends are pipelined.
+    Replicate,
+    /// The peer is behind the leader's log start and gets a snapshot.
+    Snapshot,
+}
+
+impl From<raft::ProgressState> for ProgressState {
+    fn from(state: raft::ProgressState) -> Self {
+        match state {
+            raft::ProgressState::Probe => ProgressState::Probe,
+            raft::ProgressState::Replicate => ProgressState::Replicate,
+            raft::ProgressState::Snapshot => ProgressState::Snapshot,
+        }
+    }
+}
+
+impl std::fmt::Display for ProgressState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProgressState::Probe => "Probe",
+            ProgressState::Replicate => "Replicate",
+            ProgressState::Snapshot => "Snapshot",
+        })
+    }
 }
 
 /// A point-in-time view of a node, from [`crate::Node::status`].

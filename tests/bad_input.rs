@@ -112,7 +112,7 @@ fn calls_after_shutdown_return_stopped() {
     let n = c.node(leader).clone();
     assert_eq!(n.shutdown(), raftnode::StopReason::Shutdown);
     assert_eq!(n.propose(put("a", "b")).unwrap_err(), ProposeError::Stopped);
-    assert_eq!(n.status().unwrap_err(), raftnode::ReadError::Stopped);
+    assert_eq!(n.status().unwrap_err(), raftnode::NodeError::Stopped);
     assert_eq!(
         n.read_stale(|_| ()).unwrap_err(),
         raftnode::ReadError::Stopped

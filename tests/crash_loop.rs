@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use raftnode::{
     ChannelNetwork, Config, EngineLogStore, Node, ProposalHandle, ProposeError, ReadConsistency,
-    ReadError, SnapshotPolicy,
+    ReadError,
 };
 
 #[path = "../examples/common/redb_kv.rs"]
@@ -75,11 +75,8 @@ fn child_config(id: u64, voters: &[u64]) -> Config {
     config.election_ticks = 20;
     config.heartbeat_ticks = 2;
     // Snapshots and compaction every few hundred entries, so crashes land in them too.
-    config.snapshot = SnapshotPolicy {
-        every_applied: 2000,
-        trailing_entries: 50,
-        ..SnapshotPolicy::default()
-    };
+    config.snapshot.every_applied = 2000;
+    config.snapshot.trailing_entries = 50;
     config
 }
 

@@ -124,10 +124,9 @@ fn groups_share_one_engine() {
 #[test]
 fn damaged_log_file_is_reported_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let options = EngineOptions {
-        target_file_size_bytes: 64 << 10,
-        purge_threshold_bytes: 1 << 20,
-    };
+    let mut options = EngineOptions::default();
+    options.target_file_size_bytes = 64 << 10;
+    options.purge_threshold_bytes = 1 << 20;
     let fs = Arc::new(DefaultFileSystem);
     {
         let engine = LogEngine::open_with(dir.path(), fs.clone(), options.clone()).unwrap();

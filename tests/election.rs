@@ -166,3 +166,29 @@ fn a_dead_leader_is_not_named_once_an_election_timeout_passed() {
     // One election timeout is 20 ticks of 10 ms.
     eprintln!("dead leader unnamed after {after:?}");
 }
+
+/// Proves `confirmed_leader` names only a leader a quorum answers: the leader from a
+/// follower, the new leader (never the dead one) right after the leader is killed, and
+/// nobody (a timeout) once the quorum is gone.
+#[test]
+fn confirmed_leader_names_only_a_leader_a_quorum_answers() {
+    let mut c = Cluster::new(3);
+    let leader = c.wait_leader();
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    assert_eq!(c.node(follower).confirmed_leader(DEADLINE), Ok(leader));
+    c.kill(leader);
+    let new = c
+        .node(follower)
+        .confirmed_leader(DEADLINE)
+        .expect("a new leader");
+    assert_ne!(new, leader, "named the dead leader");
+    let rest: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    assert!(rest.contains(&new));
+    let other = rest.iter().copied().find(|&id| id != follower).unwrap();
+    c.kill(other);
+    assert_eq!(
+        c.node(follower)
+            .confirmed_leader(std::time::Duration::from_millis(500)),
+        Err(raftnode::NodeError::Timeout)
+    );
+}

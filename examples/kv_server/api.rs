@@ -339,7 +339,7 @@ fn sorted(ids: &[u64]) -> Vec<u64> {
     ids
 }
 
-fn members(cs: &raftnode::raft_types::ConfState) -> Response {
+fn members(cs: &raftnode::Membership) -> Response {
     Json(Members {
         voters: sorted(&cs.voters),
         learners: sorted(&cs.learners),
@@ -535,7 +535,7 @@ impl From<&PeerProgress> for ProgressJson {
             id: p.id,
             matched: p.matched,
             next_index: p.next_index,
-            state: p.state.clone(),
+            state: p.state.to_string(),
             is_learner: p.is_learner,
             recent_active: p.recent_active,
         }

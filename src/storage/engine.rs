@@ -47,6 +47,7 @@ impl MessageExt for EntryExt {
 
 /// Knobs of a [`LogEngine`]; [`EngineOptions::default`] suits most uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EngineOptions {
     /// Size at which raft-engine starts a new log file. Default 32 MiB.
     pub target_file_size_bytes: u64,
