@@ -131,6 +131,16 @@ pub use validate::Refusal;
 #[doc = include_str!("../docs/multi-raft.md")]
 pub struct MultiRaftDoc;
 
+/// The code blocks of `README.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoc;
+
+/// The code blocks of `docs/getting-started.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/getting-started.md")]
+pub struct GettingStartedDoc;
+
 /// raft-rs types that appear in this crate's API.
 pub mod raft_types {
     pub use raft::eraftpb::{
