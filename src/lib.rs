@@ -141,6 +141,36 @@ pub struct ReadmeDoc;
 #[doc = include_str!("../docs/getting-started.md")]
 pub struct GettingStartedDoc;
 
+/// The code blocks of `docs/configuration.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/configuration.md")]
+pub struct ConfigurationDoc;
+
+/// The code blocks of `docs/durability.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/durability.md")]
+pub struct DurabilityDoc;
+
+/// The code blocks of `docs/implementing-log-store.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/implementing-log-store.md")]
+pub struct ImplementingLogStoreDoc;
+
+/// The code blocks of `docs/implementing-state-machine.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/implementing-state-machine.md")]
+pub struct ImplementingStateMachineDoc;
+
+/// The code blocks of `docs/implementing-transport.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/implementing-transport.md")]
+pub struct ImplementingTransportDoc;
+
+/// The code blocks of `docs/testing.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/testing.md")]
+pub struct TestingDoc;
+
 /// raft-rs types that appear in this crate's API.
 pub mod raft_types {
     pub use raft::eraftpb::{
