@@ -106,6 +106,11 @@ impl PeerWatch {
         }
     }
 
+    /// Forgets every removal vote (a leader proved this node a member).
+    pub(crate) fn clear_removal_votes(&mut self) {
+        self.removal_votes.clear();
+    }
+
     /// A new tick began: the per-tick allowance of removal notices is back.
     pub(crate) fn on_tick(&mut self) {
         self.notices_this_tick = 0;

@@ -341,6 +341,9 @@ pub(crate) struct Replica<S: LogStore, M: StateMachine, H: Host<M>> {
     phase: Phase,
     /// (term, role, leader) when the election timeout was last drawn by the host.
     timeout_key: (u64, StateRole, u64),
+    /// This node believes it was removed because a majority of its voters said so (it
+    /// missed the commit): it stops campaigning until a leader replicates to it.
+    removed_by_peers: bool,
 }
 
 /// Opens a group's storage the way every start does: bootstraps a new group, restores
@@ -519,6 +522,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             housekeeping_due: true,
             phase: Phase::Running,
             timeout_key: (u64::MAX, StateRole::Leader, u64::MAX),
+            removed_by_peers: false,
             config,
         };
         replica.rerandomize();
@@ -659,6 +663,14 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         }
         let raft = &self.raw.raft;
         if from == raft.leader_id && term == raft.term && from != 0 {
+            if self.removed_by_peers {
+                // A leader replicates to this node: it is a member after all.
+                warn!(self.book.logger, "a leader replicates to this node: it was not removed";
+                    "leader" => from, "term" => term);
+                self.removed_by_peers = false;
+                self.book.removed = false;
+                self.book.peers.clear_removal_votes();
+            }
             self.leader_silent_ticks = 0;
             if self.published_leader != from {
                 self.publish_leader();
@@ -796,8 +808,20 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     }
 
     /// A peer says this node is not in its configuration as of its applied index.
+    ///
+    /// Counted only on a node that has heard from no leader for three election timeouts
+    /// and started an election since: a node a leader replicates to is a member whatever
+    /// anyone says, and one that missed its removal never hears from a leader again.
+    /// A leader that replicates to it later clears the belief (see `step`).
     fn on_not_a_member(&mut self, from: u64, their_applied: u64) {
         if self.book.removed || self.faults.removal_notice_ignored() {
+            return;
+        }
+        let timeout = self.config.election_ticks;
+        let leaderless = !self.is_leader()
+            && self.leader_silent_ticks >= 3 * timeout
+            && self.elections.since_stable_leader >= 1;
+        if !leaderless {
             return;
         }
         let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
@@ -810,6 +834,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             warn!(self.book.logger, "this node was removed from the group (a majority of its voters say so; it missed the commit)";
                 "applied" => applied, "voters" => ?voters);
             self.book.removed = true;
+            self.removed_by_peers = true;
         }
     }
 
@@ -1249,7 +1274,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         self.book.peers.on_tick();
         // A node removed from the group stops campaigning. (One whose removal applied
         // here is no longer promotable; one that learnt it from its peers still is.)
-        if !self.book.removed || self.is_leader() {
+        if !self.removed_by_peers {
             self.raw.tick();
         }
         self.ticks += 1;
