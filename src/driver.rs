@@ -40,6 +40,11 @@ pub(crate) trait Outbox<R> {
     fn soft_state(&mut self, ss: &SoftState);
     /// Where the driver logs what it decides on its own.
     fn logger(&self) -> &slog::Logger;
+    /// The node was killed (`Node::kill`): stop before the next entry is applied, as a
+    /// crash would.
+    fn killed(&self) -> bool {
+        false
+    }
     /// Step 7 ended: raft now counts `applied` as applied. Observers only.
     fn advanced(&mut self, applied: u64) {
         let _ = applied;
@@ -57,6 +62,9 @@ pub(crate) enum DriverError {
     Raft(String),
     #[error("corrupt committed entry at index {index}: {detail}")]
     CorruptEntry { index: u64, detail: String },
+    /// `Node::kill` was called while entries were being applied.
+    #[error("killed")]
+    Killed,
 }
 
 impl DriverError {
@@ -66,6 +74,7 @@ impl DriverError {
             DriverError::StateMachine(e) => StopReason::StateMachine(e.to_string()),
             DriverError::Raft(e) => StopReason::Raft(e.clone()),
             e @ DriverError::CorruptEntry { .. } => StopReason::Storage(e.to_string()),
+            DriverError::Killed => StopReason::Killed,
         }
     }
 }
@@ -157,6 +166,10 @@ faults! {
     /// Ignore peers' "not a member" notices, as 0.1 did: a node that missed the commit
     /// of its own removal never learns it.
     removal_notice_ignored,
+    /// Keep a removal learnt from peers' notices for good (until a leader replicates),
+    /// never campaigning to hear the voters again: a group whose every node was talked
+    /// into it by forged notices never elects a leader again.
+    removal_belief_final,
     /// Hand leadership to any voter, as 0.1 did: also to one that announced it is
     /// shutting down or has not been heard from.
     transfer_to_any_voter,
@@ -323,6 +336,10 @@ where
     O: Outbox<M::Response>,
 {
     for entry in entries {
+        if out.killed() {
+            // As a crash would: what is applied stays applied, nothing more is.
+            return Err(DriverError::Killed);
+        }
         let (index, term) = (entry.index, entry.term);
         if index <= *applied {
             // Defensive: raft never hands an applied entry twice; never apply one twice.

@@ -106,9 +106,30 @@ impl PeerWatch {
         }
     }
 
-    /// Forgets every removal vote (a leader proved this node a member).
+    /// Forgets every removal vote (a leader proved this node a member, or a belief in
+    /// the removal is being checked again).
     pub(crate) fn clear_removal_votes(&mut self) {
         self.removal_votes.clear();
+    }
+
+    /// `from` sent what a member sends only to a node it counts as a member (a vote
+    /// request, an append, a heartbeat, a snapshot): its earlier "not a member" no
+    /// longer counts. Returns whether it had said so.
+    pub(crate) fn revoke_removal_vote(&mut self, from: u64) -> bool {
+        let before = self.removal_votes.len();
+        self.removal_votes.retain(|(id, _)| *id != from);
+        self.removal_votes.len() != before
+    }
+
+    /// Whether voters forming a majority of `voters` (as in
+    /// [`PeerWatch::removal_vote`]) still say this node, at `applied`, is not a member.
+    pub(crate) fn removal_confirmed(&self, applied: u64, voters: &[u64]) -> bool {
+        let confirming = self
+            .removal_votes
+            .iter()
+            .filter(|(id, at)| *at > applied && voters.contains(id))
+            .count();
+        !voters.is_empty() && confirming > voters.len() / 2
     }
 
     /// A new tick began: the per-tick allowance of removal notices is back.
@@ -143,12 +164,7 @@ impl PeerWatch {
             Some(vote) => vote.1 = vote.1.max(their_applied),
             None => self.removal_votes.push((from, their_applied)),
         }
-        let confirming = self
-            .removal_votes
-            .iter()
-            .filter(|(id, at)| *at > applied && voters.contains(id))
-            .count();
-        !voters.is_empty() && confirming > voters.len() / 2
+        self.removal_confirmed(applied, voters)
     }
 }
 
@@ -209,6 +225,11 @@ mod tests {
         assert!(w.removal_vote(2, 11, 10, &voters));
         // Once this node applied past what they said, their word no longer counts.
         assert!(!w.removal_vote(2, 11, 12, &voters));
+        // A vote request, append or heartbeat from a voter takes its word back.
+        assert!(w.revoke_removal_vote(2));
+        assert!(!w.revoke_removal_vote(2), "already taken back");
+        assert!(!w.removal_confirmed(10, &voters));
+        assert!(w.removal_vote(2, 11, 10, &voters), "said again: counts again");
         // A group of two: the only other voter is not a majority.
         let mut w = PeerWatch::default();
         assert!(!w.removal_vote(1, 50, 10, &[1, 2]));

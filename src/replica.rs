@@ -307,6 +307,10 @@ impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
     fn logger(&self) -> &Logger {
         &self.logger
     }
+
+    fn killed(&self) -> bool {
+        self.shared.killed.load(Ordering::Acquire)
+    }
 }
 
 /// One Raft group's core. See the module docs.
@@ -342,8 +346,24 @@ pub(crate) struct Replica<S: LogStore, M: StateMachine, H: Host<M>> {
     /// (term, role, leader) when the election timeout was last drawn by the host.
     timeout_key: (u64, StateRole, u64),
     /// This node believes it was removed because a majority of its voters said so (it
-    /// missed the commit): it stops campaigning until a leader replicates to it.
-    removed_by_peers: bool,
+    /// missed the commit); see [`Replica::on_not_a_member`].
+    removal: Option<PeerRemoval>,
+}
+
+/// A removal this node learnt from its peers rather than from its own log.
+///
+/// Forged notices can claim it as easily as honest ones, so the belief is never final:
+/// the node stops campaigning only for [`REMOVAL_RECHECK_TIMEOUTS`] election timeouts,
+/// then campaigns again and needs its voters to say it anew; a leader replicating to it,
+/// or a voter sending it what members send only to members, ends it. A group whose
+/// every node was talked into it therefore elects a leader again on its own.
+#[derive(Debug, Clone, Copy)]
+struct PeerRemoval {
+    /// The tick from which the node campaigns again to hear its voters anew.
+    recheck_at: u64,
+    /// `Elections::since_stable_leader` when the belief formed: votes count again only
+    /// after the node started an election since.
+    elections: u64,
 }
 
 /// Opens a group's storage the way every start does: bootstraps a new group, restores
@@ -522,7 +542,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             housekeeping_due: true,
             phase: Phase::Running,
             timeout_key: (u64::MAX, StateRole::Leader, u64::MAX),
-            removed_by_peers: false,
+            removal: None,
             config,
         };
         replica.rerandomize();
@@ -661,15 +681,16 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             debug!(self.book.logger, "message dropped by raft"; "from" => from,
                 "type" => ?msg_type, "error" => %e);
         }
+        if self.removal.is_some() && speaks_to_a_member(msg_type) {
+            self.member_evidence(from, term);
+        }
         let raft = &self.raw.raft;
         if from == raft.leader_id && term == raft.term && from != 0 {
-            if self.removed_by_peers {
+            if self.removal.is_some() {
                 // A leader replicates to this node: it is a member after all.
                 warn!(self.book.logger, "a leader replicates to this node: it was not removed";
                     "leader" => from, "term" => term);
-                self.removed_by_peers = false;
-                self.book.removed = false;
-                self.book.peers.clear_removal_votes();
+                self.end_removal();
             }
             self.leader_silent_ticks = 0;
             if self.published_leader != from {
@@ -814,13 +835,15 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     /// anyone says, and one that missed its removal never hears from a leader again.
     /// A leader that replicates to it later clears the belief (see `step`).
     fn on_not_a_member(&mut self, from: u64, their_applied: u64) {
-        if self.book.removed || self.faults.removal_notice_ignored() {
+        let learnt_from_log = self.book.removed && self.removal.is_none();
+        if learnt_from_log || self.faults.removal_notice_ignored() {
             return;
         }
         let timeout = self.config.election_ticks;
-        let leaderless = !self.is_leader()
-            && self.leader_silent_ticks >= 3 * timeout
-            && self.elections.since_stable_leader >= 1;
+        let campaigned = self.elections.since_stable_leader
+            > self.removal.map_or(0, |r| r.elections);
+        let leaderless =
+            !self.is_leader() && self.leader_silent_ticks >= 3 * timeout && campaigned;
         if !leaderless {
             return;
         }
@@ -831,11 +854,39 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             .peers
             .removal_vote(from, their_applied, applied, &voters)
         {
-            warn!(self.book.logger, "this node was removed from the group (a majority of its voters say so; it missed the commit)";
-                "applied" => applied, "voters" => ?voters);
+            if self.removal.is_none() {
+                warn!(self.book.logger, "this node was removed from the group (a majority of its voters say so; it missed the commit)";
+                    "applied" => applied, "voters" => ?voters);
+            }
             self.book.removed = true;
-            self.removed_by_peers = true;
+            self.removal = Some(PeerRemoval {
+                recheck_at: self.ticks + REMOVAL_RECHECK_TIMEOUTS * timeout as u64,
+                elections: self.elections.since_stable_leader,
+            });
         }
+    }
+
+    /// Voter `from` sent, at `term`, what members send only to a node they count as a
+    /// member: its "not a member" is taken back, and the belief ends once a majority no
+    /// longer says so.
+    fn member_evidence(&mut self, from: u64, term: u64) {
+        let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        if !voters.contains(&from) || !self.book.peers.revoke_removal_vote(from) {
+            return;
+        }
+        let applied = self.raw.raft.raft_log.applied;
+        if !self.book.peers.removal_confirmed(applied, &voters) {
+            warn!(self.book.logger, "a voter treats this node as a member: it was not removed";
+                "peer" => from, "term" => term);
+            self.end_removal();
+        }
+    }
+
+    /// This node is a member after all: it reports so and campaigns again.
+    fn end_removal(&mut self) {
+        self.removal = None;
+        self.book.removed = false;
+        self.book.peers.clear_removal_votes();
     }
 
     /// Answers a message from `from`, which is not in this node's configuration, with
@@ -1273,9 +1324,20 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         self.book.now = now;
         self.book.peers.on_tick();
         // A node removed from the group stops campaigning. (One whose removal applied
-        // here is no longer promotable; one that learnt it from its peers still is.)
-        if !self.removed_by_peers {
-            self.raw.tick();
+        // here is no longer promotable; one that learnt it from its peers still is, and
+        // campaigns again after a while to hear them anew: see `PeerRemoval`.)
+        match self.removal {
+            Some(r) if self.ticks < r.recheck_at || self.faults.removal_belief_final() => {}
+            Some(r) => {
+                if self.ticks == r.recheck_at {
+                    info!(self.book.logger, "campaigning again to hear the voters that said this node was removed");
+                    self.book.peers.clear_removal_votes();
+                }
+                self.raw.tick();
+            }
+            None => {
+                self.raw.tick();
+            }
         }
         self.ticks += 1;
         self.leader_silent_ticks = self.leader_silent_ticks.saturating_add(1);
@@ -1506,6 +1568,13 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     }
 
     fn on_soft_state_change(&mut self) {
+        let elected = self.is_leader() && self.elections.role != StateRole::Leader;
+        if elected && self.removal.is_some() {
+            // A majority voted for this node: they count it as a member.
+            warn!(self.book.logger, "elected by a majority: this node was not removed";
+                "term" => self.raw.raft.term);
+            self.end_removal();
+        }
         let raft = &self.raw.raft;
         let (role, leader) = (raft.state, raft.leader_id);
         let metrics = &self.book.shared.metrics;
@@ -1705,6 +1774,25 @@ pub(crate) const READ_CTX_LEN: usize = 24;
 /// Longer than the silence after which it is passed over anyway (one election timeout),
 /// short enough that a node restarted at once is a candidate again soon.
 const STOPPING_WINDOW_TIMEOUTS: u64 = 3;
+
+/// Election timeouts a node that learnt its removal from its peers stops campaigning
+/// for before it asks them again ([`PeerRemoval`]).
+const REMOVAL_RECHECK_TIMEOUTS: u64 = 10;
+
+/// Whether a member sends a message of this type only to a node it counts as a member
+/// (so a "not a member" from the same sender is contradicted): requests and leader
+/// traffic, not answers, which members send to anyone who asked.
+fn speaks_to_a_member(t: MessageType) -> bool {
+    matches!(
+        t,
+        MessageType::MsgAppend
+            | MessageType::MsgHeartbeat
+            | MessageType::MsgSnapshot
+            | MessageType::MsgRequestVote
+            | MessageType::MsgRequestPreVote
+            | MessageType::MsgTimeoutNow
+    )
+}
 
 /// The round of a context this incarnation of node `id` made, if it did.
 fn parse_read_ctx(id: u64, incarnation: u64, ctx: &[u8]) -> Option<u64> {

@@ -202,7 +202,9 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         }
         if let Err(e) = self.turn(first) {
             let reason = e.stop_reason();
-            slog::error!(self.logger, "node stopping on a fatal error"; "error" => %e);
+            if reason != StopReason::Killed {
+                slog::error!(self.logger, "node stopping on a fatal error"; "error" => %e);
+            }
             return Some(reason);
         }
         if self.killed() {

@@ -224,6 +224,39 @@ fn writer(
     })
 }
 
+/// With `RAFTNODE_HOSTILE_TCP_DEBUG` set: prints every node's role, term, leader and
+/// `removed` and the acknowledged writes once a second, to see where availability goes.
+fn monitor(
+    nodes: Vec<Node<Kv>>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let line: Vec<String> = nodes
+                .iter()
+                .filter_map(|n| n.status().ok())
+                .map(|s| {
+                    format!(
+                        "{}:{:?}/t{}/l{:?}/c{}{}",
+                        s.id,
+                        s.role,
+                        s.term,
+                        s.leader,
+                        s.commit,
+                        if s.removed { "/REMOVED" } else { "" }
+                    )
+                })
+                .collect();
+            let n = acked.lock().expect("not poisoned").len();
+            eprintln!("{:>5.1}s acked={n} {}", started.elapsed().as_secs_f64(), line.join(" "));
+            // Reporting interval of a debug aid, not synchronization.
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+}
+
 /// Proves that hostile members cannot crash a real TCP cluster under write load or lose
 /// an acknowledged write, with every hostile message accounted for at a node's checks.
 #[test]
@@ -238,6 +271,9 @@ fn hostile_members_cannot_break_a_tcp_cluster() {
     let writers: Vec<_> = (0..2)
         .map(|w| writer(nodes.clone(), w, stop.clone(), acked.clone()))
         .collect();
+    let monitor = std::env::var("RAFTNODE_HOSTILE_TCP_DEBUG")
+        .is_ok()
+        .then(|| monitor(nodes.clone(), stop.clone(), acked.clone()));
     let mut forger = Hostile::new(seed);
     let mut tally = Tally::default();
     let started = Instant::now();
@@ -272,8 +308,8 @@ fn hostile_members_cannot_break_a_tcp_cluster() {
     }
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().expect("writer thread");
+    for w in writers.into_iter().chain(monitor) {
+        w.join().expect("writer or monitor thread");
     }
     let acked = std::mem::take(&mut *acked.lock().expect("not poisoned"));
     assert!(

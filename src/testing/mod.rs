@@ -18,3 +18,10 @@ pub mod sim;
 pub mod wire {
     pub use crate::wire::*;
 }
+
+/// A "not a member" notice from `from` to `to` at `term`, claiming `from` applied up to
+/// `applied` (docs/security.md, "Notices"): what a peer sends a node it no longer counts
+/// as a member, for tests that forge one.
+pub fn not_a_member_notice(from: u64, to: u64, term: u64, applied: u64) -> raft::eraftpb::Message {
+    crate::notice::not_a_member(from, to, term, applied)
+}

@@ -337,6 +337,9 @@ pub struct Bugs {
     /// Ignore peers' "not a member" notices (raftnode 0.1: a node that missed the
     /// commit of its own removal never learns it).
     pub removal_notice_ignored: bool,
+    /// Keep a removal learnt from peers' notices for good, never campaigning to hear
+    /// the voters again: forged notices to every node stop the group for good.
+    pub removal_belief_final: bool,
     /// Hand leadership to any voter, also one that announced it is shutting down or has
     /// not been heard from (raftnode 0.1).
     pub transfer_to_any_voter: bool,
@@ -359,6 +362,7 @@ impl Bugs {
             lease_from_receipt: self.lease_from_receipt,
             read_ctx_reused: self.read_ctx_reused,
             removal_notice_ignored: self.removal_notice_ignored,
+            removal_belief_final: self.removal_belief_final,
             transfer_to_any_voter: self.transfer_to_any_voter,
         }
     }
