@@ -633,8 +633,10 @@ impl<M: StateMachine> Node<M> {
     }
 
     /// Stops the node at once, as far as raftnode is concerned: the driver stops before
-    /// the next request it would take (requests still queued get `Stopped`), handles no
-    /// further Ready, sends nothing more, hands no leadership over and tells no peer.
+    /// the next request it would take and before the next entry it would apply (also in
+    /// the middle of a Ready: entries not yet applied stay committed in the log, as
+    /// after a crash), requests still queued get `Stopped`, and it handles no further
+    /// Ready, sends nothing more, hands no leadership over and tells no peer.
     /// Returns [`StopReason::Killed`] (or an earlier fatal error).
     ///
     /// It is not a power cut: what the log store and the state machine have written

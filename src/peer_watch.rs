@@ -229,7 +229,10 @@ mod tests {
         assert!(w.revoke_removal_vote(2));
         assert!(!w.revoke_removal_vote(2), "already taken back");
         assert!(!w.removal_confirmed(10, &voters));
-        assert!(w.removal_vote(2, 11, 10, &voters), "said again: counts again");
+        assert!(
+            w.removal_vote(2, 11, 10, &voters),
+            "said again: counts again"
+        );
         // A group of two: the only other voter is not a majority.
         let mut w = PeerWatch::default();
         assert!(!w.removal_vote(1, 50, 10, &[1, 2]));

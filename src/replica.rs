@@ -840,10 +840,9 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             return;
         }
         let timeout = self.config.election_ticks;
-        let campaigned = self.elections.since_stable_leader
-            > self.removal.map_or(0, |r| r.elections);
-        let leaderless =
-            !self.is_leader() && self.leader_silent_ticks >= 3 * timeout && campaigned;
+        let campaigned =
+            self.elections.since_stable_leader > self.removal.map_or(0, |r| r.elections);
+        let leaderless = !self.is_leader() && self.leader_silent_ticks >= 3 * timeout && campaigned;
         if !leaderless {
             return;
         }
@@ -1330,7 +1329,10 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             Some(r) if self.ticks < r.recheck_at || self.faults.removal_belief_final() => {}
             Some(r) => {
                 if self.ticks == r.recheck_at {
-                    info!(self.book.logger, "campaigning again to hear the voters that said this node was removed");
+                    info!(
+                        self.book.logger,
+                        "campaigning again to hear the voters that said this node was removed"
+                    );
                     self.book.peers.clear_removal_votes();
                 }
                 self.raw.tick();

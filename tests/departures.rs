@@ -408,7 +408,8 @@ fn elects_again_after_forged_removal(bugs: &Bugs) -> Option<Duration> {
         for n in &nodes {
             let s = n.status().unwrap();
             for from in voters.iter().filter(|&&v| v != s.id) {
-                let notice = raftnode::testing::not_a_member_notice(*from, s.id, s.term, u64::MAX / 2);
+                let notice =
+                    raftnode::testing::not_a_member_notice(*from, s.id, s.term, u64::MAX / 2);
                 let _ = n.mailbox().deliver(notice);
             }
         }

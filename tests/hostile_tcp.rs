@@ -250,7 +250,11 @@ fn monitor(
                 })
                 .collect();
             let n = acked.lock().expect("not poisoned").len();
-            eprintln!("{:>5.1}s acked={n} {}", started.elapsed().as_secs_f64(), line.join(" "));
+            eprintln!(
+                "{:>5.1}s acked={n} {}",
+                started.elapsed().as_secs_f64(),
+                line.join(" ")
+            );
             // Reporting interval of a debug aid, not synchronization.
             std::thread::sleep(Duration::from_secs(1));
         }
