@@ -4,11 +4,13 @@
 //! groups use, and the memory per replica.
 //!
 //! ```sh
-//! cargo run --release --example many_groups -- 1000 2
+//! cargo run --release --example many_groups -- 1000 2 2
 //! ```
 //!
-//! Arguments: groups (default 1000), threads per host (default 2). Linux only for the
-//! CPU and memory figures (read from `/proc/self`).
+//! Arguments: groups (default 1000), threads per host (default 2), and
+//! `Config::quiesce_after_timeouts` (default 2; 0 keeps every group ticking). With
+//! quiescence on, the idle window starts once every replica reports `quiet`. Linux only
+//! for the CPU and memory figures (read from `/proc/self`).
 
 use std::time::{Duration, Instant};
 
@@ -71,6 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let groups: u64 = args.next().map_or(Ok(1000), |a| a.parse())?;
     let threads: usize = args.next().map_or(Ok(2), |a| a.parse())?;
+    let quiesce: usize = args.next().map_or(Ok(2), |a| a.parse())?;
     let logger = raftnode::discard_logger();
     let mut host_config = HostConfig::default();
     host_config.threads = threads;
@@ -88,6 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let id = i as u64 + 1;
             let mut config = Config::new(id);
             config.initial_voters = vec![1, 2, 3];
+            config.quiesce_after_timeouts = quiesce;
             let node = host.start_group(
                 group,
                 config,
@@ -127,7 +131,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all_committed = started.elapsed();
     let rss_after = rss_kib();
 
-    // Idle: every group has a leader and nothing to do but tick and heartbeat.
+    let mut all_quiet = None;
+    if quiesce > 0 {
+        // Every replica quiet; `status` is a request that does not wake a group.
+        for (node, group) in members.iter().flat_map(|g| g.iter().map(move |n| (n, g))) {
+            loop {
+                if node.status().is_ok_and(|s| s.quiet) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let mut why = String::new();
+                    for n in group {
+                        let s = n.status()?;
+                        why += &format!(
+                            " [node {}: {:?}, quiet {}, term {}, commit {}, applied {}, last index {}]",
+                            s.id, s.role, s.quiet, s.term, s.commit, s.applied, s.last_index
+                        );
+                    }
+                    return Err(format!("a group did not go quiet within 600 s:{why}").into());
+                }
+                // Poll interval; bounded by the deadline above.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        all_quiet = Some(started.elapsed());
+    }
+
+    // Idle: every group has a leader and nothing to do; without quiescence they still
+    // tick and heartbeat.
     let window = Duration::from_secs(5);
     let cpu_before = cpu_time();
     std::thread::sleep(window); // Measuring a time window, not waiting for an event.
@@ -141,6 +172,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "all committed a write after {:.2} s",
         all_committed.as_secs_f64()
     );
+    match all_quiet {
+        Some(t) => println!(
+            "all quiet after {:.2} s (quiesce_after_timeouts = {quiesce})",
+            t.as_secs_f64()
+        ),
+        None => println!("quiescence off"),
+    }
     if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
         let share = (b - a).as_secs_f64() / window.as_secs_f64() * 100.0;
         println!(

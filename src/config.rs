@@ -102,6 +102,14 @@ pub struct Config {
     /// Pin raft-rs's randomized election timeout range `[min, max)` in ticks; `None`
     /// keeps raft-rs's default `[election_ticks, 2 * election_ticks)`.
     pub election_tick_range: Option<(usize, usize)>,
+    /// Quiescence: after this many election timeouts with nothing to do (no proposal,
+    /// read, transfer or membership change, every member holding the whole log), a
+    /// leader tells its followers and the group stops ticking: no heartbeats, no
+    /// elections, no timer turns, until a proposal, a read, a message or an unreachable
+    /// report wakes it. 0 (the default) never quiesces. See docs/multi-raft.md,
+    /// "Quiescence", for what it costs: a quiet group notices a dead leader only once
+    /// something wakes it.
+    pub quiesce_after_timeouts: usize,
 }
 
 impl Config {
@@ -121,6 +129,7 @@ impl Config {
     /// | `max_proposal_bytes` | 1 MiB |
     /// | `max_pending_requests` / `max_pending_messages` | 65 536 / 65 536 |
     /// | `max_batch` | 4 096 |
+    /// | `quiesce_after_timeouts` | 0 (never) |
     pub fn new(id: u64) -> Self {
         Config {
             id,
@@ -144,6 +153,7 @@ impl Config {
             shutdown_transfer_timeout: Duration::from_secs(2),
             election_storm_threshold: 5,
             election_tick_range: None,
+            quiesce_after_timeouts: 0,
         }
     }
 

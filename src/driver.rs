@@ -173,6 +173,13 @@ faults! {
     /// Hand leadership to any voter, as 0.1 did: also to one that announced it is
     /// shutting down or has not been heard from.
     transfer_to_any_voter,
+    /// Wake a quiet group only on peer messages, not on a request from this node's host:
+    /// a quiet group whose leader died never notices (nothing sends it a message).
+    quiet_wakes_only_on_messages,
+    /// Stretch a leader's lease over the time its group is quiet ("the followers are
+    /// quiet, none will campaign"): a cut-off quiet leader then answers lease reads
+    /// after a follower woken by a client was elected.
+    lease_kept_while_quiet,
 }
 
 /// Handles every pending Ready (raft paginates committed entries): loops while

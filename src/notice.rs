@@ -1,6 +1,6 @@
 //! Notices: what a follower must tell its leader and raft-rs 0.7 has no message for.
 //!
-//! raft-rs never sends its local message types between nodes, so raftnode uses four of
+//! raft-rs never sends its local message types between nodes, so raftnode uses five of
 //! them as notices between raftnode peers. The replica intercepts them before the
 //! checks every other message gets: raft-rs never steps one.
 //!
@@ -25,6 +25,11 @@
 //!   a majority of its configuration say so, each from an applied index past its own,
 //!   it reports `removed` and stops campaigning (docs/membership.md, "Removal").
 //!
+//! - **Quiet** (`MsgHup`, `index` = the leader's commit). Sent by a leader whose group
+//!   has had nothing to do for `Config::quiesce_after_timeouts` election timeouts: a
+//!   follower of that leader and term whose log and commit end at that index stops
+//!   ticking until something wakes it (docs/multi-raft.md, "Quiescence").
+//!
 //! The first two only ever make the leader send more: a forged one costs a resend,
 //! nothing else. Stale ones (another term, no longer the leader) are ignored. A forged
 //! "stopping" only keeps leadership away from its (authenticated) sender; "not a member"
@@ -45,6 +50,8 @@ pub(crate) enum Notice {
     Stopping,
     /// This node is not in the sender's configuration as of the sender's applied index.
     NotAMember(u64),
+    /// The sender, leading, goes quiet with its log committed up to this index.
+    Quiet(u64),
 }
 
 /// "My log ends at `last_index`", from `from` to the leader `to` of `term`.
@@ -91,6 +98,17 @@ pub(crate) fn not_a_member(from: u64, to: u64, term: u64, applied: u64) -> Messa
     m
 }
 
+/// "The group goes quiet, committed up to `commit`", from the leader `from` of `term`.
+pub(crate) fn quiet(from: u64, to: u64, term: u64, commit: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHup);
+    m.from = from;
+    m.to = to;
+    m.term = term.max(1);
+    m.index = commit;
+    m
+}
+
 /// `None` when `m` is not of a notice's type; otherwise the notice, or why its shape
 /// is wrong for this node, `id`.
 pub(crate) fn parse(m: &Message, id: u64) -> Option<Result<Notice, Refusal>> {
@@ -99,6 +117,7 @@ pub(crate) fn parse(m: &Message, id: u64) -> Option<Result<Notice, Refusal>> {
         MessageType::MsgSnapStatus => Notice::SnapshotRefused(m.index),
         MessageType::MsgBeat => Notice::Stopping,
         MessageType::MsgCheckQuorum => Notice::NotAMember(m.index),
+        MessageType::MsgHup => Notice::Quiet(m.index),
         _ => return None,
     };
     Some(check(m, id).map(|()| notice))
@@ -170,6 +189,10 @@ mod tests {
         );
         let mut m = stopping(2, 1, 5);
         m.index = 3;
+        assert_eq!(parse(&m, 1), Some(Err(Refusal::BadNotice)));
+        assert_eq!(parse(&quiet(2, 1, 5, 40), 1), Some(Ok(Notice::Quiet(40))));
+        let mut m = quiet(2, 1, 5, 40);
+        m.commit = 40;
         assert_eq!(parse(&m, 1), Some(Err(Refusal::BadNotice)));
         let mut m = not_a_member(2, 1, 5, 40);
         m.reject = true;

@@ -345,6 +345,10 @@ pub(crate) struct Replica<S: LogStore, M: StateMachine, H: Host<M>> {
     phase: Phase,
     /// (term, role, leader) when the election timeout was last drawn by the host.
     timeout_key: (u64, StateRole, u64),
+    /// Quiescence (`Config::quiesce_after_timeouts`): ticks this leader has had
+    /// nothing to do, and whether the group is quiet here (no ticks until woken).
+    idle_ticks: u64,
+    quiet: bool,
     /// This node believes it was removed because a majority of its voters said so (it
     /// missed the commit); see [`Replica::on_not_a_member`].
     removal: Option<PeerRemoval>,
@@ -542,6 +546,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             housekeeping_due: true,
             phase: Phase::Running,
             timeout_key: (u64::MAX, StateRole::Leader, u64::MAX),
+            idle_ticks: 0,
+            quiet: false,
             removal: None,
             config,
         };
@@ -644,10 +650,19 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             match notice {
                 Ok(Notice::Stopping) => self.on_stopping(m.from),
                 Ok(Notice::NotAMember(applied)) => self.on_not_a_member(m.from, applied),
-                Ok(notice) => self.on_notice(m.from, m.term, notice, now),
+                Ok(Notice::Quiet(commit)) => self.on_quiet(m.from, m.term, commit),
+                Ok(notice) => {
+                    self.wake();
+                    self.on_notice(m.from, m.term, notice, now)
+                }
                 Err(refusal) => self.refuse(refusal, &m, now),
             }
             return;
+        }
+        // Any message wakes a quiet group, the sender has something to say, but a
+        // follower's late answer to the leader's last heartbeat or append.
+        if !self.is_idle_echo(&m) {
+            self.wake();
         }
         if let Err(refusal) = crate::validate::check_message(&m, self.book.id, &self.raw) {
             self.refuse(refusal, &m, now);
@@ -785,7 +800,9 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 self.book.snapshots_in_flight.remove(&from);
                 self.raw.report_snapshot(from, SnapshotStatus::Failure);
             }
-            Notice::Stopping | Notice::NotAMember(_) => unreachable!("handled in `step`"),
+            Notice::Stopping | Notice::NotAMember(_) | Notice::Quiet(_) => {
+                unreachable!("handled in `step`")
+            }
         }
     }
 
@@ -826,6 +843,134 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 None => self.phase = Phase::Exit,
             }
         }
+    }
+
+    /// The leader `from` of `term` goes quiet with its log committed up to `commit`: a
+    /// follower that holds exactly that log, committed and applied, goes quiet too. A
+    /// follower behind it stays awake; its election timer then wakes the group.
+    fn on_quiet(&mut self, from: u64, term: u64, commit: u64) {
+        let raft = &self.raw.raft;
+        let caught_up = raft.state == StateRole::Follower
+            && raft.leader_id == from
+            && raft.term == term
+            && raft.raft_log.committed == commit
+            && raft.raft_log.last_index() == commit
+            && raft.raft_log.applied == commit;
+        if caught_up && self.config.quiesce_after_timeouts > 0 && self.phase == Phase::Running {
+            debug!(self.book.logger, "group goes quiet"; "leader" => from, "commit" => commit);
+            self.quiet = true;
+            bump(&self.book.shared.metrics.quiesced);
+        }
+    }
+
+    /// Ends quiescence: the group ticks again. Called for every input but the notices
+    /// that need no answer.
+    ///
+    /// A message alone does not make the group busy (heartbeat responses arrive all the
+    /// time): `maybe_quiesce` judges idleness from the group's state on every tick.
+    fn wake(&mut self) {
+        if self.quiet {
+            debug!(self.book.logger, "group wakes");
+            self.quiet = false;
+            self.idle_ticks = 0;
+        }
+    }
+
+    /// A request from this node's host (a proposal, a read, a membership change or a
+    /// transfer) wakes a quiet group, also on a follower: it is how a quiet group
+    /// whose leader died notices, since a dead leader sends nothing.
+    /// A request is activity: the idle count starts again (a stream of lease reads,
+    /// served from the lease without a trace in the group's state, keeps it awake).
+    fn wake_for_request(&mut self) {
+        if !self.faults.quiet_wakes_only_on_messages() {
+            self.wake();
+            self.idle_ticks = 0;
+        }
+    }
+
+    /// Whether the group is quiet on this node: no ticks until an input wakes it.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Once per tick on a leader: counts the ticks with nothing to do, and after
+    /// `quiesce_after_timeouts` election timeouts of them tells every member the group
+    /// goes quiet, and goes quiet itself.
+    fn maybe_quiesce(&mut self) {
+        let after = self.config.quiesce_after_timeouts as u64;
+        if after == 0 {
+            return;
+        }
+        if !self.is_idle_leader() {
+            self.idle_ticks = 0;
+            return;
+        }
+        self.idle_ticks += 1;
+        if self.idle_ticks < after * self.config.election_ticks as u64 {
+            return;
+        }
+        if !self.raw.raft.msgs.is_empty() {
+            // This tick's heartbeats would follow the notices and wake the followers
+            // again: go quiet on a tick that sends nothing else.
+            return;
+        }
+        let raft = &self.raw.raft;
+        let (id, term, commit) = (self.book.id, raft.term, raft.raft_log.committed);
+        let notices: Vec<Message> = raft
+            .prs()
+            .iter()
+            .map(|(peer, _)| *peer)
+            .filter(|peer| *peer != id)
+            .map(|peer| crate::notice::quiet(id, peer, term, commit))
+            .collect();
+        debug!(self.book.logger, "group goes quiet"; "commit" => commit);
+        Outbox::<M::Response>::send(&mut self.book, notices);
+        if self.faults.lease_kept_while_quiet() {
+            // The bug: "the followers are quiet, none will campaign", so the lease is
+            // stretched over the quiet time. A follower woken by a client does campaign.
+            self.lease.until = Some((self.book.now + Duration::from_secs(3600), term));
+        }
+        self.quiet = true;
+        bump(&self.book.shared.metrics.quiesced);
+    }
+
+    /// Whether `m`, arriving at a quiet leader, is only a follower's late answer that
+    /// changes nothing: a heartbeat response, or an accepting append response, in this
+    /// term, from a member that already holds the whole log, with no read context.
+    fn is_idle_echo(&self, m: &Message) -> bool {
+        let raft = &self.raw.raft;
+        let answer = match m.get_msg_type() {
+            MessageType::MsgHeartbeatResponse => m.context.is_empty(),
+            MessageType::MsgAppendResponse => !m.reject,
+            _ => false,
+        };
+        let last = raft.raft_log.last_index();
+        self.quiet
+            && answer
+            && raft.state == StateRole::Leader
+            && m.term == raft.term
+            && raft.prs().get(m.from).is_some_and(|pr| pr.matched == last)
+    }
+
+    /// A leader with nothing to do: nothing queued or waiting, no transfer, membership
+    /// change or snapshot under way, and every member holding its whole log, committed
+    /// and applied here.
+    fn is_idle_leader(&self) -> bool {
+        let raft = &self.raw.raft;
+        let last = raft.raft_log.last_index();
+        raft.state == StateRole::Leader
+            && self.phase == Phase::Running
+            && self.batch.is_empty()
+            && self.book.pending.len() == 0
+            && self.reads.is_empty()
+            && self.ready_reads.is_empty()
+            && self.transfers.is_empty()
+            && raft.lead_transferee.is_none()
+            && self.book.snapshots_in_flight.is_empty()
+            && raft.raft_log.committed == last
+            && raft.raft_log.applied == last
+            && raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
+            && raft.prs().iter().all(|(_, pr)| pr.matched == last)
     }
 
     /// A peer says this node is not in its configuration as of its applied index.
@@ -919,6 +1064,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             Notice::SnapshotRefused(i) => crate::notice::snapshot_refused(from, id, term, i),
             Notice::Stopping => crate::notice::stopping(from, id, term),
             Notice::NotAMember(i) => crate::notice::not_a_member(from, id, term, i),
+            Notice::Quiet(i) => crate::notice::quiet(from, id, term, i),
         };
         self.refuse(Refusal::BadNotice, &m, now);
     }
@@ -947,6 +1093,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     }
 
     pub(crate) fn report_unreachable(&mut self, peer: u64) {
+        // A member's suspicion wakes a quiet group: its leader may be gone.
+        self.wake();
         if self.raw.raft.prs().get(peer).is_some() {
             self.book.peers.unreachable(peer);
         }
@@ -956,6 +1104,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     /// The transport's report on a snapshot sent to `peer`; ignored unless one is in
     /// flight (a late report after the replica's own timeout would confuse raft).
     pub(crate) fn report_snapshot(&mut self, peer: u64, status: SnapshotStatus) {
+        self.wake();
         if self.book.snapshots_in_flight.remove(&peer).is_some() {
             self.raw.report_snapshot(peer, status);
         }
@@ -963,6 +1112,9 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
 
     /// Queues a command for the next batch, or refuses it at once.
     pub(crate) fn propose(&mut self, data: Bytes, token: H::Propose) {
+        // Also on a follower: a client's request is what lets a quiet group notice a
+        // dead leader (its election timer runs again).
+        self.wake_for_request();
         if !self.is_leader() || self.phase != Phase::Running {
             let err = self.refusal();
             bump(&self.book.shared.metrics.proposals_failed);
@@ -1031,6 +1183,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     /// Proposes a membership change after checking it against the current
     /// configuration.
     pub(crate) fn propose_conf_change(&mut self, cc: ConfChangeV2, token: H::ConfChange) {
+        self.wake_for_request();
         let host = &mut self.book.host;
         if !(self.raw.raft.state == StateRole::Leader) || self.phase != Phase::Running {
             let leader = self.leader_hint();
@@ -1102,6 +1255,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         now: Instant,
     ) {
         self.book.now = now;
+        self.wake_for_request();
         match consistency {
             ReadConsistency::Stale => self.serve(token),
             ReadConsistency::Lease => {
@@ -1184,6 +1338,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
 
     /// Starts a leadership transfer to `to`.
     pub(crate) fn transfer_leader(&mut self, to: u64, deadline: Instant, token: H::Transfer) {
+        self.wake_for_request();
         if !self.is_leader() {
             let leader = self.leader_hint();
             return self
@@ -1229,6 +1384,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
 
     /// Starts an election now.
     pub(crate) fn campaign(&mut self) {
+        self.wake();
         if let Err(e) = self.raw.campaign() {
             warn!(self.book.logger, "campaign refused"; "error" => %e);
         }
@@ -1238,6 +1394,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     /// Begins shutting down: a graceful shutdown of a leader hands leadership over
     /// first (until `shutdown_transfer_timeout`); anything else ends at once.
     pub(crate) fn begin_shutdown(&mut self, graceful: bool, now: Instant) {
+        self.wake();
         if graceful {
             self.announce_stopping();
         }
@@ -1321,6 +1478,10 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     /// One tick of raft's logical clock, and the chores that run at its pace.
     pub(crate) fn tick(&mut self, now: Instant) {
         self.book.now = now;
+        if self.quiet {
+            // Quiescence: nothing runs until an input wakes the group.
+            return;
+        }
         self.book.peers.on_tick();
         // A node removed from the group stops campaigning. (One whose removal applied
         // here is no longer promotable; one that learnt it from its peers still is, and
@@ -1438,6 +1599,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             }
         }
         self.rerandomize();
+        self.maybe_quiesce();
     }
 
     /// Keeps the lease warm while lease reads are asked for: one quorum round per
@@ -1741,6 +1903,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             learners: cs.learners.clone(),
             progress,
             removed: self.book.removed,
+            quiet: self.quiet,
             metrics: self.book.shared.metrics.snapshot(&self.stats),
         }
     }

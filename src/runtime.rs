@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
@@ -105,6 +105,10 @@ pub(crate) struct Runtime<S: LogStore, M: StateMachine> {
     config: Config,
     next_tick: Instant,
 }
+
+/// How far a quiet group's next timer turn is pushed out: far enough to cost nothing,
+/// finite so `Instant` arithmetic stays in range.
+const QUIET_TIMER: Duration = Duration::from_secs(3600);
 
 impl<S: LogStore, M: StateMachine> Runtime<S, M> {
     /// Starts the core on a recovered store (`replica::recover`).
@@ -238,6 +242,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
     }
 
     fn turn(&mut self, first: Option<Request<M>>) -> Result<(), DriverError> {
+        let was_quiet = self.replica.is_quiet();
         let mut taken = 0;
         if let Some(request) = first {
             self.on_request(request);
@@ -256,13 +261,23 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         self.replica.flush_proposals();
 
         let now = Instant::now();
+        if was_quiet && !self.replica.is_quiet() {
+            // Woken: tick again from now on.
+            self.next_tick = now + self.config.tick_interval;
+        }
         if now >= self.next_tick {
             // Missed ticks are not caught up: a slow fsync delays ticks, it never fires a
             // burst of them (docs/architecture.md, "Ticks").
             self.replica.tick(now);
             self.next_tick = now + self.config.tick_interval;
         }
-        self.replica.drive(now)
+        let driven = self.replica.drive(now);
+        if self.replica.is_quiet() {
+            // Quiet: no timer turn until an input wakes the group (its wake-up path, the
+            // request queue, is the only way in).
+            self.next_tick = now + QUIET_TIMER;
+        }
+        driven
     }
 
     fn on_request(&mut self, request: Request<M>) {

@@ -111,6 +111,9 @@ pub struct Status {
     pub progress: Vec<PeerProgress>,
     /// True when this node was removed from the group by a membership change.
     pub removed: bool,
+    /// True while the group is quiet on this node: it does not tick until an input
+    /// wakes it (`Config::quiesce_after_timeouts`, docs/multi-raft.md).
+    pub quiet: bool,
     /// Counters since the node started.
     pub metrics: MetricsSnapshot,
 }
@@ -132,6 +135,7 @@ pub(crate) struct Metrics {
     pub step_errors: AtomicU64,
     pub reads_served: AtomicU64,
     pub followers_lost_entries: AtomicU64,
+    pub quiesced: AtomicU64,
     /// Peer messages refused before `step`, by reason, and their warnings' rate limit.
     pub refused: Refusals,
 }
@@ -176,6 +180,8 @@ pub struct MetricsSnapshot {
     /// tail cut after corruption) and replicated them again. See docs/security.md,
     /// "Data loss".
     pub followers_lost_entries: u64,
+    /// Times the group went quiet on this node (`Config::quiesce_after_timeouts`).
+    pub quiesced: u64,
     /// Readies handled.
     pub readies: u64,
     /// Log store syncs.
@@ -205,6 +211,7 @@ impl Metrics {
             refused: self.refused.snapshot(),
             reads_served: get(&self.reads_served),
             followers_lost_entries: get(&self.followers_lost_entries),
+            quiesced: get(&self.quiesced),
             readies: driver.readies,
             syncs: driver.syncs,
             entries_appended: driver.entries_appended,

@@ -40,10 +40,10 @@ pub enum Refusal {
     Misaddressed,
     /// The message names no sender (`from` 0) or this node itself.
     BadSender,
-    /// A type that never travels between nodes: `MsgHup` (local) and `MsgPropose`.
-    /// (`MsgBeat`, `MsgUnreachable`, `MsgSnapStatus` and `MsgCheckQuorum` travel only as
-    /// raftnode's notices, checked apart, see [`Refusal::BadNotice`]; raft-rs never
-    /// steps one.)
+    /// A type that never travels between nodes: `MsgPropose`, and raft-rs's local types
+    /// (`MsgHup`, `MsgBeat`, `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`) when
+    /// they reach raft-rs's checks: they travel only as raftnode's notices, checked
+    /// apart (see [`Refusal::BadNotice`]), and raft-rs never steps one.
     LocalType,
     /// An index or term above 2^63 - 1.
     OutOfRange,

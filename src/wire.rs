@@ -643,9 +643,10 @@ pub fn check_message(m: &Message, ctx: &DecodeContext) -> Result<(), WireError> 
         });
     }
     let t = m.get_msg_type();
-    // MsgBeat, MsgUnreachable, MsgSnapStatus and MsgCheckQuorum travel as raftnode's
-    // notices (src/notice.rs), which the replica checks before anything acts on them.
-    if matches!(t, MessageType::MsgHup | MessageType::MsgPropose) {
+    // The local types (MsgHup, MsgBeat, MsgUnreachable, MsgSnapStatus, MsgCheckQuorum)
+    // travel as raftnode's notices (src/notice.rs), which the replica checks before
+    // anything acts on them.
+    if t == MessageType::MsgPropose {
         return Err(WireError::ForbiddenType(t));
     }
     if m.from != ctx.peer_id {

@@ -86,7 +86,7 @@ pub enum Mutation {
     Misaddressed,
     /// A message naming no sender, or the target itself.
     BadSender,
-    /// A type that never travels: `MsgHup`, `MsgPropose`.
+    /// A type that never travels: `MsgPropose`.
     LocalType,
     /// An index, term or commit above 2^63 - 1.
     OutOfRange,
@@ -505,8 +505,7 @@ impl Hostile {
                 m
             }
             Mutation::LocalType => {
-                let types = [MessageType::MsgHup, MessageType::MsgPropose];
-                let kind = types[self.rng.below(2) as usize];
+                let kind = MessageType::MsgPropose;
                 let term = self.term_at_or_ahead(t);
                 let mut m = msg(kind, self.peer(t), t.id, term);
                 if kind == MessageType::MsgPropose && self.rng.below(2) == 0 {
@@ -609,10 +608,14 @@ impl Hostile {
     fn notice(&mut self, t: &HostileTarget) -> Message {
         let from = self.peer(t);
         let term = t.term.max(1);
-        match self.rng.below(4) {
+        match self.rng.below(5) {
             0 => {
                 let index = self.rng.below(t.last_index + 1);
                 crate::notice::log_ends(from, t.id, term, index)
+            }
+            4 => {
+                let index = self.any_index(t);
+                crate::notice::quiet(from, t.id, term, index)
             }
             1 => {
                 let index = self.any_index(t).max(1);

@@ -343,6 +343,12 @@ pub struct Bugs {
     /// Hand leadership to any voter, also one that announced it is shutting down or has
     /// not been heard from (raftnode 0.1).
     pub transfer_to_any_voter: bool,
+    /// Wake a quiet group only on peer messages, not on a proposal or read from the
+    /// node's own host: a quiet group whose leader died never notices.
+    pub quiet_wakes_only_on_messages: bool,
+    /// Stretch a leader's lease over the time its group is quiet: a cut-off quiet
+    /// leader answers lease reads after another leader was elected.
+    pub lease_kept_while_quiet: bool,
 }
 
 impl Bugs {
@@ -364,6 +370,8 @@ impl Bugs {
             removal_notice_ignored: self.removal_notice_ignored,
             removal_belief_final: self.removal_belief_final,
             transfer_to_any_voter: self.transfer_to_any_voter,
+            quiet_wakes_only_on_messages: self.quiet_wakes_only_on_messages,
+            lease_kept_while_quiet: self.lease_kept_while_quiet,
         }
     }
 }
