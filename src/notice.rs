@@ -33,7 +33,10 @@
 //! The first two only ever make the leader send more: a forged one costs a resend,
 //! nothing else. Stale ones (another term, no longer the leader) are ignored. A forged
 //! "stopping" only keeps leadership away from its (authenticated) sender; "not a member"
-//! needs a majority, which can commit a real removal anyway.
+//! needs a majority, which can commit a real removal anyway, and the belief it creates
+//! ends on the first sign of membership or after ten election timeouts; a forged
+//! "quiet" quiets only a follower caught up with that leader, whose next heartbeat wakes
+//! it.
 
 use raft::eraftpb::{Message, MessageType};
 

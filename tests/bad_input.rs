@@ -53,7 +53,7 @@ fn messages_from_unknown_peers_and_malformed_messages_are_dropped() {
     for (t, from, to) in [
         (MessageType::MsgAppendResponse, 99, leader), // unknown peer
         (MessageType::MsgHeartbeatResponse, 42, leader), // unknown peer
-        (MessageType::MsgHup, 2, leader),             // a notice from a non-leader
+        (MessageType::MsgHup, 2, leader),             // a malformed notice (commit set)
         (MessageType::MsgPropose, 2, leader),         // proposals never travel
         (MessageType::MsgHeartbeat, 2, leader + 10),  // wrong `to`
         (MessageType::MsgAppend, 0, leader),          // no sender
@@ -63,6 +63,9 @@ fn messages_from_unknown_peers_and_malformed_messages_are_dropped() {
         m.from = from;
         m.to = to;
         m.term = 1;
+        if t == MessageType::MsgHup {
+            m.commit = 5;
+        }
         junk.push(m);
     }
     // A heartbeat whose commit is far past the follower's log would panic raft-rs.

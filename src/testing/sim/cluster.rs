@@ -101,6 +101,8 @@ struct Sim<'a, W: Workload> {
     max_commit: u64,
     crashes: u64,
     snapshots: u64,
+    /// Node-ticks on which the node was quiet (quiescence).
+    quiet_ticks: u64,
     trace: Option<String>,
     recent: VecDeque<String>,
     logger: Logger,
@@ -132,6 +134,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             lease_reads: cfg.lease_reads,
             snapshot_every: cfg.snapshot_every,
             snapshot_trailing: cfg.snapshot_trailing,
+            quiesce_after_timeouts: cfg.quiesce_after_timeouts,
         };
         let mut nodes = BTreeMap::new();
         for &id in &ids {
@@ -196,6 +199,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             max_commit: 0,
             crashes: 0,
             snapshots: 0,
+            quiet_ticks: 0,
             trace: cfg.trace.then(String::new),
             recent: VecDeque::new(),
             logger: crate::node::discard_logger(),
@@ -257,6 +261,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             commit_index: self.max_commit,
             leaders: self.leaders.len() as u64,
             snapshots: self.snapshots,
+            quiet_ticks: self.quiet_ticks,
             check_time,
             trace: self.trace.take(),
             hostile_messages: self.hostile_counts.messages,
@@ -278,6 +283,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             let step = self.step;
             for slot in self.nodes.values_mut() {
                 if let Slot::Up(node) = slot {
+                    self.quiet_ticks += u64::from(node.is_quiet());
                     node.tick(step);
                 }
             }
@@ -395,6 +401,14 @@ impl<'a, W: Workload> Sim<'a, W> {
     }
 
     fn run_clients(&mut self) {
+        let spell = self.cfg.quiesce_after_timeouts > 0
+            && self.step < self.cfg.steps
+            && self.step % super::QUIET_SPELL_EVERY
+                >= super::QUIET_SPELL_EVERY - super::QUIET_SPELL;
+        if spell {
+            // A quiet spell: the group may go quiet while faults go on.
+            return;
+        }
         for k in 0..self.clients.len() {
             let client = &self.clients[k];
             if client.current.is_some() || client.next_at > self.step {

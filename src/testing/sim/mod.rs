@@ -431,7 +431,18 @@ pub struct SimConfig {
     /// draws from a stream of its own, so a seed replays the same with it off as it
     /// did before it existed.
     pub hostile_per_million: u64,
+    /// Every node's `Config::quiesce_after_timeouts` (0: off). With it on, clients
+    /// also pause for [`QUIET_SPELL`] of every [`QUIET_SPELL_EVERY`] steps of the faulty
+    /// phase, so groups go quiet while faults go on. On (1 or 2) in a third of the
+    /// seeds, drawn from a stream of its own: the other seeds replay as before.
+    pub quiesce_after_timeouts: usize,
 }
+
+/// Steps of each quiet spell: clients issue nothing (see
+/// [`SimConfig::quiesce_after_timeouts`]).
+pub const QUIET_SPELL: u64 = 600;
+/// A quiet spell ends every this many steps of the faulty phase.
+pub const QUIET_SPELL_EVERY: u64 = 2_000;
 
 impl SimConfig {
     /// Derives a whole run from `seed`, with 10,000 steps.
@@ -459,6 +470,14 @@ impl SimConfig {
             bugs: Bugs::default(),
             pinned_clients: rng.below(2) == 0,
             hostile_per_million: 0,
+            quiesce_after_timeouts: {
+                let mut q = SimRng::new(seed ^ 0x0051_E700_0000_0001);
+                if q.below(3) == 0 {
+                    1 + q.below(2) as usize
+                } else {
+                    0
+                }
+            },
         }
     }
 }
@@ -486,6 +505,8 @@ pub struct SimReport {
     pub leaders: u64,
     /// Snapshots taken by all nodes.
     pub snapshots: u64,
+    /// Node-ticks on which the node was quiet ([`SimConfig::quiesce_after_timeouts`]).
+    pub quiet_ticks: u64,
     /// Wall-clock time the linearizability check of the history took.
     pub check_time: std::time::Duration,
     /// Every event, one per line, when [`SimConfig::trace`] was set.

@@ -194,6 +194,7 @@ pub(crate) struct NodeSettings {
     pub(crate) snapshot_every: u64,
     pub(crate) snapshot_trailing: u64,
     pub(crate) read_timeout_steps: u64,
+    pub(crate) quiesce_after_timeouts: usize,
 }
 
 /// The drift bound the simulated nodes are configured with; each node's clock drifts
@@ -228,6 +229,7 @@ impl<W: Workload> SimNode<W> {
         // with one from the seed.
         config.election_tick_range = Some((settings.election_tick, 2 * settings.election_tick));
         config.lease_reads = settings.lease_reads;
+        config.quiesce_after_timeouts = settings.quiesce_after_timeouts;
         config.max_clock_drift = MAX_CLOCK_DRIFT;
         config.snapshot.every_applied = settings.snapshot_every;
         config.snapshot.trailing_entries = settings.snapshot_trailing;
@@ -412,6 +414,11 @@ impl<W: Workload> SimNode<W> {
     /// One tick of raft's logical clock, with the core's periodic chores.
     pub(crate) fn tick(&mut self, step: u64) {
         self.core.tick(self.clock.at(step));
+    }
+
+    /// Whether the group is quiet on this node (quiescence).
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.core.is_quiet()
     }
 
     /// Steps a message from a peer.
