@@ -180,6 +180,9 @@ faults! {
     /// quiet, none will campaign"): a cut-off quiet leader then answers lease reads
     /// after a follower woken by a client was elected.
     lease_kept_while_quiet,
+    /// Serve an `AtLeast` read at once, as a `Stale` one, without waiting for the
+    /// token's write to be applied here.
+    token_read_without_wait,
 }
 
 /// Handles every pending Ready (raft paginates committed entries): loops while

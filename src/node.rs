@@ -38,6 +38,13 @@ pub enum ReadConsistency {
     Lease,
     /// This node's current state, possibly behind the leader. No coordination.
     Stale,
+    /// This node's state once it has applied at least the write of the token (from
+    /// [`ProposalHandle::wait_applied`](crate::ProposalHandle::wait_applied)), on any
+    /// replica, leader, follower or learner: read-your-writes with no quorum round.
+    /// Waits (until the read's timeout) while this node is behind the token; sees
+    /// every write up to the token's, and possibly later ones, but is not linearizable
+    /// (another client's newer write may not be visible yet).
+    AtLeast(crate::WriteToken),
 }
 
 /// State shared by the handles and the driver thread.

@@ -181,6 +181,33 @@ impl<T, E: StoppedError> Handle<T, E> {
     }
 }
 
+/// Where a write landed: the index and term of its log entry. Returned with a proposal's
+/// outcome ([`ProposalHandle::wait_applied`]); pass it to a read on any replica with
+/// [`ReadConsistency::AtLeast`](crate::ReadConsistency::AtLeast) to see that write
+/// there (read-your-writes) without a quorum round. Ordered by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WriteToken {
+    index: u64,
+    term: u64,
+}
+
+impl WriteToken {
+    /// The token of the entry at `index` of `term`.
+    pub fn new(index: u64, term: u64) -> Self {
+        WriteToken { index, term }
+    }
+
+    /// The log index the write was applied at.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The term of the write's log entry.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+}
+
 /// The outcome of a proposal: block on it, poll it, or `.await` it.
 ///
 /// Resolves once the command is applied on the node it was proposed to, with the state
@@ -199,11 +226,11 @@ impl<T, E: StoppedError> Handle<T, E> {
 /// ```
 #[must_use = "a proposal's outcome is only known by waiting on its handle"]
 pub struct ProposalHandle<R> {
-    inner: Handle<R, ProposeError>,
+    inner: Handle<(R, WriteToken), ProposeError>,
 }
 
 impl<R> ProposalHandle<R> {
-    pub(crate) fn new(inner: Handle<R, ProposeError>) -> Self {
+    pub(crate) fn new(inner: Handle<(R, WriteToken), ProposeError>) -> Self {
         ProposalHandle { inner }
     }
 
@@ -213,7 +240,29 @@ impl<R> ProposalHandle<R> {
     ///
     /// Any [`ProposeError`] but `Timeout`, `Busy`, `TooLarge` and `Empty`.
     pub fn wait(self) -> Result<R, ProposeError> {
+        self.wait_applied().map(|(r, _)| r)
+    }
+
+    /// As [`wait`](Self::wait), with the [`WriteToken`] of where the command was
+    /// applied, for read-your-writes on any replica.
+    ///
+    /// # Errors
+    ///
+    /// As [`ProposalHandle::wait`].
+    pub fn wait_applied(self) -> Result<(R, WriteToken), ProposeError> {
         self.inner.wait_deadline(None)
+    }
+
+    /// As [`wait_timeout`](Self::wait_timeout), with the [`WriteToken`].
+    ///
+    /// # Errors
+    ///
+    /// As [`ProposalHandle::wait_timeout`].
+    pub fn wait_applied_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(R, WriteToken), ProposeError> {
+        self.inner.wait_deadline(Some(Instant::now() + timeout))
     }
 
     /// Blocks for at most `timeout`. After a `Timeout` the handle still waits for the
@@ -225,13 +274,13 @@ impl<R> ProposalHandle<R> {
     /// proposal may still be applied), else as [`ProposalHandle::wait`]. Once it returned
     /// anything else, later calls return `Err(Stopped)`.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<R, ProposeError> {
-        self.inner.wait_deadline(Some(Instant::now() + timeout))
+        self.wait_applied_timeout(timeout).map(|(r, _)| r)
     }
 
     /// Returns the outcome if it is known, without blocking. After it returned `Some`,
     /// later calls return `Some(Err(Stopped))`.
     pub fn try_take(&self) -> Option<Result<R, ProposeError>> {
-        self.inner.try_take()
+        self.inner.try_take().map(|o| o.map(|(r, _)| r))
     }
 }
 
@@ -239,7 +288,7 @@ impl<R> Future for ProposalHandle<R> {
     type Output = Result<R, ProposeError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.poll_slot(cx)
+        self.inner.poll_slot(cx).map(|o| o.map(|(r, _)| r))
     }
 }
 
@@ -361,10 +410,13 @@ impl<P, C> Pending<P, C> {
     }
 }
 
-/// The runtime's resolution of a command waiter with its outcome.
-pub(crate) fn propose_result<R>(outcome: Outcome<'_, R>) -> Result<R, ProposeError> {
+/// The runtime's resolution of a command waiter with its outcome; `at` is the waiter's (index, term), which an applied outcome was applied at.
+pub(crate) fn propose_result<R>(
+    outcome: Outcome<'_, R>,
+    at: (u64, u64),
+) -> Result<(R, WriteToken), ProposeError> {
     match outcome {
-        Outcome::Applied(AppliedAs::Command(r)) => Ok(r),
+        Outcome::Applied(AppliedAs::Command(r)) => Ok((r, WriteToken::new(at.0, at.1))),
         Outcome::Applied(_) | Outcome::Dropped => Err(ProposeError::Dropped),
         Outcome::Unknown { index, term } => Err(ProposeError::OutcomeUnknown { index, term }),
     }
@@ -409,14 +461,17 @@ mod tests {
     /// Proves a handle that timed out still gets the outcome: `wait_timeout` borrows it.
     #[test]
     fn a_proposal_handle_waits_again_after_a_timeout() {
-        let (h, c) = slot::<u32, ProposeError>();
+        let (h, c) = slot::<(u32, WriteToken), ProposeError>();
         let mut handle = ProposalHandle::new(h);
         assert_eq!(
             handle.wait_timeout(Duration::from_millis(5)),
             Err(ProposeError::Timeout)
         );
-        c.complete(Ok(7));
-        assert_eq!(handle.wait_timeout(Duration::from_secs(5)), Ok(7));
+        c.complete(Ok((7, WriteToken::new(12, 3))));
+        assert_eq!(
+            handle.wait_applied_timeout(Duration::from_secs(5)),
+            Ok((7, WriteToken::new(12, 3)))
+        );
         assert_eq!(handle.try_take(), Some(Err(ProposeError::Stopped)));
     }
 
@@ -431,7 +486,7 @@ mod tests {
             let Waiter::Command(id) = w else {
                 unreachable!()
             };
-            seen.push((id, propose_result(o)));
+            seen.push((id, propose_result(o, (5, 2))));
         };
         p.resolve(5, 2, AppliedAs::Command(50), &mut record);
         // Index 6 was overwritten by term 3: the waiter must never see success.
@@ -440,7 +495,7 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                (1, Ok(50)),
+                (1, Ok((50, WriteToken::new(5, 2)))),
                 (2, Err(ProposeError::Dropped)),
                 (3, Err(ProposeError::OutcomeUnknown { index: 7, term: 2 })),
             ]
@@ -457,7 +512,7 @@ mod tests {
             let Waiter::Command(id) = w else {
                 unreachable!()
             };
-            seen.push((id, propose_result(o)));
+            seen.push((id, propose_result(o, (5, 2))));
         });
         assert_eq!(
             seen,

@@ -28,7 +28,7 @@ use crate::log_store::LogStore;
 use crate::node::{ReadConsistency, Shared};
 use crate::notice::Notice;
 use crate::peer_watch::PeerWatch;
-use crate::proposals::{self, AppliedAs, Outcome, Pending, Waiter};
+use crate::proposals::{self, AppliedAs, Outcome, Pending, Waiter, WriteToken};
 use crate::snapshot_codec::{self, MemberContexts};
 use crate::state_machine::StateMachine;
 use crate::status::{bump, PeerProgress, Role, Status};
@@ -54,7 +54,11 @@ pub(crate) trait Host<M: StateMachine> {
     /// A member left the group.
     fn remove_peer(&mut self, id: u64);
     /// A proposal ended.
-    fn proposed(&mut self, token: Self::Propose, result: Result<M::Response, ProposeError>);
+    fn proposed(
+        &mut self,
+        token: Self::Propose,
+        result: Result<(M::Response, WriteToken), ProposeError>,
+    );
     /// A membership change ended.
     fn conf_change_done(
         &mut self,
@@ -168,9 +172,10 @@ fn finish_waiter<M: StateMachine, H: Host<M>>(
     host: &mut H,
     waiter: Waiter<H::Propose, H::ConfChange>,
     outcome: Outcome<'_, M::Response>,
+    at: (u64, u64),
 ) {
     match waiter {
-        Waiter::Command(token) => host.proposed(token, proposals::propose_result(outcome)),
+        Waiter::Command(token) => host.proposed(token, proposals::propose_result(outcome, at)),
         Waiter::ConfChange(token) => {
             host.conf_change_done(token, proposals::conf_change_result(outcome))
         }
@@ -185,8 +190,9 @@ impl<M: StateMachine, H: Host<M>> Book<M, H> {
             .proposals_failed
             .fetch_add(n, Ordering::Relaxed);
         let host = &mut self.host;
-        self.pending
-            .unknown_all(|w, o: Outcome<'_, M::Response>| finish_waiter::<M, H>(host, w, o));
+        self.pending.unknown_all(|w, o: Outcome<'_, M::Response>| {
+            finish_waiter::<M, H>(host, w, o, (0, 0))
+        });
     }
 }
 
@@ -222,7 +228,7 @@ impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
         if self.pending.wants(index) {
             let host = &mut self.host;
             self.pending.resolve(index, term, applied, |w, o| {
-                finish_waiter::<M, H>(host, w, o)
+                finish_waiter::<M, H>(host, w, o, (index, term))
             });
         }
     }
@@ -271,7 +277,7 @@ impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
         let host = &mut self.host;
         self.pending
             .unknown_up_to(index, |w, o: Outcome<'_, M::Response>| {
-                finish_waiter::<M, H>(host, w, o)
+                finish_waiter::<M, H>(host, w, o, (0, 0))
             });
         // The snapshot replaces the log, membership changes included: take the members'
         // contexts from it.
@@ -328,6 +334,9 @@ pub(crate) struct Replica<S: LogStore, M: StateMachine, H: Host<M>> {
     reissued: BTreeMap<u64, Vec<u64>>,
     /// Reads confirmed at an index, served once applied reaches it: (index, seq).
     ready_reads: BTreeMap<(u64, u64), H::Read>,
+    /// `AtLeast` reads waiting for applied to reach their token: (index, seq) →
+    /// (deadline, read).
+    token_reads: BTreeMap<(u64, u64), (Instant, H::Read)>,
     next_read_ctx: u64,
     lease: Lease,
     transfers: Vec<Transfer<H::Transfer>>,
@@ -523,6 +532,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             reads: BTreeMap::new(),
             reissued: BTreeMap::new(),
             ready_reads: BTreeMap::new(),
+            token_reads: BTreeMap::new(),
             next_read_ctx: 1,
             lease: Lease {
                 rounds: BTreeMap::new(),
@@ -964,6 +974,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             && self.book.pending.len() == 0
             && self.reads.is_empty()
             && self.ready_reads.is_empty()
+            && self.token_reads.is_empty()
             && self.transfers.is_empty()
             && raft.lead_transferee.is_none()
             && self.book.snapshots_in_flight.is_empty()
@@ -1258,6 +1269,15 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         self.wake_for_request();
         match consistency {
             ReadConsistency::Stale => self.serve(token),
+            ReadConsistency::AtLeast(write) => {
+                let applied = self.raw.raft.raft_log.applied;
+                if write.index() <= applied || self.faults.token_read_without_wait() {
+                    return self.serve(token);
+                }
+                let seq = self.next_seq();
+                self.token_reads
+                    .insert((write.index(), seq), (deadline, token));
+            }
             ReadConsistency::Lease => {
                 if !self.config.lease_reads {
                     return self
@@ -1522,6 +1542,17 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 self.book.host.read_done(r.token, Err(ReadError::Timeout));
             }
         }
+        let late: Vec<(u64, u64)> = self
+            .token_reads
+            .iter()
+            .filter(|(_, (deadline, _))| *deadline <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in late {
+            if let Some((_, token)) = self.token_reads.remove(&key) {
+                self.book.host.read_done(token, Err(ReadError::Timeout));
+            }
+        }
         if self
             .ticks
             .is_multiple_of(self.config.heartbeat_ticks as u64)
@@ -1663,6 +1694,13 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 break;
             }
             let token = entry.remove();
+            self.serve(token);
+        }
+        while let Some(entry) = self.token_reads.first_entry() {
+            if entry.key().0 > applied {
+                break;
+            }
+            let (_, token) = entry.remove();
             self.serve(token);
         }
         if !self.transfers.is_empty() {
@@ -1861,6 +1899,11 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         tokens
             .reads
             .extend(std::mem::take(&mut self.ready_reads).into_values());
+        tokens.reads.extend(
+            std::mem::take(&mut self.token_reads)
+                .into_values()
+                .map(|(_, token)| token),
+        );
         tokens
     }
 
@@ -2093,8 +2136,8 @@ mod tests {
         }
         fn add_peer(&mut self, _: u64, _: &[u8]) {}
         fn remove_peer(&mut self, _: u64) {}
-        fn proposed(&mut self, token: u32, result: Result<u64, ProposeError>) {
-            self.proposed.push((token, result));
+        fn proposed(&mut self, token: u32, result: Result<(u64, WriteToken), ProposeError>) {
+            self.proposed.push((token, result.map(|(r, _)| r)));
         }
         fn conf_change_done(&mut self, _: (), _: Result<ConfState, MembershipError>) {}
         fn read_done(&mut self, _: (), _: Result<&Counter, ReadError>) {}

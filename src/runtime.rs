@@ -18,7 +18,7 @@ use crate::error::{MembershipError, NodeError, ProposeError, ReadError, StartErr
 use crate::log_store::LogStore;
 use crate::mailbox::PeerInput;
 use crate::node::{ReadConsistency, Shared};
-use crate::proposals::Completer;
+use crate::proposals::{Completer, WriteToken};
 use crate::replica::{Host, Phase, Replica};
 use crate::state_machine::StateMachine;
 use crate::status::Status;
@@ -32,7 +32,7 @@ pub(crate) type Query<M> = Box<dyn FnOnce(Result<&M, ReadError>) + Send>;
 pub(crate) enum Request<M: StateMachine> {
     /// From the transport, through the `Mailbox`.
     Peer(PeerInput),
-    Propose(Bytes, Completer<M::Response, ProposeError>),
+    Propose(Bytes, Completer<(M::Response, WriteToken), ProposeError>),
     ConfChange(ConfChangeV2, Completer<ConfState, MembershipError>),
     Read {
         consistency: ReadConsistency,
@@ -59,7 +59,7 @@ pub(crate) struct RuntimeHost {
 }
 
 impl<M: StateMachine> Host<M> for RuntimeHost {
-    type Propose = Completer<M::Response, ProposeError>;
+    type Propose = Completer<(M::Response, WriteToken), ProposeError>;
     type ConfChange = Completer<ConfState, MembershipError>;
     type Read = Query<M>;
     type Transfer = Completer<(), MembershipError>;
@@ -76,7 +76,11 @@ impl<M: StateMachine> Host<M> for RuntimeHost {
         self.transport.remove_peer(id);
     }
 
-    fn proposed(&mut self, token: Self::Propose, result: Result<M::Response, ProposeError>) {
+    fn proposed(
+        &mut self,
+        token: Self::Propose,
+        result: Result<(M::Response, WriteToken), ProposeError>,
+    ) {
         token.complete(result);
     }
 

@@ -349,6 +349,8 @@ pub struct Bugs {
     /// Stretch a leader's lease over the time its group is quiet: a cut-off quiet
     /// leader answers lease reads after another leader was elected.
     pub lease_kept_while_quiet: bool,
+    /// Serve an `AtLeast` read at once, without waiting for the token's write.
+    pub token_read_without_wait: bool,
 }
 
 impl Bugs {
@@ -372,6 +374,7 @@ impl Bugs {
             transfer_to_any_voter: self.transfer_to_any_voter,
             quiet_wakes_only_on_messages: self.quiet_wakes_only_on_messages,
             lease_kept_while_quiet: self.lease_kept_while_quiet,
+            token_read_without_wait: self.token_read_without_wait,
         }
     }
 }

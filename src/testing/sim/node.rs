@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::driver::DriverError;
 use crate::error::{MembershipError, ProposeError, ReadError, StateMachineError};
 use crate::node::{ReadConsistency, Shared};
+use crate::proposals::WriteToken;
 use crate::replica::{self, Host, Replica};
 use crate::state_machine::StateMachine;
 
@@ -109,9 +110,9 @@ impl<M: StateMachine> Host<M> for SimHost<M::Response> {
         self.removed.push(id);
     }
 
-    fn proposed(&mut self, op: OpId, result: Result<M::Response, ProposeError>) {
+    fn proposed(&mut self, op: OpId, result: Result<(M::Response, WriteToken), ProposeError>) {
         match result {
-            Ok(r) => self.completed.push((op, r)),
+            Ok((r, _)) => self.completed.push((op, r)),
             Err(ProposeError::NotLeader { leader }) => self.refused.push((op, leader)),
             Err(ProposeError::Dropped) => self.dropped.push(op),
             Err(_) => self.unknown.push(op),
