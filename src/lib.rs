@@ -166,6 +166,11 @@ pub struct ImplementingStateMachineDoc;
 #[doc = include_str!("../docs/implementing-transport.md")]
 pub struct ImplementingTransportDoc;
 
+/// The code blocks of `docs/reads.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/reads.md")]
+pub struct ReadsDoc;
+
 /// The code blocks of `docs/testing.md`, compiled as doctests so they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/testing.md")]
