@@ -216,11 +216,6 @@ fn round(g: &Group, n: usize, how: Cut) -> Result<(), String> {
     Ok(())
 }
 
-fn get(key: &str) -> impl FnOnce(&Kv) -> Option<String> + Send + 'static {
-    let key = key.to_string();
-    move |kv: &Kv| kv.state.lock().map.get(&key).cloned()
-}
-
 fn rounds(
     lease_reads: bool,
     bugs: Bugs,

@@ -88,11 +88,6 @@ impl Group {
     }
 }
 
-fn get(key: &str) -> impl FnOnce(&Kv) -> Option<String> + Send + 'static {
-    let key = key.to_string();
-    move |kv: &Kv| kv.state.lock().map.get(&key).cloned()
-}
-
 /// Proves an idle group goes quiet on every node and stops ticking: its term and
 /// elections stay put while nothing happens, and a write wakes it.
 #[test]

@@ -9,11 +9,6 @@ use common::*;
 use raftnode::testing::sim::Bugs;
 use raftnode::{ChannelNetwork, MemLogStore, Node, ReadConsistency, ReadError, Role, WriteToken};
 
-fn get(key: &str) -> impl FnOnce(&Kv) -> Option<String> + Send + 'static {
-    let key = key.to_string();
-    move |kv: &Kv| kv.state.lock().map.get(&key).cloned()
-}
-
 struct Group {
     network: ChannelNetwork,
     nodes: Vec<Node<Kv>>,
@@ -50,6 +45,13 @@ impl Group {
             found.is_some()
         });
         found.expect("found")
+    }
+
+    fn follower_of(&self, leader: &Node<Kv>) -> &Node<Kv> {
+        self.nodes
+            .iter()
+            .find(|n| n.id() != leader.id())
+            .expect("a follower")
     }
 }
 
@@ -118,11 +120,7 @@ fn without_waiting_a_token_read_misses_the_write() {
 fn a_token_read_that_cannot_be_served_times_out() {
     let g = Group::start(&Bugs::default());
     let leader = g.leader();
-    let follower = g
-        .nodes
-        .iter()
-        .find(|n| n.id() != leader.id())
-        .expect("a follower");
+    let follower = g.follower_of(leader);
     g.network.isolate(follower.id());
     let (_, token) = leader
         .propose(put("k", "1"))
@@ -165,11 +163,7 @@ fn a_token_read_that_cannot_be_served_times_out() {
 fn token_reads_beside_linearizable_follower_reads() {
     let g = Group::start(&Bugs::default());
     let leader = g.leader();
-    let follower = g
-        .nodes
-        .iter()
-        .find(|n| n.id() != leader.id())
-        .expect("a follower");
+    let follower = g.follower_of(leader);
     let mut times = [Vec::new(), Vec::new()];
     for n in 0..200 {
         let value = n.to_string();

@@ -162,6 +162,12 @@ impl StateMachine for Kv {
     }
 }
 
+/// A read query: the value of `key` in a [`Kv`].
+pub fn get(key: &str) -> impl FnOnce(&Kv) -> Option<String> + Send + 'static {
+    let key = key.to_string();
+    move |kv: &Kv| kv.state.lock().map.get(&key).cloned()
+}
+
 /// Polls `cond` until it holds or `DEADLINE` passes; panics with `what` on timeout.
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
