@@ -71,6 +71,7 @@
 mod config;
 mod driver;
 mod error;
+pub mod export;
 mod host;
 mod log_store;
 mod mailbox;
@@ -165,6 +166,11 @@ pub struct ImplementingStateMachineDoc;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/implementing-transport.md")]
 pub struct ImplementingTransportDoc;
+
+/// The code blocks of `docs/operations.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/operations.md")]
+pub struct OperationsDoc;
 
 /// The code blocks of `docs/reads.md`, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

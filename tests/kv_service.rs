@@ -396,6 +396,55 @@ fn follower_redirects_and_bad_input_gets_clear_statuses() {
     assert_eq!(answer.status, 200);
 }
 
+/// Proves `GET /metrics` on every node answers valid Prometheus text (parsed back) in
+/// which exactly one node reports leading, each under its own `node` label.
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    let cluster = Cluster::start();
+    cluster.wait_leader();
+    assert!(cluster.put("m", "1"));
+    // Leadership may move between the scrapes: retry, bounded, until one round agrees.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leading = Vec::new();
+        for (id, addr) in &cluster.http {
+            let answer = http(addr, "GET", "/metrics", b"").expect("GET /metrics");
+            assert_eq!(answer.status, 200, "{answer:?}");
+            let text = String::from_utf8(answer.body).expect("utf-8");
+            let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+                .expect("valid Prometheus text");
+            let sample = |metric: &str| {
+                scrape
+                    .samples
+                    .iter()
+                    .find(|s| s.metric == metric)
+                    .unwrap_or_else(|| panic!("node {id}: no {metric} in {text}"))
+            };
+            assert_eq!(
+                sample("raftnode_term").labels.get("node"),
+                Some(id.to_string().as_str())
+            );
+            assert!(matches!(
+                sample("raftnode_proposals_total").value,
+                prometheus_parse::Value::Counter(_)
+            ));
+            if matches!(sample("raftnode_is_leader").value, prometheus_parse::Value::Gauge(v) if v == 1.0)
+            {
+                leading.push(*id);
+            }
+        }
+        if leading.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes reporting leadership: {leading:?}"
+        );
+        // Poll interval; bounded by `deadline`.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Proves the two kinds of failed write get distinct statuses. A leader whose two
 /// followers were killed (SIGKILL) still leads for a moment (until check-quorum makes it
 /// step down, Raft §6.2 / §9.6): a write it appends cannot commit, and when the wait ends

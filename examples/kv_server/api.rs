@@ -41,6 +41,7 @@ pub(crate) fn router(server: Arc<Server>) -> Router {
         .route("/", get(cluster::page))
         .route("/cluster", get(cluster::cluster))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route(
             "/kv/",
             any(|| async { text(StatusCode::BAD_REQUEST, "empty key") }),
@@ -58,7 +59,7 @@ pub(crate) fn router(server: Arc<Server>) -> Router {
         .fallback(|| async {
             text(
                 StatusCode::NOT_FOUND,
-                "unknown path; see /kv/{key}, /members, /leader, /status, /cluster, /",
+                "unknown path; see /kv/{key}, /members, /leader, /status, /metrics, /cluster, /",
             )
         })
         .with_state(server)
@@ -580,6 +581,27 @@ pub(crate) async fn local_status(server: &Arc<Server>) -> Result<serde_json::Val
         Ok(Ok(json)) => serde_json::to_value(json).map_err(|e| e.to_string()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the status task failed".into()),
+    }
+}
+
+/// `GET /metrics`: this node's metrics in Prometheus text format (docs/operations.md).
+async fn metrics(State(server): State<Arc<Server>>) -> Response {
+    use raftnode::export::prometheus::{Encoder, TextEncoder};
+    let gathered = blocking(&server, |s| s.metrics.gather()).await;
+    let families = match gathered {
+        Ok(families) => families,
+        Err(response) => return response,
+    };
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    match encoder.encode(&families, &mut body) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(CONTENT_TYPE, encoder.format_type().to_string())],
+            body,
+        )
+            .into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

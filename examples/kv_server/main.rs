@@ -264,6 +264,8 @@ pub(crate) struct Server {
     max_connections: usize,
     /// How long a write or read waits for raft before answering `503` or `504`.
     pub(crate) request_timeout: Duration,
+    /// `GET /metrics`: this node's `raftnode::export::NodeCollector`.
+    pub(crate) metrics: raftnode::export::prometheus::Registry,
 }
 
 fn main() {
@@ -353,7 +355,14 @@ fn run(args: Args, tls: Option<TlsFiles>) -> Result<(), Box<dyn std::error::Erro
     peers_http
         .entry(args.id)
         .or_insert_with(|| args.http.to_string());
+    let metrics = raftnode::export::prometheus::Registry::new();
+    let collector =
+        raftnode::export::NodeCollector::new(node.clone(), &[]).expect("the node label is valid");
+    metrics
+        .register(Box::new(collector))
+        .expect("the only collector registers");
     let server = Arc::new(Server {
+        metrics,
         node,
         peers_http: RwLock::new(peers_http),
         connections: AtomicUsize::new(0),
