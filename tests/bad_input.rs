@@ -70,12 +70,7 @@ fn messages_from_unknown_peers_and_malformed_messages_are_dropped() {
     }
     // A heartbeat whose commit is far past the follower's log would panic raft-rs.
     let follower = (1..=3).find(|id| *id != leader).unwrap();
-    let mut hb = Message::default();
-    hb.set_msg_type(MessageType::MsgHeartbeat);
-    hb.from = leader;
-    hb.to = follower;
-    hb.term = c.status(leader).term;
-    hb.commit = 1_000_000;
+    let hb = heartbeat_past_log(leader, follower, c.status(leader).term);
     c.node(follower).mailbox().deliver(hb).unwrap();
     for m in junk {
         mailbox.deliver(m).unwrap();

@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use raftnode::export::prometheus::{Encoder, Registry, TextEncoder};
 use raftnode::export::NodeCollector;
-use raftnode::raft_types::{Message, MessageType};
 use raftnode::Role;
 
 /// Scrapes `registry` as Prometheus text and parses it back.
@@ -53,12 +52,7 @@ fn collectors_report_each_nodes_status_in_prometheus_text() {
     }
     // A heartbeat whose commit is past a follower's log is refused (`CommitPastLog`).
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
-    let mut hb = Message::default();
-    hb.set_msg_type(MessageType::MsgHeartbeat);
-    hb.from = leader;
-    hb.to = follower;
-    hb.term = c.status(leader).term;
-    hb.commit = 1_000_000;
+    let hb = heartbeat_past_log(leader, follower, c.status(leader).term);
     c.node(follower).mailbox().deliver(hb).expect("delivered");
     wait_until("the refusal is counted", || {
         c.status(follower).metrics.refused.values().sum::<u64>() >= 1

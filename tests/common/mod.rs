@@ -162,6 +162,18 @@ impl StateMachine for Kv {
     }
 }
 
+/// A heartbeat from `leader` to `to` at `term` whose commit is far past any log: raft-rs
+/// would panic on it, so a node's checks must refuse it (`CommitPastLog`).
+pub fn heartbeat_past_log(leader: u64, to: u64, term: u64) -> raftnode::raft_types::Message {
+    let mut hb = raftnode::raft_types::Message::default();
+    hb.set_msg_type(raftnode::raft_types::MessageType::MsgHeartbeat);
+    hb.from = leader;
+    hb.to = to;
+    hb.term = term;
+    hb.commit = 1_000_000;
+    hb
+}
+
 /// A read query: the value of `key` in a [`Kv`].
 pub fn get(key: &str) -> impl FnOnce(&Kv) -> Option<String> + Send + 'static {
     let key = key.to_string();
