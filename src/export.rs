@@ -21,6 +21,8 @@ use crate::status::{Role, Status};
 /// How one metric is read from a [`Status`].
 enum Read {
     Counter(fn(&Status) -> u64),
+    /// A counter kept in microseconds, exported in seconds.
+    MicrosCounter(fn(&Status) -> u64),
     Gauge(fn(&Status) -> f64),
 }
 
@@ -120,6 +122,16 @@ const METRICS: &[(&str, &str, Read)] = &[
         "raftnode_entries_applied_total",
         "Committed entries applied to the state machine.",
         Read::Counter(|s| s.metrics.entries_applied),
+    ),
+    (
+        "raftnode_leaderless_seconds_total",
+        "Seconds this node spent knowing no leader, over the gaps that ended.",
+        Read::MicrosCounter(|s| s.metrics.leaderless_us),
+    ),
+    (
+        "raftnode_last_election_seconds",
+        "How long this node's last election took (knowing no leader until it knew one).",
+        Read::Gauge(|s| s.metrics.last_election_us as f64 / 1e6),
     ),
     (
         "raftnode_term",
@@ -289,6 +301,12 @@ impl<M: StateMachine> Collector for NodeCollector<M> {
                 Read::Counter(get) => {
                     let mut c = Counter::default();
                     c.set_value(get(&status) as f64);
+                    m.set_counter(c);
+                    family(name, help, MetricType::COUNTER)
+                }
+                Read::MicrosCounter(get) => {
+                    let mut c = Counter::default();
+                    c.set_value(get(&status) as f64 / 1e6);
                     m.set_counter(c);
                     family(name, help, MetricType::COUNTER)
                 }

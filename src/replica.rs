@@ -98,6 +98,8 @@ struct Elections {
     leader: u64,
     since_stable_leader: u64,
     leader_ticks: u64,
+    /// Since when this node has known no leader (`MetricsSnapshot::last_election_us`).
+    leaderless_since: Option<Instant>,
 }
 
 /// How the replica ends: running, handing leadership over before a graceful
@@ -548,6 +550,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 leader: 0,
                 since_stable_leader: 0,
                 leader_ticks: 0,
+                leaderless_since: None,
             },
             last_snapshot_index,
             ticks: 0,
@@ -1810,6 +1813,17 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         if leader != self.elections.leader {
             bump(&metrics.leader_changes);
             self.elections.leader_ticks = 0;
+        }
+        let now = self.book.now;
+        match (leader, self.elections.leaderless_since) {
+            (0, None) => self.elections.leaderless_since = Some(now),
+            (l, Some(since)) if l != 0 => {
+                let us = now.saturating_duration_since(since).as_micros() as u64;
+                metrics.last_election_us.store(us, Ordering::Relaxed);
+                metrics.leaderless_us.fetch_add(us, Ordering::Relaxed);
+                self.elections.leaderless_since = None;
+            }
+            _ => {}
         }
         info!(self.book.logger, "role changed";
             "role" => ?role, "term" => raft.term, "leader" => leader,

@@ -136,6 +136,8 @@ pub(crate) struct Metrics {
     pub reads_served: AtomicU64,
     pub followers_lost_entries: AtomicU64,
     pub quiesced: AtomicU64,
+    pub last_election_us: AtomicU64,
+    pub leaderless_us: AtomicU64,
     /// Peer messages refused before `step`, by reason, and their warnings' rate limit.
     pub refused: Refusals,
 }
@@ -182,6 +184,14 @@ pub struct MetricsSnapshot {
     pub followers_lost_entries: u64,
     /// Times the group went quiet on this node (`Config::quiesce_after_timeouts`).
     pub quiesced: u64,
+    /// How long, in microseconds, this node's last election took: from when it knew no
+    /// leader (it began an election, or heard of a newer term) to when it knew the next
+    /// one (itself included). 0 until a leader was known after such a gap. The time it
+    /// took to notice a dead leader (an election timeout) is not in it.
+    pub last_election_us: u64,
+    /// Microseconds this node spent knowing no leader, over all such gaps that ended
+    /// (as `last_election_us`).
+    pub leaderless_us: u64,
     /// Readies handled.
     pub readies: u64,
     /// Log store syncs.
@@ -212,6 +222,8 @@ impl Metrics {
             reads_served: get(&self.reads_served),
             followers_lost_entries: get(&self.followers_lost_entries),
             quiesced: get(&self.quiesced),
+            last_election_us: get(&self.last_election_us),
+            leaderless_us: get(&self.leaderless_us),
             readies: driver.readies,
             syncs: driver.syncs,
             entries_appended: driver.entries_appended,

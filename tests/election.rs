@@ -192,3 +192,41 @@ fn confirmed_leader_names_only_a_leader_a_quorum_answers() {
         Err(raftnode::NodeError::Timeout)
     );
 }
+
+/// Proves the election metrics measure the gap without a leader: after the leader is
+/// killed, each survivor reports a `last_election_us` above 0 and no longer than the time from the
+/// kill to the new leader, and its `leaderless_us` grew by it.
+#[test]
+fn election_metrics_measure_the_gap_without_a_leader() {
+    let mut c = Cluster::new(3);
+    let old = c.wait_leader();
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    // The first election counts too: wait until every node knew the leader after it.
+    wait_until("every node knows the first leader", || {
+        survivors.iter().all(|&id| c.status(id).leader == Some(old))
+    });
+    let before: Vec<u64> = survivors
+        .iter()
+        .map(|&id| c.status(id).metrics.leaderless_us)
+        .collect();
+    let killed = std::time::Instant::now();
+    c.kill(old);
+    let new = c.wait_leader_among(&survivors);
+    wait_until("both survivors know the new leader", || {
+        survivors.iter().all(|&id| c.status(id).leader == Some(new))
+    });
+    let bound = killed.elapsed().as_micros() as u64;
+    for (&id, before) in survivors.iter().zip(before) {
+        let m = c.status(id).metrics;
+        assert!(
+            m.last_election_us > 0 && m.last_election_us <= bound,
+            "node {id}: last election {} us, {bound} us since the kill",
+            m.last_election_us
+        );
+        assert!(
+            m.leaderless_us >= before + m.last_election_us,
+            "node {id}: leaderless {} us, was {before} us",
+            m.leaderless_us
+        );
+    }
+}
