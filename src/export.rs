@@ -277,6 +277,12 @@ impl<M: StateMachine> NodeCollector<M> {
     }
 }
 
+fn counter(value: f64) -> Counter {
+    let mut c = Counter::default();
+    c.set_value(value);
+    c
+}
+
 fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_string());
@@ -299,15 +305,11 @@ impl<M: StateMachine> Collector for NodeCollector<M> {
             let mut m = self.metric(None);
             let mut f = match read {
                 Read::Counter(get) => {
-                    let mut c = Counter::default();
-                    c.set_value(get(&status) as f64);
-                    m.set_counter(c);
+                    m.set_counter(counter(get(&status) as f64));
                     family(name, help, MetricType::COUNTER)
                 }
                 Read::MicrosCounter(get) => {
-                    let mut c = Counter::default();
-                    c.set_value(get(&status) as f64 / 1e6);
-                    m.set_counter(c);
+                    m.set_counter(counter(get(&status) as f64 / 1e6));
                     family(name, help, MetricType::COUNTER)
                 }
                 Read::Gauge(get) => {
@@ -323,9 +325,7 @@ impl<M: StateMachine> Collector for NodeCollector<M> {
         let mut refused = family(REFUSED, REFUSED_HELP, MetricType::COUNTER);
         for (reason, n) in &status.metrics.refused {
             let mut m = self.metric(Some(("reason", format!("{reason:?}"))));
-            let mut c = Counter::default();
-            c.set_value(*n as f64);
-            m.set_counter(c);
+            m.set_counter(counter(*n as f64));
             refused.mut_metric().push(m);
         }
         if !refused.get_metric().is_empty() {
