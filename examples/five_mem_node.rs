@@ -105,11 +105,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let leader = nodes[0].wait_for_leader(timeout)?;
     println!("node {leader} leads the group of one");
 
-    // Grow the group: each new member joins as a learner, then is promoted once it has
-    // caught up, so the quorum never waits on an empty node.
+    // Grow the group: `add_voter` makes each new member a learner and promotes it once
+    // it has caught up, so the quorum never waits on an empty node.
     for id in 2..=5 {
-        nodes[0].add_learner(id, Vec::new(), timeout)?;
-        nodes[0].promote(id, timeout)?;
+        nodes[0].add_voter(id, Vec::new(), timeout)?;
     }
     let status = nodes[0].status()?;
     println!("voters after membership changes: {:?}", status.voters);

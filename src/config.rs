@@ -110,6 +110,11 @@ pub struct Config {
     /// "Quiescence", for what it costs: a quiet group notices a dead leader only once
     /// something wakes it.
     pub quiesce_after_timeouts: usize,
+    /// Adding a voter safely: a node joining as a voter first receives the log as a
+    /// learner and is promoted only once the leader replicates to it steadily (no
+    /// snapshot in flight) and it holds all but at most this many committed entries.
+    /// See docs/membership.md, "Adding a voter safely".
+    pub catch_up_lag: u64,
 }
 
 impl Config {
@@ -130,6 +135,7 @@ impl Config {
     /// | `max_pending_requests` / `max_pending_messages` | 65 536 / 65 536 |
     /// | `max_batch` | 4 096 |
     /// | `quiesce_after_timeouts` | 0 (never) |
+    /// | `catch_up_lag` | 1 000 entries |
     pub fn new(id: u64) -> Self {
         Config {
             id,
@@ -154,6 +160,7 @@ impl Config {
             election_storm_threshold: 5,
             election_tick_range: None,
             quiesce_after_timeouts: 0,
+            catch_up_lag: 1_000,
         }
     }
 

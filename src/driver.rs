@@ -183,6 +183,10 @@ faults! {
     /// Serve an `AtLeast` read at once, as a `Stale` one, without waiting for the
     /// token's write to be applied here.
     token_read_without_wait,
+    /// Promote a joining voter at once, as 0.1's `add_voter` did, without waiting for it
+    /// to catch up as a learner: a group whose quorum needs the new node stalls until it
+    /// has the log.
+    promote_without_catch_up,
 }
 
 /// Handles every pending Ready (raft paginates committed entries): loops while

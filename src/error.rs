@@ -256,6 +256,22 @@ pub enum MembershipError {
     /// The deadline passed.
     #[error("timed out; the change or transfer may still complete")]
     Timeout,
+    /// A node joining as a voter had not caught up as a learner by the deadline
+    /// (docs/membership.md, "Adding a voter safely"). Nothing was promoted; the node
+    /// stays a learner and keeps receiving the log: call `promote` again later, or
+    /// `remove` it.
+    #[error(
+        "node {id} did not catch up before the deadline (it holds {matched} of {commit} \
+         committed entries); it stays a learner"
+    )]
+    CatchUpTimeout {
+        /// The joining node furthest behind.
+        id: u64,
+        /// The last index the leader knows it holds.
+        matched: u64,
+        /// The leader's commit index at the deadline.
+        commit: u64,
+    },
     /// The node's input queue is full.
     #[error("node is busy (input queue full)")]
     Busy,

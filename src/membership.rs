@@ -8,8 +8,15 @@ use crate::error::MembershipError;
 /// One change to the group's membership, for [`crate::Node::change_membership`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MembershipChange {
-    /// Add a node as a voter, or promote a learner to voter.
+    /// Add a node as a voter, or promote a learner to voter, safely: it first receives
+    /// the log as a learner, and the change is made only once it has caught up
+    /// (`Config::catch_up_lag`; docs/membership.md, "Adding a voter safely").
     AddVoter(u64),
+    /// Add a node as a voter, or promote a learner, at once, whether or not it holds
+    /// the log: until it catches up it counts towards the quorum without helping it,
+    /// so a group whose majority needs it stops committing. For a node known to be
+    /// current (restored from a recent backup of a member, say).
+    AddVoterNow(u64),
     /// Add a node as a learner (receives the log, does not vote).
     AddLearner(u64),
     /// Remove a voter or a learner.
@@ -68,7 +75,9 @@ impl From<&ConfState> for Membership {
 impl MembershipChange {
     fn to_single(self) -> ConfChangeSingle {
         let (change_type, id) = match self {
-            MembershipChange::AddVoter(id) => (ConfChangeType::AddNode, id),
+            MembershipChange::AddVoter(id) | MembershipChange::AddVoterNow(id) => {
+                (ConfChangeType::AddNode, id)
+            }
             MembershipChange::AddLearner(id) => (ConfChangeType::AddLearnerNode, id),
             MembershipChange::Remove(id) => (ConfChangeType::RemoveNode, id),
         };
@@ -77,6 +86,18 @@ impl MembershipChange {
         single.node_id = id;
         single
     }
+}
+
+/// The nodes `changes` make voters that must catch up first (`AddVoter`, not
+/// `AddVoterNow`).
+pub(crate) fn joining(changes: &[MembershipChange]) -> Vec<u64> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            MembershipChange::AddVoter(id) => Some(*id),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Builds the `ConfChangeV2` for `changes`; several changes enter a joint configuration

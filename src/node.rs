@@ -347,16 +347,22 @@ impl<M: StateMachine> Node<M> {
         self.read(ReadConsistency::Stale, Duration::from_secs(3600), query)
     }
 
-    /// Adds `id` as a voter (or promotes the learner `id`). `context` travels with the
-    /// change to every member's transport (`Transport::add_peer`): put the new member's
-    /// address there. Returns the new [`Membership`] once the change is applied on this node.
+    /// Adds `id` as a voter (or promotes the learner `id`), safely: a node that is not a
+    /// member joins as a learner first, and it becomes a voter only once the leader
+    /// replicates to it steadily and it holds all but [`Config::catch_up_lag`]
+    /// committed entries (a snapshot installed first if it needed one). So a node that
+    /// starts empty never counts towards the quorum before it can help it
+    /// (docs/membership.md, "Adding a voter safely"). `context` travels with the change
+    /// to every member's transport (`Transport::add_peer`): put the new member's
+    /// address there. Returns the new [`Membership`] once the promotion is applied on
+    /// this node; `timeout` covers the catch-up too.
     ///
-    /// Prefer [`Node::add_learner`] then [`Node::promote`] for a node that starts empty,
-    /// so it catches up before it counts towards the quorum.
+    /// [`Config::catch_up_lag`]: crate::Config::catch_up_lag
     ///
     /// # Errors
     ///
-    /// See [`Node::change_membership`].
+    /// [`MembershipError::CatchUpTimeout`] when the node had not caught up by the
+    /// deadline (it stays a learner); otherwise see [`Node::change_membership`].
     pub fn add_voter(
         &self,
         id: u64,
@@ -364,6 +370,28 @@ impl<M: StateMachine> Node<M> {
         timeout: Duration,
     ) -> Result<Membership, MembershipError> {
         self.change(&[MembershipChange::AddVoter(id)], context.into(), timeout)
+    }
+
+    /// Adds `id` as a voter, or promotes the learner `id`, at once, whether or not it
+    /// holds the log: until it catches up it counts towards the quorum without helping
+    /// it, so a group whose majority needs it stops committing (a 1-node group adding
+    /// a second, empty voter waits for the whole log to reach it). For a node known to
+    /// be current; [`Node::add_voter`] is the safe default.
+    ///
+    /// # Errors
+    ///
+    /// See [`Node::change_membership`].
+    pub fn add_voter_now(
+        &self,
+        id: u64,
+        context: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Membership, MembershipError> {
+        self.change(
+            &[MembershipChange::AddVoterNow(id)],
+            context.into(),
+            timeout,
+        )
     }
 
     /// Adds `id` as a learner: it receives the log but does not vote.
@@ -380,11 +408,12 @@ impl<M: StateMachine> Node<M> {
         self.change(&[MembershipChange::AddLearner(id)], context.into(), timeout)
     }
 
-    /// Promotes the learner `id` to voter.
+    /// Promotes the learner `id` to voter once it has caught up, as [`Node::add_voter`]
+    /// does ([`Node::add_voter_now`] promotes at once).
     ///
     /// # Errors
     ///
-    /// See [`Node::change_membership`]; [`MembershipError::Invalid`] when `id` is not a
+    /// See [`Node::add_voter`]; [`MembershipError::Invalid`] when `id` is not a
     /// learner.
     pub fn promote(&self, id: u64, timeout: Duration) -> Result<Membership, MembershipError> {
         let status = self.status().map_err(|_| MembershipError::Stopped)?;
@@ -412,7 +441,9 @@ impl<M: StateMachine> Node<M> {
 
     /// Applies several changes at once through joint consensus (ConfChangeV2); the group
     /// leaves the joint configuration automatically once it is committed. Proposed on
-    /// the leader; returns once the change is applied on this node. With several
+    /// the leader; returns once the change is applied on this node. Nodes the change
+    /// adds with [`MembershipChange::AddVoter`] first catch up as learners, as with
+    /// [`Node::add_voter`], and the change is proposed after that. With several
     /// changes the membership returned is the joint one (`voters_outgoing` non-empty);
     /// watch [`Status::voters_outgoing`] to see the group leave it. See
     /// `docs/membership.md`.
@@ -422,7 +453,9 @@ impl<M: StateMachine> Node<M> {
     /// [`MembershipError::NotLeader`]; [`MembershipError::Invalid`] (adding a member,
     /// removing a non-member, removing the last voter, id 0, duplicates);
     /// [`MembershipError::Rejected`] (another change pending, or the group is still
-    /// joint); [`MembershipError::OutcomeUnknown`], [`MembershipError::Timeout`],
+    /// joint, or an earlier change still waits for a node to catch up);
+    /// [`MembershipError::CatchUpTimeout`] (a joining node did not catch up in time);
+    /// [`MembershipError::OutcomeUnknown`], [`MembershipError::Timeout`],
     /// [`MembershipError::Busy`], [`MembershipError::Stopped`].
     pub fn change_membership(
         &self,
@@ -443,12 +476,17 @@ impl<M: StateMachine> Node<M> {
         timeout: Duration,
     ) -> Result<Membership, MembershipError> {
         let (handle, done) = slot::<ConfState, MembershipError>();
-        self.submit(Request::ConfChange(
-            membership::build(changes, context),
+        let deadline = Instant::now() + timeout;
+        self.submit(Request::ConfChange {
+            change: membership::build(changes, context),
+            joining: membership::joining(changes),
+            deadline,
             done,
-        ))?;
+        })?;
+        // A little past the driver's own deadline, so a catch-up that ran out reports
+        // `CatchUpTimeout` rather than a bare `Timeout`.
         handle
-            .wait_deadline(Some(Instant::now() + timeout))
+            .wait_deadline(Some(deadline + Duration::from_millis(50)))
             .map(|cs| Membership::from(&cs))
     }
 

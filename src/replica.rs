@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft::eraftpb::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
+    Snapshot,
 };
 use raft::{GetEntriesContext, RawNode, ReadState, SnapshotStatus, SoftState, StateRole};
 use slog::{debug, info, warn, Drain, Logger};
@@ -25,6 +26,7 @@ use crate::config::Config;
 use crate::driver::{self, DriverError, DriverStats, Faults, Outbox};
 use crate::error::{MembershipError, ProposeError, ReadError, StartError, StorageError};
 use crate::log_store::LogStore;
+use crate::membership::MembershipChange;
 use crate::node::{ReadConsistency, Shared};
 use crate::notice::Notice;
 use crate::peer_watch::PeerWatch;
@@ -88,6 +90,22 @@ struct PendingRead<T> {
 
 struct Transfer<T> {
     to: u64,
+    deadline: Instant,
+    token: T,
+}
+
+/// A membership change that adds voters, held back until each of them has caught up as
+/// a learner (docs/membership.md, "Adding a voter safely").
+struct Growth<T> {
+    /// The change the caller asked for, proposed once every joining node caught up.
+    change: ConfChangeV2,
+    /// The nodes the change makes voters that must catch up first.
+    joining: Vec<u64>,
+    /// Index of the entry that added the joining nodes that were not members as
+    /// learners; `None` when all of them already were.
+    learners_at: Option<u64>,
+    /// The term this leader proposed in: a new term ends the growth.
+    term: u64,
     deadline: Instant,
     token: T,
 }
@@ -342,6 +360,8 @@ pub(crate) struct Replica<S: LogStore, M: StateMachine, H: Host<M>> {
     next_read_ctx: u64,
     lease: Lease,
     transfers: Vec<Transfer<H::Transfer>>,
+    /// An addition of voters waiting for them to catch up (at most one at a time).
+    growth: Option<Growth<H::ConfChange>>,
     stats: DriverStats,
     elections: Elections,
     last_snapshot_index: u64,
@@ -544,6 +564,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 length: lease_length,
             },
             transfers: Vec::new(),
+            growth: None,
             stats: DriverStats::default(),
             elections: Elections {
                 role,
@@ -979,6 +1000,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             && self.ready_reads.is_empty()
             && self.token_reads.is_empty()
             && self.transfers.is_empty()
+            && self.growth.is_none()
             && raft.lead_transferee.is_none()
             && self.book.snapshots_in_flight.is_empty()
             && raft.raft_log.committed == last
@@ -1195,68 +1217,189 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     }
 
     /// Proposes a membership change after checking it against the current
-    /// configuration.
-    pub(crate) fn propose_conf_change(&mut self, cc: ConfChangeV2, token: H::ConfChange) {
+    /// configuration. The nodes in `joining` (voters the change adds) first join as
+    /// learners, and the change itself is proposed only once each of them has caught up
+    /// (`Config::catch_up_lag`), before `deadline`; an empty `joining` proposes at once.
+    pub(crate) fn propose_conf_change(
+        &mut self,
+        cc: ConfChangeV2,
+        joining: Vec<u64>,
+        deadline: Instant,
+        token: H::ConfChange,
+    ) {
         self.wake_for_request();
-        let host = &mut self.book.host;
-        if !(self.raw.raft.state == StateRole::Leader) || self.phase != Phase::Running {
-            let leader = self.leader_hint();
-            let host = &mut self.book.host;
-            return host.conf_change_done(token, Err(MembershipError::NotLeader { leader }));
+        if let Err(e) = self.check_conf_change(&cc) {
+            return self.book.host.conf_change_done(token, Err(e));
         }
         let conf = self.raw.raft.prs().conf().to_conf_state();
-        if let Err(e) = crate::membership::validate_change(&cc, &conf) {
-            return host.conf_change_done(token, Err(e));
+        // Only voters this change adds can be caught up first; a voter already is one.
+        let mut joining: Vec<u64> = joining
+            .into_iter()
+            .filter(|id| {
+                !conf.voters.contains(id)
+                    && cc
+                        .get_changes()
+                        .iter()
+                        .any(|c| c.node_id == *id && c.get_change_type() == ConfChangeType::AddNode)
+            })
+            .collect();
+        joining.dedup();
+        if joining.is_empty() || self.faults.promote_without_catch_up() {
+            return self.append_conf_change(cc, token);
+        }
+        let new: Vec<u64> = joining
+            .iter()
+            .copied()
+            .filter(|id| !conf.learners.contains(id))
+            .collect();
+        let learners_at = if new.is_empty() {
+            None
+        } else {
+            let changes: Vec<MembershipChange> = new
+                .iter()
+                .map(|id| MembershipChange::AddLearner(*id))
+                .collect();
+            let learners = crate::membership::build(&changes, cc.context.clone());
+            match self.append(learners) {
+                Ok(index) => Some(index),
+                Err(e) => return self.book.host.conf_change_done(token, Err(e)),
+            }
+        };
+        info!(self.book.logger, "adding voters as learners until they catch up";
+            "joining" => ?joining, "learners_at" => ?learners_at);
+        self.growth = Some(Growth {
+            change: cc,
+            joining,
+            learners_at,
+            term: self.raw.raft.term,
+            deadline,
+            token,
+        });
+    }
+
+    /// Why a membership change cannot be proposed now, if it cannot.
+    fn check_conf_change(&self, cc: &ConfChangeV2) -> Result<(), MembershipError> {
+        if !(self.raw.raft.state == StateRole::Leader) || self.phase != Phase::Running {
+            let leader = self.leader_hint();
+            return Err(MembershipError::NotLeader { leader });
+        }
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        crate::membership::validate_change(cc, &conf)?;
+        if let Some(g) = &self.growth {
+            return Err(MembershipError::Rejected(format!(
+                "an earlier change is waiting for node {:?} to catch up",
+                g.joining
+            )));
         }
         if self.raw.raft.has_pending_conf() {
-            return host.conf_change_done(
-                token,
-                Err(MembershipError::Rejected(
-                    "another membership change is still pending".into(),
-                )),
-            );
+            return Err(MembershipError::Rejected(
+                "another membership change is still pending".into(),
+            ));
         }
         if !conf.voters_outgoing.is_empty() && !cc.changes.is_empty() {
-            return host.conf_change_done(
-                token,
-                Err(MembershipError::Rejected(
-                    "the group is in a joint configuration; it must leave it first".into(),
-                )),
-            );
+            return Err(MembershipError::Rejected(
+                "the group is in a joint configuration; it must leave it first".into(),
+            ));
         }
+        Ok(())
+    }
+
+    /// Appends a checked change; the caller's waiter completes when it applies.
+    fn append_conf_change(&mut self, cc: ConfChangeV2, token: H::ConfChange) {
+        match self.append(cc) {
+            Ok(index) => {
+                let term = self.raw.raft.term;
+                self.book
+                    .pending
+                    .push(index, term, Waiter::ConfChange(token));
+            }
+            Err(e) => self.book.host.conf_change_done(token, Err(e)),
+        }
+    }
+
+    /// Appends a checked change to the log and returns its index.
+    fn append(&mut self, cc: ConfChangeV2) -> Result<u64, MembershipError> {
         // Flush queued commands first so waiters stay in index order.
         self.flush_proposals();
-        match self.raw.propose_conf_change(Vec::new(), cc) {
-            Ok(()) => {
-                let last = self.raw.raft.raft_log.last_index();
-                let term = self.raw.raft.term;
-                // raft turns a refused change into an empty normal entry.
-                let refused = self
-                    .raw
-                    .raft
-                    .raft_log
-                    .unstable_entries()
-                    .last()
-                    .is_some_and(|e| {
-                        e.index == last && e.get_entry_type() == EntryType::EntryNormal
-                    });
-                if refused {
-                    self.book.host.conf_change_done(
-                        token,
-                        Err(MembershipError::Rejected(
-                            "raft refused the change (pending change or joint state)".into(),
-                        )),
-                    );
-                } else {
-                    self.book
-                        .pending
-                        .push(last, term, Waiter::ConfChange(token));
-                }
-            }
-            Err(e) => self
-                .book
-                .host
-                .conf_change_done(token, Err(MembershipError::Rejected(e.to_string()))),
+        self.raw
+            .propose_conf_change(Vec::new(), cc)
+            .map_err(|e| MembershipError::Rejected(e.to_string()))?;
+        let last = self.raw.raft.raft_log.last_index();
+        // raft turns a refused change into an empty normal entry.
+        let refused = self
+            .raw
+            .raft
+            .raft_log
+            .unstable_entries()
+            .last()
+            .is_some_and(|e| e.index == last && e.get_entry_type() == EntryType::EntryNormal);
+        if refused {
+            return Err(MembershipError::Rejected(
+                "raft refused the change (pending change or joint state)".into(),
+            ));
+        }
+        Ok(last)
+    }
+
+    /// Moves a pending addition of voters on: fails it when leadership or the deadline
+    /// is gone, and proposes the change once every joining learner has caught up.
+    fn check_growth(&mut self, now: Instant) {
+        let Some(g) = &self.growth else {
+            return;
+        };
+        let raft = &self.raw.raft;
+        let applied = raft.raft_log.applied;
+        let learners_pending = g.learners_at.is_some_and(|at| applied < at);
+        let failure = if raft.state != StateRole::Leader || raft.term != g.term {
+            Some(match g.learners_at {
+                Some(index) if learners_pending => MembershipError::OutcomeUnknown { index },
+                _ => MembershipError::NotLeader {
+                    leader: self.leader_hint(),
+                },
+            })
+        } else if g.deadline <= now {
+            let commit = raft.raft_log.committed;
+            let (id, matched) = g
+                .joining
+                .iter()
+                .map(|id| (*id, raft.prs().get(*id).map_or(0, |pr| pr.matched)))
+                .min_by_key(|(_, matched)| *matched)
+                .unwrap_or((0, 0));
+            Some(MembershipError::CatchUpTimeout {
+                id,
+                matched,
+                commit,
+            })
+        } else {
+            None
+        };
+        if let Some(e) = failure {
+            warn!(self.book.logger, "adding voters failed"; "joining" => ?g.joining, "error" => %e);
+            let g = self.growth.take().expect("checked above");
+            return self.book.host.conf_change_done(g.token, Err(e));
+        }
+        if learners_pending
+            || raft.has_pending_conf()
+            || !raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
+        {
+            return;
+        }
+        let lag = self.config.catch_up_lag;
+        let commit = raft.raft_log.committed;
+        let caught_up = g.joining.iter().all(|id| {
+            raft.prs().get(*id).is_some_and(|pr| {
+                pr.state == raft::ProgressState::Replicate
+                    && pr.matched.saturating_add(lag) >= commit
+            })
+        });
+        if !caught_up {
+            return;
+        }
+        let g = self.growth.take().expect("checked above");
+        info!(self.book.logger, "joining learners caught up; promoting"; "joining" => ?g.joining);
+        match self.check_conf_change(&g.change) {
+            Ok(()) => self.append_conf_change(g.change, g.token),
+            Err(e) => self.book.host.conf_change_done(g.token, Err(e)),
         }
     }
 
@@ -1663,6 +1806,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
     /// A [`DriverError`] means the node must stop.
     pub(crate) fn drive(&mut self, now: Instant) -> Result<(), DriverError> {
         self.book.now = now;
+        // Before the Ready: a promotion it proposes leaves in this one.
+        self.check_growth(now);
         self.flush_proposals();
         driver::drive(
             &mut self.raw,
@@ -1898,6 +2043,9 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             reads: Vec::new(),
         };
         self.batch.clear();
+        tokens
+            .conf_changes
+            .extend(self.growth.take().map(|g| g.token));
         for w in self.book.pending.take_all() {
             match w {
                 Waiter::Command(t) => tokens.proposals.push(t),

@@ -33,7 +33,14 @@ pub(crate) enum Request<M: StateMachine> {
     /// From the transport, through the `Mailbox`.
     Peer(PeerInput),
     Propose(Bytes, Completer<(M::Response, WriteToken), ProposeError>),
-    ConfChange(ConfChangeV2, Completer<ConfState, MembershipError>),
+    /// A membership change; the voters it adds in `joining` catch up first, before
+    /// `deadline`.
+    ConfChange {
+        change: ConfChangeV2,
+        joining: Vec<u64>,
+        deadline: Instant,
+        done: Completer<ConfState, MembershipError>,
+    },
     Read {
         consistency: ReadConsistency,
         deadline: Instant,
@@ -298,7 +305,14 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         match request {
             Request::Peer(_) => unreachable!("handled above"),
             Request::Propose(data, done) => self.replica.propose(data, done),
-            Request::ConfChange(cc, done) => self.replica.propose_conf_change(cc, done),
+            Request::ConfChange {
+                change,
+                joining,
+                deadline,
+                done,
+            } => self
+                .replica
+                .propose_conf_change(change, joining, deadline, done),
             Request::Read {
                 consistency,
                 deadline,

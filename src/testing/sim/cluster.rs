@@ -766,11 +766,20 @@ impl<'a, W: Workload> Sim<'a, W> {
         if changes.len() > 1 {
             cc.set_transition(ConfChangeTransition::Auto);
         }
+        // Half the promotions wait for the learner to catch up (`Node::add_voter`), half
+        // are immediate (`Node::add_voter_now`); by step parity, so the choice draws
+        // nothing from the fault stream and every seed keeps its other faults.
+        let catch_up = self.step.is_multiple_of(2);
+        let step = self.step;
         let accepted = match self.nodes.get_mut(&leader) {
-            Some(Slot::Up(node)) => node.propose_conf_change(cc),
+            Some(Slot::Up(node)) => node.propose_conf_change(cc, catch_up, step),
             _ => false,
         };
-        self.event(|| format!("leader {leader} proposes {changes:?} (accepted: {accepted})"));
+        self.event(|| {
+            format!(
+                "leader {leader} proposes {changes:?} (catch up: {catch_up}, accepted: {accepted})"
+            )
+        });
     }
 
     fn inject_faults(&mut self) {

@@ -351,6 +351,9 @@ pub struct Bugs {
     pub lease_kept_while_quiet: bool,
     /// Serve an `AtLeast` read at once, without waiting for the token's write.
     pub token_read_without_wait: bool,
+    /// Promote a joining voter at once, without waiting for it to catch up as a
+    /// learner (raftnode 0.1's `add_voter`).
+    pub promote_without_catch_up: bool,
 }
 
 impl Bugs {
@@ -375,6 +378,7 @@ impl Bugs {
             quiet_wakes_only_on_messages: self.quiet_wakes_only_on_messages,
             lease_kept_while_quiet: self.lease_kept_while_quiet,
             token_read_without_wait: self.token_read_without_wait,
+            promote_without_catch_up: self.promote_without_catch_up,
         }
     }
 }

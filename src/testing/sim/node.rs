@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfChangeV2, ConfState, Message};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Message};
 use raft::{RawNode, SnapshotStatus};
 use slog::Logger;
 
@@ -394,11 +394,30 @@ impl<W: Workload> SimNode<W> {
         self.take_refusal(op)
     }
 
-    /// Proposes a membership change; false when it was refused at once.
-    pub(crate) fn propose_conf_change(&mut self, change: ConfChangeV2) -> bool {
+    /// Proposes a membership change; false when it was refused at once. With
+    /// `catch_up`, the voters it adds catch up as learners first (`Node::add_voter`);
+    /// without, they are promoted at once (`Node::add_voter_now`).
+    pub(crate) fn propose_conf_change(
+        &mut self,
+        change: ConfChangeV2,
+        catch_up: bool,
+        step: u64,
+    ) -> bool {
         let token = self.next_conf_token;
         self.next_conf_token += 1;
-        self.core.propose_conf_change(change, token);
+        let joining = if catch_up {
+            change
+                .get_changes()
+                .iter()
+                .filter(|c| c.get_change_type() == ConfChangeType::AddNode)
+                .map(|c| c.node_id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let deadline = self.clock.at(step) + self.read_timeout;
+        self.core
+            .propose_conf_change(change, joining, deadline, token);
         let refused = &mut self.core.host_mut().conf_refused;
         let accepted = !refused.contains(&token);
         refused.clear();
