@@ -89,6 +89,8 @@ pub(crate) struct DriverStats {
     pub snapshots_restored: u64,
     /// Committed entries the `advance_before_apply` fault holds for the next drive.
     pub deferred: Vec<Entry>,
+    /// The slowest log store sync since the core last took it (diagnosis).
+    pub slowest_sync: std::time::Duration,
 }
 
 /// Declares [`Faults`]: with `cfg(test)` or the `testing` feature, a set of switches;
@@ -274,7 +276,9 @@ where
         out.send(rd.take_persisted_messages());
     }
     if rd.must_sync() {
+        let started = std::time::Instant::now();
         raw.mut_store().sync()?;
+        stats.slowest_sync = stats.slowest_sync.max(started.elapsed());
         stats.syncs += 1;
     }
     if faults.apply_before_commit() && raw.raft.state == raft::StateRole::Leader {

@@ -69,6 +69,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod diagnose;
 mod driver;
 mod error;
 pub mod export;
@@ -99,6 +100,7 @@ pub mod testing;
 /// The `bytes` crate, whose [`Bytes`](bytes::Bytes) [`StateMachine::snapshot`] returns.
 pub use bytes;
 pub use config::{Config, SnapshotPolicy};
+pub use diagnose::{Finding, FindingKind, DIAGNOSE_AFTER_TIMEOUTS};
 pub use error::{
     ConfigError, MembershipError, NodeError, ProposeError, ReadError, StartError,
     StateMachineError, StopReason, StorageError, TransportError,

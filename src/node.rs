@@ -507,8 +507,36 @@ impl<M: StateMachine> Node<M> {
         handle.wait_deadline(Some(deadline + Duration::from_millis(50)))
     }
 
+    /// What looks wrong with the group from this node: each [`Finding`] names the
+    /// problem ([`FindingKind`]), gives the numbers that show it and a remedy in one
+    /// sentence. Empty when healthy. A condition is reported once it has held for
+    /// [`DIAGNOSE_AFTER_TIMEOUTS`] election timeouts (or, for a slow sync or `Busy`
+    /// refusals, happened within them), and no longer once it has ended. The same list
+    /// is [`Status::findings`]; docs/operations.md, "Diagnosis", explains every finding.
+    ///
+    /// [`Finding`]: crate::Finding
+    /// [`FindingKind`]: crate::FindingKind
+    /// [`DIAGNOSE_AFTER_TIMEOUTS`]: crate::DIAGNOSE_AFTER_TIMEOUTS
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::status`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(node: &raftnode::Node<impl raftnode::StateMachine>) -> Result<(), raftnode::NodeError> {
+    /// for finding in node.diagnose()? {
+    ///     eprintln!("{finding}"); // e.g. "no_quorum: no leader known for 3s; ...; start or ..."
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn diagnose(&self) -> Result<Vec<crate::Finding>, NodeError> {
+        Ok(self.status()?.findings)
+    }
+
     /// A point-in-time view of the node: role, term, leader, indexes, membership,
-    /// per-peer progress (leader only) and metrics.
+    /// per-peer progress (leader only), metrics and findings ([`Node::diagnose`]).
     ///
     /// # Errors
     ///
@@ -759,6 +787,7 @@ impl<M: StateMachine> Inner<M> {
         let over = queued.fetch_add(1, Ordering::AcqRel) >= self.max_pending_requests;
         if over && !matches!(request, Request::Shutdown { .. }) {
             queued.fetch_sub(1, Ordering::AcqRel);
+            crate::status::bump(&self.shared.metrics.requests_busy);
             return Err(E::busy());
         }
         // The counters above and in `peer_push` are the bounds. A node on its own

@@ -106,6 +106,21 @@ impl PeerWatch {
         }
     }
 
+    /// The ids in `voters`, other than `me`, not heard from within `window` ticks of
+    /// `tick` (diagnosis).
+    pub(crate) fn silent(&self, voters: &[u64], me: u64, tick: u64, window: u64) -> Vec<u64> {
+        voters
+            .iter()
+            .copied()
+            .filter(|id| *id != me)
+            .filter(|id| {
+                !self.peers.iter().any(|p| {
+                    p.id == *id && p.heard.is_some_and(|t| tick.saturating_sub(t) < window)
+                })
+            })
+            .collect()
+    }
+
     /// Forgets every removal vote (a leader proved this node a member, or a belief in
     /// the removal is being checked again).
     pub(crate) fn clear_removal_votes(&mut self) {

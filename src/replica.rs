@@ -360,8 +360,11 @@ pub(crate) struct Replica<S: LogStore, M: StateMachine, H: Host<M>> {
     next_read_ctx: u64,
     lease: Lease,
     transfers: Vec<Transfer<H::Transfer>>,
-    /// An addition of voters waiting for them to catch up (at most one at a time).
-    growth: Option<Growth<H::ConfChange>>,
+    /// An addition of voters waiting for them to catch up (at most one at a time;
+    /// boxed, as it is rare and every replica of a big host carries the slot).
+    growth: Option<Box<Growth<H::ConfChange>>>,
+    /// Diagnosis: since when each worrying condition has held.
+    diag: crate::diagnose::Watch,
     stats: DriverStats,
     elections: Elections,
     last_snapshot_index: u64,
@@ -565,6 +568,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             },
             transfers: Vec::new(),
             growth: None,
+            diag: crate::diagnose::Watch::default(),
             stats: DriverStats::default(),
             elections: Elections {
                 role,
@@ -1267,14 +1271,14 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         };
         info!(self.book.logger, "adding voters as learners until they catch up";
             "joining" => ?joining, "learners_at" => ?learners_at);
-        self.growth = Some(Growth {
+        self.growth = Some(Box::new(Growth {
             change: cc,
             joining,
             learners_at,
             term: self.raw.raft.term,
             deadline,
             token,
-        });
+        }));
     }
 
     /// Why a membership change cannot be proposed now, if it cannot.
@@ -1669,6 +1673,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             }
         }
         self.ticks += 1;
+        self.watch();
         self.leader_silent_ticks = self.leader_silent_ticks.saturating_add(1);
         self.publish_leader();
         self.housekeeping_due = true;
@@ -1777,6 +1782,41 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         }
         self.rerandomize();
         self.maybe_quiesce();
+    }
+
+    /// Notes this tick's state for diagnosis.
+    fn watch(&mut self) {
+        let raft = &self.raw.raft;
+        let is_leader = raft.state == StateRole::Leader;
+        let commit = raft.raft_log.committed;
+        let snapshot_peers: Vec<u64> = if is_leader {
+            raft.prs()
+                .iter()
+                .filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+                .map(|(id, _)| *id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let election_timeout = self.config.tick_interval * self.config.election_ticks as u32;
+        let slowest = std::mem::take(&mut self.stats.slowest_sync);
+        self.diag.on_tick(crate::diagnose::Observed {
+            tick: self.ticks,
+            election_ticks: self.config.election_ticks as u64,
+            leader: raft.leader_id,
+            is_leader,
+            committed_in_term: raft.raft_log.term(commit).is_ok_and(|t| t == raft.term),
+            joint: !raft.prs().conf().to_conf_state().voters_outgoing.is_empty(),
+            commit,
+            snapshot_peers: &snapshot_peers,
+            slow_sync: (slowest > election_timeout / 4).then_some(slowest),
+            busy: self
+                .book
+                .shared
+                .metrics
+                .requests_busy
+                .load(Ordering::Relaxed),
+        });
     }
 
     /// Keeps the lease warm while lease reads are asked for: one quorum round per
@@ -2089,6 +2129,13 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             Vec::new()
         };
         progress.sort_by_key(|p| p.id);
+        let learners: Vec<(u64, u64)> = progress
+            .iter()
+            .filter(|p| p.is_learner)
+            .map(|p| (p.id, p.matched))
+            .collect();
+        let mut voters_all: Vec<u64> = cs.voters.clone();
+        voters_all.extend(cs.voters_outgoing.iter().filter(|v| !cs.voters.contains(v)));
         let store = self.raw.store();
         Status {
             id: self.book.id,
@@ -2110,6 +2157,25 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             removed: self.book.removed,
             quiet: self.quiet,
             metrics: self.book.shared.metrics.snapshot(&self.stats),
+            findings: self.diag.findings(&crate::diagnose::Context {
+                tick: self.ticks,
+                tick_interval: self.config.tick_interval,
+                election_ticks: self.config.election_ticks as u64,
+                elections: self.elections.since_stable_leader,
+                storm_threshold: self.config.election_storm_threshold,
+                max_pending_requests: self.config.max_pending_requests,
+                voters: &cs.voters,
+                voters_outgoing: &cs.voters_outgoing,
+                silent: &self.book.peers.silent(
+                    &voters_all,
+                    self.book.id,
+                    self.ticks,
+                    self.config.election_ticks as u64,
+                ),
+                learners: &learners,
+                commit: raft.raft_log.committed,
+                applied: raft.raft_log.applied,
+            }),
         }
     }
 }

@@ -116,6 +116,9 @@ pub struct Status {
     pub quiet: bool,
     /// Counters since the node started.
     pub metrics: MetricsSnapshot,
+    /// What looks wrong with the group from this node, each with its evidence and a
+    /// remedy (`Node::diagnose`; docs/operations.md, "Diagnosis"). Empty when healthy.
+    pub findings: Vec<crate::diagnose::Finding>,
 }
 
 /// Counters a node keeps; cheap atomics shared with its handles.
@@ -138,6 +141,7 @@ pub(crate) struct Metrics {
     pub quiesced: AtomicU64,
     pub last_election_us: AtomicU64,
     pub leaderless_us: AtomicU64,
+    pub requests_busy: AtomicU64,
     /// Peer messages refused before `step`, by reason, and their warnings' rate limit.
     pub refused: Refusals,
 }
@@ -192,6 +196,9 @@ pub struct MetricsSnapshot {
     /// Microseconds this node spent knowing no leader, over all such gaps that ended
     /// (as `last_election_us`).
     pub leaderless_us: u64,
+    /// Requests (proposals, reads, membership changes, ...) refused with `Busy`
+    /// because `max_pending_requests` were queued.
+    pub requests_busy: u64,
     /// Readies handled.
     pub readies: u64,
     /// Log store syncs.
@@ -224,6 +231,7 @@ impl Metrics {
             quiesced: get(&self.quiesced),
             last_election_us: get(&self.last_election_us),
             leaderless_us: get(&self.leaderless_us),
+            requests_busy: get(&self.requests_busy),
             readies: driver.readies,
             syncs: driver.syncs,
             entries_appended: driver.entries_appended,

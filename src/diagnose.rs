@@ -1,0 +1,372 @@
+//! Diagnosis: what is wrong with a group, with the evidence and what to do
+//! (docs/operations.md, "Diagnosis").
+//!
+//! [`Watch`] lives in the per-group core and notes, tick by tick, since when each
+//! worrying condition has held; [`Watch::findings`] turns the ones that have held for
+//! [`DIAGNOSE_AFTER_TIMEOUTS`] election timeouts (or happened within that window) into
+//! [`Finding`]s. A condition that ends is forgotten on the next tick, so a healed
+//! group reports nothing.
+
+use std::time::Duration;
+
+/// How long (in election timeouts) a condition must hold, or how recently an event
+/// must have happened, before it is reported: long enough that an election, a
+/// snapshot or a burst of writes in progress is not a finding.
+pub const DIAGNOSE_AFTER_TIMEOUTS: u64 = 3;
+
+/// What a [`Finding`] is about. Its [`FindingKind::name`] is stable (metrics labels,
+/// alerts, logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum FindingKind {
+    /// This node has known no leader for a while; the evidence names the voters it has
+    /// not heard from.
+    NoQuorum,
+    /// Elections keep starting without a leader lasting an election timeout.
+    ElectionStorm,
+    /// This node leads but has not committed an entry of its own term: reads,
+    /// transfers and membership changes wait.
+    LeaderNotCommitted,
+    /// The group has stayed in a joint configuration.
+    StuckJoint,
+    /// The leader sent a follower a snapshot and the transport has not reported on it:
+    /// the follower gets nothing else meanwhile.
+    SnapshotUnreported,
+    /// A learner stays behind the leader's commit index.
+    LearnerBehind,
+    /// This node's state machine applies slower than the group commits.
+    ApplyLagging,
+    /// A log store sync took longer than a quarter of an election timeout.
+    SlowDisk,
+    /// Requests were refused with `Busy`: the request queue was full.
+    BackPressure,
+}
+
+impl FindingKind {
+    /// The finding's stable name, in snake case (`"no_quorum"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::NoQuorum => "no_quorum",
+            FindingKind::ElectionStorm => "election_storm",
+            FindingKind::LeaderNotCommitted => "leader_not_committed",
+            FindingKind::StuckJoint => "stuck_joint",
+            FindingKind::SnapshotUnreported => "snapshot_unreported",
+            FindingKind::LearnerBehind => "learner_behind",
+            FindingKind::ApplyLagging => "apply_lagging",
+            FindingKind::SlowDisk => "slow_disk",
+            FindingKind::BackPressure => "back_pressure",
+        }
+    }
+
+    /// What to do about it, in one sentence.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            FindingKind::NoQuorum => {
+                "start or reconnect the silent voters: a majority of the voters must reach \
+                 each other to elect a leader"
+            }
+            FindingKind::ElectionStorm => {
+                "check the network between the voters (loss, one-way partitions) and that the \
+                 election timeout is well above the round trip and the disk's sync time"
+            }
+            FindingKind::LeaderNotCommitted => {
+                "a quorum is not acknowledging the leader's appends: check the followers' \
+                 disks and the links from them back to the leader"
+            }
+            FindingKind::StuckJoint => {
+                "leaving a joint configuration needs a majority of both voter sets: start or \
+                 reconnect the silent voters of the set that lacks one"
+            }
+            FindingKind::SnapshotUnreported => {
+                "the transport must call report_snapshot once a snapshot is delivered or lost; \
+                 the leader gives up after snapshot.report_timeout"
+            }
+            FindingKind::LearnerBehind => {
+                "the learner is down, unreachable or slower than the write rate: check it, or \
+                 remove it if it is gone"
+            }
+            FindingKind::ApplyLagging => {
+                "the state machine applies slower than the group commits: make apply cheaper \
+                 (batch its writes) or give the node more resources"
+            }
+            FindingKind::SlowDisk => {
+                "the log store's disk is slow or overloaded: check it (latency, other \
+                 writers), or raise the election timeout above its sync time"
+            }
+            FindingKind::BackPressure => {
+                "clients send faster than the node drains its queue: slow them down, spread \
+                 them over more groups, or raise max_pending_requests"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One thing wrong with a group, as this node sees it: what, the numbers that show
+/// it, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Finding {
+    /// What it is about.
+    pub kind: FindingKind,
+    /// The numbers that show it, in one line.
+    pub evidence: String,
+    /// What to do, in one sentence (`kind.remedy()`).
+    pub remedy: &'static str,
+}
+
+impl Finding {
+    fn new(kind: FindingKind, evidence: String) -> Finding {
+        Finding {
+            kind,
+            evidence,
+            remedy: kind.remedy(),
+        }
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}; {}", self.kind, self.evidence, self.remedy)
+    }
+}
+
+/// One tick's view of the group, from the core.
+pub(crate) struct Observed<'a> {
+    pub tick: u64,
+    pub election_ticks: u64,
+    pub leader: u64,
+    pub is_leader: bool,
+    /// The leader committed an entry of its own term.
+    pub committed_in_term: bool,
+    pub joint: bool,
+    pub commit: u64,
+    /// Peers the leader replicates to by snapshot.
+    pub snapshot_peers: &'a [u64],
+    /// The slowest log store sync since the last tick, when it was slow.
+    pub slow_sync: Option<Duration>,
+    /// `Busy` refusals since the node started.
+    pub busy: u64,
+}
+
+/// What the core tells [`Watch::findings`] beyond what it watched.
+pub(crate) struct Context<'a> {
+    pub tick: u64,
+    pub tick_interval: Duration,
+    pub election_ticks: u64,
+    /// Elections started since a leader last lasted an election timeout, and the
+    /// threshold from which that is a storm.
+    pub elections: u64,
+    pub storm_threshold: u64,
+    pub max_pending_requests: usize,
+    pub voters: &'a [u64],
+    pub voters_outgoing: &'a [u64],
+    /// Voters (other than this node) not heard from within an election timeout.
+    pub silent: &'a [u64],
+    /// Learners (on the leader) and the last index each is known to hold.
+    pub learners: &'a [(u64, u64)],
+    pub commit: u64,
+    pub applied: u64,
+}
+
+/// Since when each condition has held, in ticks. Small on purpose: every replica of a
+/// host with thousands of groups carries one.
+#[derive(Debug, Default)]
+pub(crate) struct Watch {
+    leaderless_since: Option<u64>,
+    uncommitted_leader_since: Option<u64>,
+    joint_since: Option<u64>,
+    /// (peer, since) for peers in snapshot state; almost always empty.
+    snapshot_since: Vec<(u64, u64)>,
+    /// The commit index once every election timeout, newest last: what was committed
+    /// `DIAGNOSE_AFTER_TIMEOUTS` election timeouts ago. (tick, commit).
+    commits: [(u64, u64); DIAGNOSE_AFTER_TIMEOUTS as usize + 1],
+    /// The last tick a sync was slow, and the slowest such sync in the window.
+    slow_sync: Option<(u64, Duration)>,
+    busy_seen: u64,
+    /// (first tick, last tick, count) of the current run of `Busy` refusals.
+    busy: Option<(u64, u64, u64)>,
+}
+
+fn since(slot: &mut Option<u64>, holds: bool, tick: u64) {
+    match (holds, *slot) {
+        (true, None) => *slot = Some(tick),
+        (false, _) => *slot = None,
+        _ => {}
+    }
+}
+
+impl Watch {
+    /// Notes one tick's state.
+    pub(crate) fn on_tick(&mut self, o: Observed<'_>) {
+        let t = o.tick;
+        let window = DIAGNOSE_AFTER_TIMEOUTS * o.election_ticks;
+        since(&mut self.leaderless_since, o.leader == 0, t);
+        since(
+            &mut self.uncommitted_leader_since,
+            o.is_leader && !o.committed_in_term,
+            t,
+        );
+        since(&mut self.joint_since, o.joint, t);
+        self.snapshot_since
+            .retain(|(peer, _)| o.snapshot_peers.contains(peer));
+        for peer in o.snapshot_peers {
+            if !self.snapshot_since.iter().any(|(p, _)| p == peer) {
+                self.snapshot_since.push((*peer, t));
+            }
+        }
+        if t.is_multiple_of(o.election_ticks.max(1)) {
+            self.commits.rotate_left(1);
+            *self.commits.last_mut().expect("not empty") = (t, o.commit);
+        }
+        if let Some(d) = o.slow_sync {
+            let slowest = match self.slow_sync {
+                Some((at, before)) if t.saturating_sub(at) < window => before.max(d),
+                _ => d,
+            };
+            self.slow_sync = Some((t, slowest));
+        }
+        let fresh = o.busy.saturating_sub(self.busy_seen);
+        self.busy_seen = o.busy;
+        if fresh > 0 {
+            self.busy = match self.busy {
+                Some((first, last, n)) if t.saturating_sub(last) < window => {
+                    Some((first, t, n + fresh))
+                }
+                _ => Some((t, t, fresh)),
+            };
+        }
+    }
+
+    /// The commit index of at least `DIAGNOSE_AFTER_TIMEOUTS` election timeouts ago,
+    /// if this node has watched that long.
+    fn old_commit(&self, tick: u64, after: u64) -> Option<u64> {
+        self.commits
+            .iter()
+            .rev()
+            .find(|(at, _)| *at > 0 && tick.saturating_sub(*at) >= after)
+            .map(|(_, commit)| *commit)
+    }
+
+    /// The findings as of `c.tick`.
+    pub(crate) fn findings(&self, c: &Context<'_>) -> Vec<Finding> {
+        let after = DIAGNOSE_AFTER_TIMEOUTS * c.election_ticks;
+        let held = |since: Option<u64>| since.filter(|s| c.tick.saturating_sub(*s) >= after);
+        let time = |ticks: u64| c.tick_interval * u32::try_from(ticks).unwrap_or(u32::MAX);
+        let mut out = Vec::new();
+        if let Some(s) = held(self.leaderless_since) {
+            out.push(Finding::new(
+                FindingKind::NoQuorum,
+                format!(
+                    "no leader known for {:?}; voters {:?}, not heard from within an election \
+                     timeout: {:?}",
+                    time(c.tick - s),
+                    c.voters,
+                    c.silent
+                ),
+            ));
+        }
+        if c.elections >= c.storm_threshold {
+            out.push(Finding::new(
+                FindingKind::ElectionStorm,
+                format!(
+                    "{} elections started without a leader lasting an election timeout \
+                     (threshold {})",
+                    c.elections, c.storm_threshold
+                ),
+            ));
+        }
+        if let Some(s) = held(self.uncommitted_leader_since) {
+            out.push(Finding::new(
+                FindingKind::LeaderNotCommitted,
+                format!(
+                    "leading for {:?} without committing an entry of its term (commit index {})",
+                    time(c.tick - s),
+                    c.commit
+                ),
+            ));
+        }
+        if let Some(s) = held(self.joint_since) {
+            out.push(Finding::new(
+                FindingKind::StuckJoint,
+                format!(
+                    "joint for {:?}: incoming voters {:?}, outgoing voters {:?}, not heard from: \
+                     {:?}",
+                    time(c.tick - s),
+                    c.voters,
+                    c.voters_outgoing,
+                    c.silent
+                ),
+            ));
+        }
+        for (peer, s) in &self.snapshot_since {
+            if c.tick.saturating_sub(*s) >= after {
+                out.push(Finding::new(
+                    FindingKind::SnapshotUnreported,
+                    format!(
+                        "follower {peer} has waited {:?} on a snapshot with no report from the \
+                         transport",
+                        time(c.tick - s)
+                    ),
+                ));
+            }
+        }
+        if let Some(old) = self.old_commit(c.tick, after) {
+            for (id, matched) in c.learners {
+                if *matched < old {
+                    out.push(Finding::new(
+                        FindingKind::LearnerBehind,
+                        format!(
+                            "learner {id} holds {matched} entries, fewer than the {old} \
+                             committed {:?} ago (commit index now {})",
+                            time(after),
+                            c.commit
+                        ),
+                    ));
+                }
+            }
+            if c.applied < old {
+                out.push(Finding::new(
+                    FindingKind::ApplyLagging,
+                    format!(
+                        "applied index {} is below the commit index of {:?} ago ({old}; now {})",
+                        c.applied,
+                        time(after),
+                        c.commit
+                    ),
+                ));
+            }
+        }
+        if let Some((at, d)) = self.slow_sync {
+            if c.tick.saturating_sub(at) < after {
+                out.push(Finding::new(
+                    FindingKind::SlowDisk,
+                    format!(
+                        "a log store sync took {d:?} (over a quarter of the election timeout, \
+                         {:?}) within the last {:?}",
+                        time(c.election_ticks) / 4,
+                        time(after)
+                    ),
+                ));
+            }
+        }
+        if let Some((first, last, n)) = self.busy {
+            if c.tick.saturating_sub(last) < after {
+                out.push(Finding::new(
+                    FindingKind::BackPressure,
+                    format!(
+                        "{n} requests refused as Busy within {:?} (max_pending_requests = {})",
+                        time(last - first + 1),
+                        c.max_pending_requests
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
