@@ -1666,10 +1666,10 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                     );
                     self.book.peers.clear_removal_votes();
                 }
-                self.raw.tick();
+                self.tick_raft();
             }
             None => {
-                self.raw.tick();
+                self.tick_raft();
             }
         }
         self.ticks += 1;
@@ -1782,6 +1782,20 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         }
         self.rerandomize();
         self.maybe_quiesce();
+    }
+
+    /// Ticks raft, counting an election a (pre-)candidate starts again after its own
+    /// timed out: its role does not change, so `on_soft_state_change` does not see it.
+    fn tick_raft(&mut self) {
+        let role = self.raw.raft.state;
+        let campaigning = matches!(role, StateRole::PreCandidate | StateRole::Candidate);
+        let elapsed = self.raw.raft.election_elapsed;
+        self.raw.tick();
+        let raft = &self.raw.raft;
+        if campaigning && raft.state == role && elapsed > 0 && raft.election_elapsed == 0 {
+            bump(&self.book.shared.metrics.elections_started);
+            self.elections.since_stable_leader += 1;
+        }
     }
 
     /// Notes this tick's state for diagnosis.
