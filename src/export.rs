@@ -124,6 +124,11 @@ const METRICS: &[(&str, &str, Read)] = &[
         Read::Counter(|s| s.metrics.entries_applied),
     ),
     (
+        "raftnode_requests_busy_total",
+        "Requests refused as Busy because the request queue was full.",
+        Read::Counter(|s| s.metrics.requests_busy),
+    ),
+    (
         "raftnode_leaderless_seconds_total",
         "Seconds this node spent knowing no leader, over the gaps that ended.",
         Read::MicrosCounter(|s| s.metrics.leaderless_us),
@@ -197,6 +202,9 @@ const METRICS: &[(&str, &str, Read)] = &[
 
 const REFUSED: &str = "raftnode_refused_messages_total";
 const REFUSED_HELP: &str = "Peer messages refused before raft, by reason.";
+const FINDINGS: &str = "raftnode_findings";
+const FINDINGS_HELP: &str =
+    "What Node::diagnose reports now, by kind (the number of findings of that kind).";
 
 /// A Prometheus [`Collector`] for one node: register it in a `prometheus::Registry`, and
 /// every gather reads the node's [`Status`] once and reports its counters and gauges,
@@ -238,7 +246,7 @@ impl<M: StateMachine> NodeCollector<M> {
         if constant.len() != all.len() {
             return Err(prometheus::Error::Msg("a label name is given twice".into()));
         }
-        let mut descs = Vec::with_capacity(METRICS.len() + 1);
+        let mut descs = Vec::with_capacity(METRICS.len() + 2);
         for (name, help, _) in METRICS {
             descs.push(Desc::new(
                 name.to_string(),
@@ -251,6 +259,12 @@ impl<M: StateMachine> NodeCollector<M> {
             REFUSED.into(),
             REFUSED_HELP.into(),
             vec!["reason".into()],
+            constant.clone(),
+        )?);
+        descs.push(Desc::new(
+            FINDINGS.into(),
+            FINDINGS_HELP.into(),
+            vec!["kind".into()],
             constant,
         )?);
         Ok(NodeCollector {
@@ -300,7 +314,7 @@ impl<M: StateMachine> Collector for NodeCollector<M> {
         let Ok(status) = self.node.status() else {
             return Vec::new();
         };
-        let mut families = Vec::with_capacity(METRICS.len() + 1);
+        let mut families = Vec::with_capacity(METRICS.len() + 2);
         for (name, help, read) in METRICS {
             let mut m = self.metric(None);
             let mut f = match read {
@@ -330,6 +344,21 @@ impl<M: StateMachine> Collector for NodeCollector<M> {
         }
         if !refused.get_metric().is_empty() {
             families.push(refused);
+        }
+        let mut kinds: std::collections::BTreeMap<&'static str, u32> = Default::default();
+        for f in &status.findings {
+            *kinds.entry(f.kind.name()).or_default() += 1;
+        }
+        if !kinds.is_empty() {
+            let mut findings = family(FINDINGS, FINDINGS_HELP, MetricType::GAUGE);
+            for (kind, n) in kinds {
+                let mut m = self.metric(Some(("kind", kind.to_string())));
+                let mut g = Gauge::default();
+                g.set_value(f64::from(n));
+                m.set_gauge(g);
+                findings.mut_metric().push(m);
+            }
+            families.push(findings);
         }
         families
     }

@@ -32,9 +32,10 @@ fn wait_for(node: &Node<Kv>, kind: FindingKind) -> Finding {
 }
 
 fn wait_gone(node: &Node<Kv>, kind: FindingKind) {
-    wait_until(&format!("node {} no longer reports {kind}", node.id()), || {
-        has(node, kind).is_none()
-    });
+    wait_until(
+        &format!("node {} no longer reports {kind}", node.id()),
+        || has(node, kind).is_none(),
+    );
 }
 
 /// A healthy cluster (elected, writing) reports nothing on any node, and keeps
@@ -113,14 +114,20 @@ fn stuck_joint_configuration_is_reported_and_clears() {
         .expect("the joint change applies");
     assert!(joint.is_joint());
     let f = wait_for(c.node(leader), FindingKind::StuckJoint);
-    assert!(f.evidence.contains('4') && f.evidence.contains('5'), "{}", f.evidence);
+    assert!(
+        f.evidence.contains('4') && f.evidence.contains('5'),
+        "{}",
+        f.evidence
+    );
     c.start_node(4, &[]);
     c.start_node(5, &[]);
     let members: Vec<u64> = (1..=5).filter(|id| *id != out).collect();
     wait_until("the group leaves the joint configuration", || {
-        members
-            .iter()
-            .all(|id| c.node(*id).status().is_ok_and(|s| s.voters_outgoing.is_empty()))
+        members.iter().all(|id| {
+            c.node(*id)
+                .status()
+                .is_ok_and(|s| s.voters_outgoing.is_empty())
+        })
     });
     for id in &members {
         wait_gone(c.node(*id), FindingKind::StuckJoint);

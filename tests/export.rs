@@ -120,3 +120,41 @@ fn collectors_report_each_nodes_status_in_prometheus_text() {
     assert!(registry.register(Box::new(again)).is_err());
     assert!(NodeCollector::new(c.node(1).clone(), &[("node", "9")]).is_err());
 }
+
+/// Proves findings are exported as `raftnode_findings{kind}` while they hold and are
+/// gone once healed: the survivor of a cluster that lost two of three voters.
+#[test]
+fn findings_are_exported_by_kind_while_they_hold() {
+    let mut c = Cluster::new(3);
+    c.wait_leader();
+    let registry = Registry::new();
+    registry
+        .register(Box::new(
+            NodeCollector::new(c.node(1).clone(), &[("group", "7")]).expect("collector"),
+        ))
+        .expect("registers");
+    let no_quorum = |scrape: &prometheus_parse::Scrape| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "raftnode_findings" && s.labels.get("kind") == Some("no_quorum"))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => v,
+                ref other => panic!("not a gauge: {other:?}"),
+            })
+    };
+    c.kill(2);
+    c.kill(3);
+    wait_until("node 1 exports no_quorum", || {
+        no_quorum(&scrape(&registry)) == Some(1.0)
+    });
+    c.start_node(2, &[1, 2, 3]);
+    c.start_node(3, &[1, 2, 3]);
+    c.wait_leader();
+    wait_until("node 1 exports no finding", || {
+        !scrape(&registry)
+            .samples
+            .iter()
+            .any(|s| s.metric == "raftnode_findings")
+    });
+}
