@@ -174,37 +174,43 @@ pub(crate) struct Context<'a> {
     pub applied: u64,
 }
 
-/// Since when each condition has held, in ticks. Small on purpose: every replica of a
-/// host with thousands of groups carries one.
+/// Since when each condition has held, in ticks (0: it does not; ticks start at 1).
+/// Small on purpose: every replica of a host with thousands of groups carries one.
 #[derive(Debug, Default)]
 pub(crate) struct Watch {
-    leaderless_since: Option<u64>,
-    uncommitted_leader_since: Option<u64>,
-    joint_since: Option<u64>,
+    leaderless_since: u64,
+    uncommitted_leader_since: u64,
+    joint_since: u64,
     /// (peer, since) for peers in snapshot state; almost always empty.
     snapshot_since: Vec<(u64, u64)>,
-    /// The commit index once every election timeout, newest last: what was committed
-    /// `DIAGNOSE_AFTER_TIMEOUTS` election timeouts ago. (tick, commit).
-    commits: [(u64, u64); DIAGNOSE_AFTER_TIMEOUTS as usize + 1],
-    /// The last tick a sync was slow, and the slowest such sync in the window.
-    slow_sync: Option<(u64, Duration)>,
+    /// The commit index sampled once every election timeout, newest last, the newest
+    /// taken at tick `commits_at`: what was committed a window ago.
+    commits: [u64; DIAGNOSE_AFTER_TIMEOUTS as usize + 1],
+    commits_at: u64,
+    /// How many samples `commits` holds.
+    samples: u64,
+    /// The last tick a sync was slow, and the slowest such sync in the window (µs).
+    slow_sync_at: u64,
+    slow_sync_us: u64,
     busy_seen: u64,
-    /// (first tick, last tick, count) of the current run of `Busy` refusals.
-    busy: Option<(u64, u64, u64)>,
+    /// The current run of `Busy` refusals: first and last tick, and how many.
+    busy_first: u64,
+    busy_last: u64,
+    busy_count: u64,
 }
 
-fn since(slot: &mut Option<u64>, holds: bool, tick: u64) {
-    match (holds, *slot) {
-        (true, None) => *slot = Some(tick),
-        (false, _) => *slot = None,
-        _ => {}
+fn since(slot: &mut u64, holds: bool, tick: u64) {
+    if !holds {
+        *slot = 0;
+    } else if *slot == 0 {
+        *slot = tick;
     }
 }
 
 impl Watch {
     /// Notes one tick's state.
     pub(crate) fn on_tick(&mut self, o: Observed<'_>) {
-        let t = o.tick;
+        let t = o.tick.max(1);
         let window = DIAGNOSE_AFTER_TIMEOUTS * o.election_ticks;
         since(&mut self.leaderless_since, o.leader == 0, t);
         since(
@@ -222,41 +228,51 @@ impl Watch {
         }
         if t.is_multiple_of(o.election_ticks.max(1)) {
             self.commits.rotate_left(1);
-            *self.commits.last_mut().expect("not empty") = (t, o.commit);
+            *self.commits.last_mut().expect("not empty") = o.commit;
+            self.commits_at = t;
+            self.samples = (self.samples + 1).min(self.commits.len() as u64);
         }
         if let Some(d) = o.slow_sync {
-            let slowest = match self.slow_sync {
-                Some((at, before)) if t.saturating_sub(at) < window => before.max(d),
-                _ => d,
+            let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            let recent = self.slow_sync_at != 0 && t.saturating_sub(self.slow_sync_at) < window;
+            self.slow_sync_us = if recent {
+                self.slow_sync_us.max(us)
+            } else {
+                us
             };
-            self.slow_sync = Some((t, slowest));
+            self.slow_sync_at = t;
         }
         let fresh = o.busy.saturating_sub(self.busy_seen);
         self.busy_seen = o.busy;
         if fresh > 0 {
-            self.busy = match self.busy {
-                Some((first, last, n)) if t.saturating_sub(last) < window => {
-                    Some((first, t, n + fresh))
-                }
-                _ => Some((t, t, fresh)),
-            };
+            if self.busy_last != 0 && t.saturating_sub(self.busy_last) < window {
+                self.busy_count += fresh;
+            } else {
+                self.busy_first = t;
+                self.busy_count = fresh;
+            }
+            self.busy_last = t;
         }
     }
 
-    /// The commit index of at least `DIAGNOSE_AFTER_TIMEOUTS` election timeouts ago,
-    /// if this node has watched that long.
-    fn old_commit(&self, tick: u64, after: u64) -> Option<u64> {
-        self.commits
-            .iter()
-            .rev()
-            .find(|(at, _)| *at > 0 && tick.saturating_sub(*at) >= after)
-            .map(|(_, commit)| *commit)
+    /// The commit index of at least `after` ticks ago, if this node has watched that
+    /// long.
+    fn old_commit(&self, tick: u64, after: u64, election_ticks: u64) -> Option<u64> {
+        let len = self.commits.len() as u64;
+        // Newest first: sample i was taken at `commits_at - i * election_ticks`.
+        (0..self.samples)
+            .find(|i| {
+                let at = self.commits_at.saturating_sub(i * election_ticks);
+                tick.saturating_sub(at) >= after
+            })
+            .map(|i| self.commits[(len - 1 - i) as usize])
     }
 
     /// The findings as of `c.tick`.
     pub(crate) fn findings(&self, c: &Context<'_>) -> Vec<Finding> {
         let after = DIAGNOSE_AFTER_TIMEOUTS * c.election_ticks;
-        let held = |since: Option<u64>| since.filter(|s| c.tick.saturating_sub(*s) >= after);
+        let held =
+            |since: u64| (since != 0 && c.tick.saturating_sub(since) >= after).then_some(since);
         let time = |ticks: u64| c.tick_interval * u32::try_from(ticks).unwrap_or(u32::MAX);
         let mut out = Vec::new();
         if let Some(s) = held(self.leaderless_since) {
@@ -316,7 +332,7 @@ impl Watch {
                 ));
             }
         }
-        if let Some(old) = self.old_commit(c.tick, after) {
+        if let Some(old) = self.old_commit(c.tick, after, c.election_ticks) {
             for (id, matched) in c.learners {
                 if *matched < old {
                     out.push(Finding::new(
@@ -342,31 +358,106 @@ impl Watch {
                 ));
             }
         }
-        if let Some((at, d)) = self.slow_sync {
-            if c.tick.saturating_sub(at) < after {
-                out.push(Finding::new(
-                    FindingKind::SlowDisk,
-                    format!(
-                        "a log store sync took {d:?} (over a quarter of the election timeout, \
-                         {:?}) within the last {:?}",
-                        time(c.election_ticks) / 4,
-                        time(after)
-                    ),
-                ));
-            }
+        if self.slow_sync_at != 0 && c.tick.saturating_sub(self.slow_sync_at) < after {
+            let d = Duration::from_micros(self.slow_sync_us);
+            out.push(Finding::new(
+                FindingKind::SlowDisk,
+                format!(
+                    "a log store sync took {d:?} (over a quarter of the election timeout, \
+                     {:?}) within the last {:?}",
+                    time(c.election_ticks) / 4,
+                    time(after)
+                ),
+            ));
         }
-        if let Some((first, last, n)) = self.busy {
-            if c.tick.saturating_sub(last) < after {
-                out.push(Finding::new(
-                    FindingKind::BackPressure,
-                    format!(
-                        "{n} requests refused as Busy within {:?} (max_pending_requests = {})",
-                        time(last - first + 1),
-                        c.max_pending_requests
-                    ),
-                ));
-            }
+        if self.busy_last != 0 && c.tick.saturating_sub(self.busy_last) < after {
+            out.push(Finding::new(
+                FindingKind::BackPressure,
+                format!(
+                    "{} requests refused as Busy within {:?} (max_pending_requests = {})",
+                    self.busy_count,
+                    time(self.busy_last - self.busy_first + 1),
+                    c.max_pending_requests
+                ),
+            ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ET: u64 = 10;
+
+    fn observe(w: &mut Watch, tick: u64, commit: u64, busy: u64) {
+        w.on_tick(Observed {
+            tick,
+            election_ticks: ET,
+            leader: 1,
+            is_leader: false,
+            committed_in_term: true,
+            joint: false,
+            commit,
+            snapshot_peers: &[],
+            slow_sync: None,
+            busy,
+        });
+    }
+
+    fn kinds(w: &Watch, tick: u64, commit: u64, applied: u64) -> Vec<FindingKind> {
+        w.findings(&Context {
+            tick,
+            tick_interval: Duration::from_millis(10),
+            election_ticks: ET,
+            elections: 0,
+            storm_threshold: 5,
+            max_pending_requests: 4,
+            voters: &[1, 2, 3],
+            voters_outgoing: &[],
+            silent: &[],
+            learners: &[],
+            commit,
+            applied,
+        })
+        .into_iter()
+        .map(|f| f.kind)
+        .collect()
+    }
+
+    #[test]
+    fn apply_lag_is_measured_against_the_commit_of_a_window_ago() {
+        let mut w = Watch::default();
+        // The commit index grows by 10 a tick; applied keeps up to 100 behind.
+        for t in 1..=60 {
+            observe(&mut w, t, t * 10, 0);
+        }
+        // 3 election timeouts ago (tick 30) the commit index was 300.
+        assert_eq!(w.old_commit(60, 3 * ET, ET), Some(300));
+        assert!(kinds(&w, 60, 600, 500).is_empty(), "behind, but past then");
+        assert_eq!(kinds(&w, 60, 600, 299), vec![FindingKind::ApplyLagging]);
+        // Not watched for a window yet: nothing to compare with.
+        let mut young = Watch::default();
+        for t in 1..=25 {
+            observe(&mut young, t, t, 0);
+        }
+        assert_eq!(young.old_commit(25, 3 * ET, ET), None);
+        assert!(kinds(&young, 25, 25, 0).is_empty());
+    }
+
+    #[test]
+    fn busy_refusals_are_reported_for_a_window_after_the_last() {
+        let mut w = Watch::default();
+        observe(&mut w, 1, 0, 0);
+        observe(&mut w, 2, 0, 7);
+        observe(&mut w, 3, 0, 9);
+        assert_eq!(kinds(&w, 3, 0, 0), vec![FindingKind::BackPressure]);
+        assert_eq!(w.busy_count, 9);
+        for t in 4..=33 {
+            observe(&mut w, t, 0, 9);
+        }
+        assert_eq!(kinds(&w, 32, 0, 0), vec![FindingKind::BackPressure]);
+        assert!(kinds(&w, 33, 0, 0).is_empty(), "a window without refusals");
     }
 }
