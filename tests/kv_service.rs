@@ -75,6 +75,8 @@ struct Answer {
     status: u16,
     location: Option<String>,
     retry_after: Option<String>,
+    /// `Raft-Write-Token`: where an applied write landed, `<index>-<term>`.
+    write_token: Option<String>,
     body: Vec<u8>,
 }
 
@@ -102,6 +104,7 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<An
         .ok_or_else(bad)?;
     let mut location = None;
     let mut retry_after = None;
+    let mut write_token = None;
     let mut length = 0;
     loop {
         line.clear();
@@ -117,6 +120,7 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<An
             "content-length" => length = value.trim().parse().map_err(|_| bad())?,
             "location" => location = Some(value.trim().to_string()),
             "retry-after" => retry_after = Some(value.trim().to_string()),
+            "raft-write-token" => write_token = Some(value.trim().to_string()),
             _ => {}
         }
     }
@@ -126,6 +130,7 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<An
         status,
         location,
         retry_after,
+        write_token,
         body,
     })
 }
@@ -245,13 +250,21 @@ impl Cluster {
     /// PUT through any node, following redirects and retrying unavailability until the
     /// deadline. Returns whether the write was acknowledged (204).
     fn put(&self, key: &str, value: &str) -> bool {
+        self.write("PUT", key, value.as_bytes()).status == 204
+    }
+
+    /// A PUT or DELETE through any node, following redirects and retrying unavailability
+    /// until the deadline: the answer of the leader that applied it (204, or 404 for a
+    /// DELETE of an absent key).
+    fn write(&self, method: &str, key: &str, body: &[u8]) -> Answer {
         let deadline = Instant::now() + DEADLINE;
         let mut addr = self.http.values().next().cloned().unwrap_or_default();
         let mut node = 0;
         loop {
-            if let Ok(answer) = http(&addr, "PUT", &format!("/kv/{key}"), value.as_bytes()) {
+            if let Ok(answer) = http(&addr, method, &format!("/kv/{key}"), body) {
                 match answer.status {
-                    204 => return true,
+                    204 => return answer,
+                    404 if method == "DELETE" => return answer,
                     307 => {
                         let location = answer.location.expect("307 carries a Location");
                         let rest = location.trim_start_matches("http://");
@@ -260,16 +273,26 @@ impl Cluster {
                     }
                     503 => {}
                     other => panic!(
-                        "PUT {key}: unexpected {other}: {}",
+                        "{method} {key}: unexpected {other}: {}",
                         String::from_utf8_lossy(&answer.body)
                     ),
                 }
             }
-            assert!(Instant::now() < deadline, "PUT {key} never succeeded");
+            assert!(Instant::now() < deadline, "{method} {key} never succeeded");
             // Unavailable or unreachable: try the next live node.
             let live: Vec<u64> = self.children.keys().copied().collect();
             node = (node + 1) % live.len();
             addr = self.http[&live[node]].clone();
+            // Poll interval; the loop is bounded by `deadline`.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `GET /status` on node `id` until it answers `200`.
+    fn wait_serving(&self, id: u64) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.status(id).is_none() {
+            assert!(Instant::now() < deadline, "node {id} never served /status");
             // Poll interval; the loop is bounded by `deadline`.
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -394,6 +417,147 @@ fn follower_redirects_and_bad_input_gets_clear_statuses() {
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
     let answer = http(&f, "GET", "/kv/x?consistency=stale", b"").expect("GET after garbage");
     assert_eq!(answer.status, 200);
+}
+
+/// `<index>-<term>` of a `Raft-Write-Token` header.
+fn parse_token(token: &str) -> (u64, u64) {
+    let parsed = token
+        .split_once('-')
+        .and_then(|(i, t)| Some((i.parse().ok()?, t.parse().ok()?)));
+    parsed.unwrap_or_else(|| panic!("Raft-Write-Token {token:?} is not <index>-<term>"))
+}
+
+/// The `Raft-Write-Token` of an applied write's answer.
+fn token_of(answer: &Answer) -> String {
+    let token = answer
+        .write_token
+        .clone()
+        .unwrap_or_else(|| panic!("an applied write carries Raft-Write-Token: {answer:?}"));
+    parse_token(&token);
+    token
+}
+
+/// `GET /kv/{key}?after=<token>` on `addr`, retried while it answers `503` (the node did
+/// not apply the token's write within its request timeout) until the deadline. Any node
+/// serves it: a redirect fails the test.
+fn read_after(addr: &str, key: &str, token: &str) -> Answer {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let answer =
+            http(addr, "GET", &format!("/kv/{key}?after={token}"), b"").expect("GET with a token");
+        if answer.status != 503 {
+            assert_ne!(
+                answer.status, 307,
+                "a token read is served where it is asked"
+            );
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {key}?after={token} on {addr}: still 503 at the deadline"
+        );
+        // Poll interval; the loop is bounded by `deadline`.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Proves read-your-writes on followers through the HTTP API: every PUT and DELETE the
+/// leader applied answers with `Raft-Write-Token: <index>-<term>` (indexes increasing),
+/// and `GET /kv/{key}?after=<token>` on a follower is served there, without a redirect,
+/// and sees the write (`ReadConsistency::AtLeast`). A follower killed (SIGKILL) before
+/// a write and restarted has not got it when it starts serving; its token read still
+/// sees the write (a stale read there answers the old value until it catches up).
+/// Malformed tokens, and `after=` with `consistency=`, get `400`; a token this node will
+/// not reach in time gets `503` with `Retry-After`.
+#[test]
+fn write_tokens_give_read_your_writes_on_followers() {
+    let mut cluster = Cluster::start();
+    let leader = cluster.wait_leader();
+    let followers: Vec<u64> = cluster
+        .http
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+
+    let mut last_index = 0;
+    let mut expect_on_followers = |cluster: &Cluster, answer: Answer, value: Option<&str>| {
+        let token = token_of(&answer);
+        let (index, term) = parse_token(&token);
+        assert!(
+            index > last_index && term > 0,
+            "token {token} after {last_index}"
+        );
+        last_index = index;
+        for id in &followers {
+            let read = read_after(&cluster.http[id], "k", &token);
+            match value {
+                Some(value) => assert_eq!(
+                    (read.status, read.body.as_slice()),
+                    (200, value.as_bytes()),
+                    "node {id}, token {token}: {read:?}"
+                ),
+                None => assert_eq!(read.status, 404, "node {id}, token {token}: {read:?}"),
+            }
+        }
+    };
+    let put = cluster.write("PUT", "k", b"v1");
+    expect_on_followers(&cluster, put, Some("v1"));
+    let put = cluster.write("PUT", "k", b"v2");
+    expect_on_followers(&cluster, put, Some("v2"));
+    let delete = cluster.write("DELETE", "k", b"");
+    assert_eq!(delete.status, 204);
+    expect_on_followers(&cluster, delete, None);
+    // A DELETE of an absent key is applied too, and says where.
+    let delete = cluster.write("DELETE", "k", b"");
+    assert_eq!(delete.status, 404);
+    expect_on_followers(&cluster, delete, None);
+
+    for round in 0..3 {
+        let lagging = followers[round % followers.len()];
+        cluster.kill(lagging);
+        let value = format!("r{round}");
+        let token = token_of(&cluster.write("PUT", "lag", value.as_bytes()));
+        cluster.spawn(lagging);
+        cluster.wait_serving(lagging);
+        let read = read_after(&cluster.http[&lagging], "lag", &token);
+        assert_eq!(
+            (read.status, read.body.as_slice()),
+            (200, value.as_bytes()),
+            "restarted node {lagging}, token {token}: {read:?}"
+        );
+    }
+
+    let f = cluster.http[&followers[0]].clone();
+    for bad in [
+        "",
+        "x",
+        "5",
+        "5-",
+        "-5",
+        "5-x",
+        "%2B5-1",
+        "5-1-2",
+        "5_1",
+        "99999999999999999999-1",
+    ] {
+        let answer = http(&f, "GET", &format!("/kv/lag?after={bad}"), b"").expect("GET");
+        let body = String::from_utf8_lossy(&answer.body);
+        assert_eq!(answer.status, 400, "after={bad}: {answer:?}");
+        assert!(body.contains("is not a write token"), "after={bad}: {body}");
+    }
+    let answer = http(&f, "GET", "/kv/lag?after=1-1&consistency=stale", b"").expect("GET");
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(String::from_utf8_lossy(&answer.body).contains("not both"));
+
+    // A token no node has reached: the read waits out the request timeout (5 s).
+    let answer = http(&f, "GET", "/kv/lag?after=1000000000-1", b"").expect("GET");
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.retry_after.as_deref(), Some("1"), "{answer:?}");
+    assert!(
+        String::from_utf8_lossy(&answer.body).contains("not applied the token's write"),
+        "{answer:?}"
+    );
 }
 
 /// Proves `GET /metrics` on every node answers valid Prometheus text (parsed back) in

@@ -2,8 +2,9 @@
 //!
 //! Every `503` means "not applied, safe to retry" and carries `Retry-After`; `504`
 //! means "outcome unknown" (see the table in the crate docs). Handlers never block a
-//! runtime thread: a write awaits its `ProposalHandle` (a `Future`); `Node::read`,
-//! `Node::status` and the membership calls block, so they run on the blocking pool.
+//! runtime thread: a write's `ProposalHandle::wait_applied_timeout` (the one way to get
+//! its `WriteToken`), `Node::read`, `Node::status` and the membership calls block, so
+//! they run on the blocking pool.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -13,12 +14,13 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
 use raftnode::{
     MembershipError, PeerProgress, ProposeError, ReadConsistency, ReadError, Role, Status,
+    WriteToken,
 };
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,9 @@ const MAX_KEY_BYTES: usize = 4 << 10;
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// What every `503` tells the client to wait before retrying, in seconds.
 const RETRY_AFTER_SECONDS: &str = "1";
+/// The header of a write's answer that carries its [`WriteToken`], as `<index>-<term>`;
+/// `GET /kv/{key}?after=<index>-<term>` takes it back.
+const WRITE_TOKEN: HeaderName = HeaderName::from_static("raft-write-token");
 
 /// The routes; `server` is every handler's state.
 pub(crate) fn router(server: Arc<Server>) -> Router {
@@ -226,29 +231,73 @@ async fn delete_key(State(server): State<Arc<Server>>, uri: Uri) -> Response {
     }
 }
 
-/// Proposes on the leader and awaits the outcome, at most `request_timeout`.
+/// Proposes on the leader and waits for the outcome, at most `request_timeout`. An
+/// applied command's answer carries its token in `Raft-Write-Token`.
 async fn propose(server: &Server, uri: &Uri, command: Vec<u8>) -> Response {
     if !leads(server) {
         return redirect(server, uri, None);
     }
-    let outcome = match server.node.propose(command) {
-        Ok(handle) => tokio::time::timeout(server.request_timeout, handle)
-            .await
-            .unwrap_or(Err(ProposeError::Timeout)),
-        Err(e) => Err(e),
+    let deadline = Instant::now() + server.request_timeout;
+    let mut handle = match server.node.propose(command) {
+        Ok(handle) => handle,
+        Err(e) => return propose_error(server, uri, e),
     };
-    match outcome {
-        Ok(KvResponse::Put { .. } | KvResponse::Deleted { previous: Some(_) }) => {
+    // The time spent queued for a blocking thread counts against the deadline.
+    let waited = tokio::task::spawn_blocking(move || {
+        handle.wait_applied_timeout(deadline.saturating_duration_since(Instant::now()))
+    })
+    .await;
+    match waited {
+        Ok(Ok((response, token))) => with_token(applied(response), token),
+        Ok(Err(e)) => propose_error(server, uri, e),
+        // The command was handed to raft: whether it applies is not known here.
+        Err(e) => outcome_unknown(e),
+    }
+}
+
+/// The answer to a command the state machine applied.
+fn applied(response: KvResponse) -> Response {
+    match response {
+        KvResponse::Put { .. } | KvResponse::Deleted { previous: Some(_) } => {
             StatusCode::NO_CONTENT.into_response()
         }
-        Ok(KvResponse::Deleted { previous: None }) => text(StatusCode::NOT_FOUND, "no such key"),
-        Ok(KvResponse::Invalid(e)) => text(StatusCode::BAD_REQUEST, e),
-        Ok(other) => text(
+        KvResponse::Deleted { previous: None } => text(StatusCode::NOT_FOUND, "no such key"),
+        KvResponse::Invalid(e) => text(StatusCode::BAD_REQUEST, e),
+        other => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("unexpected state machine answer {other:?}"),
         ),
-        Err(e) => propose_error(server, uri, e),
     }
+}
+
+/// `token` as `Raft-Write-Token` and `?after=` spell it: `<index>-<term>`.
+fn format_token(token: WriteToken) -> String {
+    format!("{}-{}", token.index(), token.term())
+}
+
+/// Parses `<index>-<term>` (two decimal numbers), or says why it is refused (a `400`).
+fn parse_token(text: &str) -> Result<WriteToken, String> {
+    let number = |part: &str| {
+        // `u64::from_str` takes a leading `+`; a token never has one.
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse::<u64>().ok())
+            .flatten()
+    };
+    match text.split_once('-').map(|(i, t)| (number(i), number(t))) {
+        Some((Some(index), Some(term))) => Ok(WriteToken::new(index, term)),
+        _ => Err(format!(
+            "after={text:?} is not a write token: pass the Raft-Write-Token header of a \
+             PUT or DELETE answer, <index>-<term> (two decimal numbers, e.g. after=42-3)"
+        )),
+    }
+}
+
+/// `response` with `Raft-Write-Token: <index>-<term>`.
+fn with_token(mut response: Response, token: WriteToken) -> Response {
+    let value = HeaderValue::from_str(&format_token(token)).expect("digits and '-' are valid");
+    response.headers_mut().insert(WRITE_TOKEN, value);
+    response
 }
 
 fn propose_error(server: &Server, uri: &Uri, e: ProposeError) -> Response {
@@ -262,10 +311,12 @@ fn propose_error(server: &Server, uri: &Uri, e: ProposeError) -> Response {
     }
 }
 
-/// `?consistency=` of a read.
+/// `?consistency=` and `?after=` of a read.
 #[derive(Deserialize)]
 struct ReadParams {
     consistency: Option<String>,
+    /// A write's token: read on this node once it applied that write.
+    after: Option<String>,
 }
 
 async fn read_key(
@@ -277,11 +328,22 @@ async fn read_key(
         Ok(key) => key,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    let consistency = match params.consistency.as_deref() {
-        None | Some("linearizable") => ReadConsistency::Linearizable,
-        Some("lease") => ReadConsistency::Lease,
-        Some("stale") => ReadConsistency::Stale,
-        Some(other) => {
+    let consistency = match (params.after.as_deref(), params.consistency.as_deref()) {
+        (Some(_), Some(_)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "use after= or consistency=, not both: after= reads this node's state \
+                 once it applied the token's write",
+            )
+        }
+        (Some(token), None) => match parse_token(token) {
+            Ok(token) => ReadConsistency::AtLeast(token),
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        },
+        (None, None | Some("linearizable")) => ReadConsistency::Linearizable,
+        (None, Some("lease")) => ReadConsistency::Lease,
+        (None, Some("stale")) => ReadConsistency::Stale,
+        (None, Some(other)) => {
             return text(
                 StatusCode::BAD_REQUEST,
                 format!("consistency={other}: use linearizable, lease or stale"),
@@ -303,9 +365,16 @@ async fn read_key(
         }
         Ok(Ok(None)) => text(StatusCode::NOT_FOUND, "no such key"),
         Ok(Err(ReadError::NotLeader { leader })) => redirect(&server, &uri, leader),
-        Ok(Err(ReadError::Timeout)) => retry_later(
-            "read timed out: no leader or no quorum confirmed the read index; retry shortly",
-        ),
+        Ok(Err(ReadError::Timeout)) => match consistency {
+            ReadConsistency::AtLeast(token) => retry_later(format!(
+                "read timed out: this node has not applied the token's write (index {}) yet; \
+                 retry shortly",
+                token.index()
+            )),
+            _ => retry_later(
+                "read timed out: no leader or no quorum confirmed the read index; retry shortly",
+            ),
+        },
         Ok(Err(e @ (ReadError::Busy | ReadError::Stopped))) => retry_later(e.to_string()),
         Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => task_failed(e),

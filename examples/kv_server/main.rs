@@ -36,9 +36,10 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `PUT /kv/{key}`, body = value | `204` once committed and applied on the leader |
+//! | `PUT /kv/{key}`, body = value | `204` once committed and applied on the leader, with `Raft-Write-Token` |
 //! | `GET /kv/{key}[?consistency=linearizable\|lease\|stale]` | `200` with the value, `404` if absent |
-//! | `DELETE /kv/{key}` | `204` if it existed, `404` if not (committed either way) |
+//! | `GET /kv/{key}?after=<index>-<term>` | the same, on this node once it applied the write of that token |
+//! | `DELETE /kv/{key}` | `204` if it existed, `404` if not (committed either way), with `Raft-Write-Token` |
 //! | `POST /members`, body `id=4&addr=127.0.0.1:7004&role=learner\|voter[&http=127.0.0.1:8004]` | `200` with the new voters/learners |
 //! | `DELETE /members/{id}` | `200` with the new voters/learners |
 //! | `POST /leader`, body `to=2` | `200` once node 2 leads |
@@ -61,6 +62,18 @@
 //! known (missing from `--peers-http`; `http=` in `POST /members` teaches it to the
 //! leader only), the answer is `503`.
 //!
+//! **Write tokens (read-your-writes).** Every answer to a `PUT` or `DELETE` that was
+//! applied (`204`, and the `404` of a `DELETE` of an absent key) carries
+//! `Raft-Write-Token: <index>-<term>`, the log entry the write was applied at
+//! ([`raftnode::WriteToken`]). `GET /kv/{key}?after=<index>-<term>` on any node, followers
+//! and learners included, is served there without a redirect
+//! ([`raftnode::ReadConsistency::AtLeast`]): once that node has applied the token's index,
+//! with no message to anyone; it sees the write and every one before it, not
+//! necessarily newer writes by others. It waits at most `--request-timeout-ms`, then
+//! answers `503` with `Retry-After`. A token that is not two decimal numbers joined by
+//! `-` is a `400`, as is `after=` together with `consistency=`. The request header is
+//! not read: pass the token in the query.
+//!
 //! **Errors.** The body of every error is one line of text saying what happened, but
 //! for the `400` and `431` hyper itself sends (bytes that are not HTTP, a head over
 //! 16 KiB), which have none. A connection that sends no complete request head for 30 s,
@@ -74,7 +87,7 @@
 //! | `409` | membership change refused by raft (another one pending) |
 //! | `413` | body too large |
 //! | `431` | request head too large (hyper's limit) |
-//! | `503` + `Retry-After: 1` | **not applied, safe to retry**: no leader known, the leader's HTTP address unknown, the node's queue full, the proposal dropped by raft, a read not confirmed in time, too many connections, the node stopped. Every `503` carries `Retry-After` |
+//! | `503` + `Retry-After: 1` | **not applied, safe to retry**: no leader known, the leader's HTTP address unknown, the node's queue full, the proposal dropped by raft, a read not confirmed in time (or, with `after=`, this node not yet at the token), too many connections, the node stopped. Every `503` carries `Retry-After` |
 //! | `504` | **outcome unknown**: the write or membership change was handed to raft and then the wait ended (timeout, or leadership lost after the entry was appended). It may or may not have been applied; read the key before retrying a write that is not idempotent. No `Retry-After` |
 //!
 //! **When the raft node stops** (its disk fails or fills, its state machine fails), the
@@ -84,10 +97,11 @@
 //! # Threads
 //!
 //! The raft node runs on its own driver thread, as always. HTTP runs on a tokio runtime
-//! with two worker threads: a write awaits its [`raftnode::ProposalHandle`], which is a
-//! `Future`; reads, status and membership changes call `Node`'s blocking methods on
-//! tokio's blocking pool (at most [`MAX_BLOCKING_THREADS`] threads). One more thread
-//! waits for the node to stop.
+//! with two worker threads. Writes, reads, status and membership changes call `Node`'s
+//! blocking methods on tokio's blocking pool (at most [`MAX_BLOCKING_THREADS`] threads):
+//! a write waits with [`raftnode::ProposalHandle::wait_applied_timeout`], since the
+//! handle's `Future` yields the response without its [`raftnode::WriteToken`]. One more
+//! thread waits for the node to stop.
 
 mod api;
 mod cluster;
@@ -112,9 +126,9 @@ use tokio::net::TcpListener;
 mod redb_kv;
 pub(crate) use redb_kv::{encode_delete, encode_put, KvResponse, RedbKv};
 
-/// Threads of the runtime's blocking pool, where reads, status and membership changes
-/// wait on the raft node. Each HTTP/1.1 connection has at most one request in flight,
-/// so this is also how many such requests wait at once; more queue for a thread.
+/// Threads of the runtime's blocking pool, where writes, reads, status and membership
+/// changes wait on the raft node. Each HTTP/1.1 connection has at most one request in
+/// flight, so this is also how many such requests wait at once; more queue for a thread.
 const MAX_BLOCKING_THREADS: usize = 64;
 /// A client must send a request's head within this long, or its connection is closed;
 /// hyper counts an idle keep-alive connection's wait for its next request too.
