@@ -112,7 +112,7 @@ pub use membership::{Membership, MembershipChange};
 #[cfg(feature = "terminal-logger")]
 pub use node::terminal_logger;
 pub use node::{discard_logger, Node, ReadConsistency};
-pub use proposals::{ProposalHandle, WriteToken};
+pub use proposals::{Applied, ProposalHandle, WriteToken};
 /// The `slog` crate, whose [`Logger`](slog::Logger) [`Node::start`] takes.
 pub use slog;
 pub use state_machine::StateMachine;

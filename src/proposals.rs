@@ -282,6 +282,42 @@ impl<R> ProposalHandle<R> {
     pub fn try_take(&self) -> Option<Result<R, ProposeError>> {
         self.inner.try_take().map(|o| o.map(|(r, _)| r))
     }
+
+    /// A future of the response with its [`WriteToken`]: what `.await` on the handle
+    /// gives, plus the token, for async code that needs read-your-writes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn demo<M: raftnode::StateMachine>(node: &raftnode::Node<M>) -> Result<(), raftnode::ProposeError> {
+    /// let (response, token) = node.propose(b"set x 1".to_vec())?.applied().await?;
+    /// // Any replica serves ReadConsistency::AtLeast(token) once it applied the write.
+    /// # let _ = (response, token); Ok(()) }
+    /// ```
+    pub fn applied(self) -> Applied<R> {
+        Applied { inner: self.inner }
+    }
+}
+
+/// The future [`ProposalHandle::applied`] returns: the response and its
+/// [`WriteToken`], or the [`ProposeError`] the handle would give.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Applied<R> {
+    inner: Handle<(R, WriteToken), ProposeError>,
+}
+
+impl<R> Future for Applied<R> {
+    type Output = Result<(R, WriteToken), ProposeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.poll_slot(cx)
+    }
+}
+
+impl<R> std::fmt::Debug for Applied<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applied").finish_non_exhaustive()
+    }
 }
 
 impl<R> Future for ProposalHandle<R> {

@@ -2,9 +2,9 @@
 //!
 //! Every `503` means "not applied, safe to retry" and carries `Retry-After`; `504`
 //! means "outcome unknown" (see the table in the crate docs). Handlers never block a
-//! runtime thread: a write's `ProposalHandle::wait_applied_timeout` (the one way to get
-//! its `WriteToken`), `Node::read`, `Node::status` and the membership calls block, so
-//! they run on the blocking pool.
+//! runtime thread: a write awaits its `ProposalHandle::applied()` future (the response
+//! and its `WriteToken`); `Node::read`, `Node::status` and the membership calls block,
+//! so they run on the blocking pool.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -238,20 +238,20 @@ async fn propose(server: &Server, uri: &Uri, command: Vec<u8>) -> Response {
         return redirect(server, uri, None);
     }
     let deadline = Instant::now() + server.request_timeout;
-    let mut handle = match server.node.propose(command) {
+    let handle = match server.node.propose(command) {
         Ok(handle) => handle,
         Err(e) => return propose_error(server, uri, e),
     };
-    // The time spent queued for a blocking thread counts against the deadline.
-    let waited = tokio::task::spawn_blocking(move || {
-        handle.wait_applied_timeout(deadline.saturating_duration_since(Instant::now()))
-    })
+    let waited = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        handle.applied(),
+    )
     .await;
     match waited {
         Ok(Ok((response, token))) => with_token(applied(response), token),
         Ok(Err(e)) => propose_error(server, uri, e),
         // The command was handed to raft: whether it applies is not known here.
-        Err(e) => outcome_unknown(e),
+        Err(_elapsed) => outcome_unknown(ProposeError::Timeout),
     }
 }
 
@@ -391,6 +391,10 @@ fn membership_error(server: &Server, uri: &Uri, e: MembershipError) -> Response 
         MembershipError::OutcomeUnknown { .. } | MembershipError::Timeout => {
             text(StatusCode::GATEWAY_TIMEOUT, format!("outcome unknown: {e}"))
         }
+        MembershipError::CatchUpTimeout { id, .. } => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("{e}; POST it again with role=voter to promote it once node {id} is up"),
+        ),
         _ => retry_later(e.to_string()),
     }
 }
@@ -464,49 +468,17 @@ async fn add_member(
     if let Some(http) = form.get("http") {
         server.peers_http.write().insert(id, http.clone());
     }
-    let deadline = Instant::now() + ADMIN_TIMEOUT;
+    // `add_voter` adds the node as a learner and promotes it once it has caught up, so
+    // the quorum never waits on an empty node (docs/membership.md).
     let added = blocking(&server, move |s| {
-        s.node.add_learner(id, addr, ADMIN_TIMEOUT)
+        if voter {
+            s.node.add_voter(id, addr, ADMIN_TIMEOUT)
+        } else {
+            s.node.add_learner(id, addr, ADMIN_TIMEOUT)
+        }
     })
     .await;
-    let cs = match added {
-        Ok(Ok(cs)) => cs,
-        Ok(Err(e)) => return membership_error(&server, &uri, e),
-        Err(response) => return response,
-    };
-    if !voter {
-        return members(&cs);
-    }
-    // Promote only once the learner holds the log up to now, so the quorum never waits
-    // on an empty node.
-    loop {
-        let caught_up = blocking(&server, move |s| {
-            s.node.status().ok().is_some_and(|st| {
-                st.progress
-                    .iter()
-                    .any(|p| p.id == id && p.matched >= st.commit)
-            })
-        })
-        .await;
-        match caught_up {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(response) => return response,
-        }
-        if Instant::now() >= deadline {
-            return text(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "node {id} was added as a learner but did not catch up in time; \
-                     promote it later with role=voter"
-                ),
-            );
-        }
-        // Poll interval; the loop is bounded by `deadline`.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let remaining = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
-    match blocking(&server, move |s| s.node.promote(id, remaining)).await {
+    match added {
         Ok(Ok(cs)) => members(&cs),
         Ok(Err(e)) => membership_error(&server, &uri, e),
         Err(response) => response,

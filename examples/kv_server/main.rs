@@ -97,11 +97,10 @@
 //! # Threads
 //!
 //! The raft node runs on its own driver thread, as always. HTTP runs on a tokio runtime
-//! with two worker threads. Writes, reads, status and membership changes call `Node`'s
-//! blocking methods on tokio's blocking pool (at most [`MAX_BLOCKING_THREADS`] threads):
-//! a write waits with [`raftnode::ProposalHandle::wait_applied_timeout`], since the
-//! handle's `Future` yields the response without its [`raftnode::WriteToken`]. One more
-//! thread waits for the node to stop.
+//! with two worker threads: a write awaits [`raftnode::ProposalHandle::applied`], a
+//! `Future` of the response and its [`raftnode::WriteToken`]; reads, status and
+//! membership changes call `Node`'s blocking methods on tokio's blocking pool (at most
+//! [`MAX_BLOCKING_THREADS`] threads). One more thread waits for the node to stop.
 
 mod api;
 mod cluster;
@@ -126,8 +125,8 @@ use tokio::net::TcpListener;
 mod redb_kv;
 pub(crate) use redb_kv::{encode_delete, encode_put, KvResponse, RedbKv};
 
-/// Threads of the runtime's blocking pool, where writes, reads, status and membership
-/// changes wait on the raft node. Each HTTP/1.1 connection has at most one request in
+/// Threads of the runtime's blocking pool, where reads, status and membership changes
+/// wait on the raft node. Each HTTP/1.1 connection has at most one request in
 /// flight, so this is also how many such requests wait at once; more queue for a thread.
 const MAX_BLOCKING_THREADS: usize = 64;
 /// A client must send a request's head within this long, or its connection is closed;
