@@ -607,6 +607,19 @@ fn metrics_endpoint_serves_prometheus_text() {
         // Poll interval; bounded by `deadline`.
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A healthy cluster's `/status` lists no findings (`Node::diagnose`).
+    for id in cluster.http.keys() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = cluster.status(*id).unwrap_or_default();
+            if status.contains("\"findings\":[]") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} status: {status}");
+            // Poll interval; bounded by `deadline`.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Proves the two kinds of failed write get distinct statuses. A leader whose two
@@ -614,8 +627,9 @@ fn metrics_endpoint_serves_prometheus_text() {
 /// step down, Raft §6.2 / §9.6): a write it appends cannot commit, and when the wait ends
 /// the answer is `504` "outcome unknown" (the entry is in its log and could still commit
 /// under it or a later leader). Once it has stepped down and knows no leader, writes and
-/// linearizable reads are refused before reaching raft: `503` with `Retry-After`. With the
-/// followers back, the same write succeeds.
+/// linearizable reads are refused before reaching raft: `503` with `Retry-After`, and its
+/// `/status` lists a `no_quorum` finding. With the followers back, the same write
+/// succeeds.
 #[test]
 fn writes_without_a_quorum_get_504_outcome_unknown_then_503_retry_after() {
     // Elections take 10-20 ticks (1-2 s) and check-quorum steps a lone leader down
@@ -663,6 +677,17 @@ fn writes_without_a_quorum_get_504_outcome_unknown_then_503_retry_after() {
             Some("1"),
             "{method} {path}: 503 carries Retry-After"
         );
+    }
+    // Its `/status` says why: no quorum, naming the two silent voters (`Node::diagnose`).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cluster.status(leader).unwrap_or_default();
+        if status.contains("\"kind\":\"no_quorum\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no no_quorum finding: {status}");
+        // Poll interval; bounded by `deadline`.
+        std::thread::sleep(Duration::from_millis(50));
     }
 
     for id in followers {

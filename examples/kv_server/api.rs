@@ -552,6 +552,15 @@ pub(crate) struct StatusJson {
     http_connections: usize,
     /// The leader's view of each peer's replication; empty on other nodes.
     progress: Vec<ProgressJson>,
+    /// What `Node::diagnose` finds wrong (docs/operations.md); empty when healthy.
+    findings: Vec<FindingJson>,
+}
+
+#[derive(Serialize)]
+struct FindingJson {
+    kind: &'static str,
+    evidence: String,
+    remedy: &'static str,
 }
 
 #[derive(Serialize)]
@@ -613,6 +622,15 @@ fn status_json(server: &Server, s: &Status) -> StatusJson {
         removed: s.removed,
         http_connections: server.connections.load(Ordering::Relaxed),
         progress,
+        findings: s
+            .findings
+            .iter()
+            .map(|f| FindingJson {
+                kind: f.kind.name(),
+                evidence: f.evidence.clone(),
+                remedy: f.remedy,
+            })
+            .collect(),
     }
 }
 

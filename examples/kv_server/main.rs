@@ -43,7 +43,7 @@
 //! | `POST /members`, body `id=4&addr=127.0.0.1:7004&role=learner\|voter[&http=127.0.0.1:8004]` | `200` with the new voters/learners |
 //! | `DELETE /members/{id}` | `200` with the new voters/learners |
 //! | `POST /leader`, body `to=2` | `200` once node 2 leads |
-//! | `GET /status` | `200`, JSON: id, role, term, leader, leader_http, commit, applied, voters, learners, progress (leader only), ... |
+//! | `GET /status` | `200`, JSON: id, role, term, leader, leader_http, commit, applied, voters, learners, progress (leader only), findings (`Node::diagnose`), ... |
 //! | `GET /cluster` | `200`, JSON: every known member's `/status` (or why it could not be had), fetched by this node |
 //! | `GET /` | `200`, the cluster status page (HTML; it polls `/cluster` once a second) |
 //!
