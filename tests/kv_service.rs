@@ -223,6 +223,32 @@ impl Cluster {
         (answer.status == 200).then(|| String::from_utf8_lossy(&answer.body).into_owned())
     }
 
+    /// Every node but `leader`.
+    fn followers(&self, leader: u64) -> Vec<u64> {
+        self.http
+            .keys()
+            .copied()
+            .filter(|id| *id != leader)
+            .collect()
+    }
+
+    /// Polls node `id`'s `/status` until its JSON text contains `needle`.
+    fn wait_status_contains(&self, id: u64, needle: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let status = self.status(id).unwrap_or_default();
+            if status.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id}: no {needle} in {status}"
+            );
+            // Poll interval; bounded by `deadline`.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The node every live node names as leader, once they agree and it says it leads.
     fn wait_leader(&self) -> u64 {
         let deadline = Instant::now() + DEADLINE;
@@ -473,12 +499,7 @@ fn read_after(addr: &str, key: &str, token: &str) -> Answer {
 fn write_tokens_give_read_your_writes_on_followers() {
     let mut cluster = Cluster::start();
     let leader = cluster.wait_leader();
-    let followers: Vec<u64> = cluster
-        .http
-        .keys()
-        .copied()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers = cluster.followers(leader);
 
     let mut last_index = 0;
     let mut expect_on_followers = |cluster: &Cluster, answer: Answer, value: Option<&str>| {
@@ -609,16 +630,7 @@ fn metrics_endpoint_serves_prometheus_text() {
     }
     // A healthy cluster's `/status` lists no findings (`Node::diagnose`).
     for id in cluster.http.keys() {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = cluster.status(*id).unwrap_or_default();
-            if status.contains("\"findings\":[]") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "node {id} status: {status}");
-            // Poll interval; bounded by `deadline`.
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        cluster.wait_status_contains(*id, "\"findings\":[]");
     }
 }
 
@@ -637,12 +649,7 @@ fn writes_without_a_quorum_get_504_outcome_unknown_then_503_retry_after() {
     let mut cluster = Cluster::start_with(&["--tick-ms", "100", "--request-timeout-ms", "300"]);
     let leader = cluster.wait_leader();
     assert!(cluster.put("before", "1"));
-    let followers: Vec<u64> = cluster
-        .http
-        .keys()
-        .copied()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers = cluster.followers(leader);
     for id in &followers {
         cluster.kill(*id);
     }
@@ -679,16 +686,7 @@ fn writes_without_a_quorum_get_504_outcome_unknown_then_503_retry_after() {
         );
     }
     // Its `/status` says why: no quorum, naming the two silent voters (`Node::diagnose`).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = cluster.status(leader).unwrap_or_default();
-        if status.contains("\"kind\":\"no_quorum\"") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no no_quorum finding: {status}");
-        // Poll interval; bounded by `deadline`.
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster.wait_status_contains(leader, "\"kind\":\"no_quorum\"");
 
     for id in followers {
         cluster.spawn(id);
