@@ -2164,9 +2164,9 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 .snapshot(0, 0)
                 .map(|s| s.get_metadata().index)
                 .unwrap_or(0),
-            voters: cs.voters.clone(),
-            voters_outgoing: cs.voters_outgoing.clone(),
-            learners: cs.learners.clone(),
+            voters: sorted(&cs.voters),
+            voters_outgoing: sorted(&cs.voters_outgoing),
+            learners: sorted(&cs.learners),
             progress,
             removed: self.book.removed,
             quiet: self.quiet,
@@ -2192,6 +2192,13 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             }),
         }
     }
+}
+
+/// `ids` in increasing order (raft-rs keeps members in hash order).
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids
 }
 
 /// Tokens taken back from a crashed replica.

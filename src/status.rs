@@ -101,11 +101,12 @@ pub struct Status {
     pub first_index: u64,
     /// Index of the latest stored snapshot (0: none).
     pub snapshot_index: u64,
-    /// Voters (both halves while in a joint configuration).
+    /// Voters, in id order (the incoming half while in a joint configuration).
     pub voters: Vec<u64>,
-    /// Voters of the outgoing half of a joint configuration; empty when not joint.
+    /// Voters of the outgoing half of a joint configuration, in id order; empty when
+    /// not joint.
     pub voters_outgoing: Vec<u64>,
-    /// Learners.
+    /// Learners, in id order.
     pub learners: Vec<u64>,
     /// Per-peer replication progress; only on the leader, else empty.
     pub progress: Vec<PeerProgress>,

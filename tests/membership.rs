@@ -703,3 +703,24 @@ fn joint_removal_reaches_the_remaining_members_transports() {
         assert!(!book.removed.lock().contains(id), "a node removed itself");
     }
 }
+
+/// Proves `Status` lists members in id order (raft-rs keeps them in hash order).
+#[test]
+fn status_lists_members_in_id_order() {
+    let c = Cluster::new(5);
+    let leader = c.wait_leader();
+    c.node(leader)
+        .add_learner(9, "", DEADLINE)
+        .expect("learner 9");
+    c.node(leader)
+        .add_learner(7, "", DEADLINE)
+        .expect("learner 7");
+    for id in 1..=5 {
+        wait_until("node applies both learners", || {
+            c.status(id).learners.len() == 2
+        });
+        let s = c.status(id);
+        assert_eq!(s.voters, vec![1, 2, 3, 4, 5], "node {id}");
+        assert_eq!(s.learners, vec![7, 9], "node {id}");
+    }
+}
