@@ -97,8 +97,16 @@ pub struct Config {
     /// How long graceful shutdown waits for leadership to move before stopping anyway.
     pub shutdown_transfer_timeout: Duration,
     /// Log a warning when this many elections start without a leader lasting for an
-    /// election timeout in between.
+    /// election timeout in between; also what raises the election timeout
+    /// (`election_backoff_limit`).
     pub election_storm_threshold: u64,
+    /// Election storms back off: each `election_storm_threshold` elections without a
+    /// lasting leader double the randomized election timeout range, up to this factor;
+    /// once a leader has lasted 5 election timeouts the
+    /// factor halves again, down to 1. A longer timeout only makes followers wait
+    /// longer, so the lease and check-quorum stay as they are. 1 turns it off. See
+    /// docs/operations.md, "Election storms".
+    pub election_backoff_limit: usize,
     /// Pin raft-rs's randomized election timeout range `[min, max)` in ticks; `None`
     /// keeps raft-rs's default `[election_ticks, 2 * election_ticks)`.
     pub election_tick_range: Option<(usize, usize)>,
@@ -134,6 +142,7 @@ impl Config {
     /// | `max_proposal_bytes` | 1 MiB |
     /// | `max_pending_requests` / `max_pending_messages` | 65 536 / 65 536 |
     /// | `max_batch` | 4 096 |
+    /// | `election_storm_threshold` / `election_backoff_limit` | 5 / 4 |
     /// | `quiesce_after_timeouts` | 0 (never) |
     /// | `catch_up_lag` | 1 000 entries |
     pub fn new(id: u64) -> Self {
@@ -158,6 +167,7 @@ impl Config {
             snapshot: SnapshotPolicy::default(),
             shutdown_transfer_timeout: Duration::from_secs(2),
             election_storm_threshold: 5,
+            election_backoff_limit: 4,
             election_tick_range: None,
             quiesce_after_timeouts: 0,
             catch_up_lag: 1_000,
@@ -295,6 +305,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if !(1..=64).contains(&self.election_backoff_limit) {
+            return Err(ConfigError::new(
+                "election_backoff_limit",
+                "must be within 1..=64 (1 turns the backoff off)",
+            ));
+        }
         if let Some((min, max)) = self.election_tick_range {
             if min < self.election_ticks || max <= min {
                 return Err(ConfigError::new(
@@ -311,6 +327,12 @@ impl Config {
         })
     }
 
+    /// The randomized election timeout range `[min, max)` in ticks without backoff.
+    pub(crate) fn election_ticks_range(&self) -> (usize, usize) {
+        self.election_tick_range
+            .unwrap_or((self.election_ticks, 2 * self.election_ticks))
+    }
+
     /// How long a leader's lease lasts from when its quorum round was sent: shorter than
     /// any follower's election timeout (`election_ticks` ticks, of which the first may
     /// come at once) by the drift bound. See docs/reads.md.
@@ -324,7 +346,11 @@ impl Config {
 
     /// The `raft::Config` this configuration gives, starting from `applied`.
     pub(crate) fn to_raft(&self, applied: u64) -> raft::Config {
-        let (min_election_tick, max_election_tick) = self.election_tick_range.unwrap_or((0, 0));
+        // raft-rs accepts a drawn timeout only within its configured range: widen the
+        // top to the longest the election backoff may draw. The core draws every
+        // timeout itself (`Replica::rerandomize`), from the range the backoff sets.
+        let (min_election_tick, max) = self.election_ticks_range();
+        let max_election_tick = (max - 1) * self.election_backoff_limit.max(1) + 1;
         raft::Config {
             id: self.id,
             election_tick: self.election_ticks,
@@ -403,5 +429,9 @@ mod tests {
         let mut c = Config::new(1);
         c.election_tick_range = Some((5, 4));
         assert_eq!(c.validate().unwrap_err().field, "election_tick_range");
+
+        let mut c = Config::new(1);
+        c.election_backoff_limit = 0;
+        assert_eq!(c.validate().unwrap_err().field, "election_backoff_limit");
     }
 }

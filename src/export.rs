@@ -129,6 +129,11 @@ const METRICS: &[(&str, &str, Read)] = &[
         Read::Counter(|s| s.metrics.requests_busy),
     ),
     (
+        "raftnode_election_backoff",
+        "The factor on the randomized election timeout range: 1, more during a storm.",
+        Read::Gauge(|s| s.metrics.election_backoff as f64),
+    ),
+    (
         "raftnode_leaderless_seconds_total",
         "Seconds this node spent knowing no leader, over the gaps that ended.",
         Read::MicrosCounter(|s| s.metrics.leaderless_us),

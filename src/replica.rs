@@ -118,7 +118,14 @@ struct Elections {
     leader_ticks: u64,
     /// Since when this node has known no leader (`MetricsSnapshot::last_election_us`).
     leaderless_since: Option<Instant>,
+    /// The factor on the randomized election timeout range (`election_backoff_limit`).
+    backoff: usize,
+    /// Draws the timeout when the backoff is on and the host leaves the draw to raft.
+    rng: u64,
 }
+
+/// Election timeouts a leader must last before the election backoff halves.
+pub(crate) const ELECTION_BACKOFF_STABLE_TIMEOUTS: u64 = 5;
 
 /// How the replica ends: running, handing leadership over before a graceful
 /// shutdown, or done.
@@ -576,6 +583,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 since_stable_leader: 0,
                 leader_ticks: 0,
                 leaderless_since: None,
+                backoff: 1,
+                rng: fresh_incarnation() | 1,
             },
             last_snapshot_index,
             ticks: 0,
@@ -669,16 +678,23 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             return;
         }
         self.timeout_key = key;
-        let (min, max) = match self.config.election_tick_range {
-            Some((min, max)) => (min, max - 1),
-            None => (
-                self.config.election_ticks,
-                2 * self.config.election_ticks - 1,
-            ),
+        // [min, max] inclusive, times the storm backoff (raft-rs was configured with
+        // room for the largest, `Config::to_raft`).
+        let (min, end) = self.config.election_ticks_range();
+        let k = self.elections.backoff;
+        let (min, max) = (min * k, (end - 1) * k);
+        let timeout = match self.book.host.election_timeout(min, max) {
+            Some(timeout) => timeout,
+            None => {
+                // xorshift64; raft-rs's own draw would span its whole widened range.
+                let r = &mut self.elections.rng;
+                *r ^= *r << 13;
+                *r ^= *r >> 7;
+                *r ^= *r << 17;
+                min + (*r % (max - min + 1) as u64) as usize
+            }
         };
-        if let Some(timeout) = self.book.host.election_timeout(min, max) {
-            self.raw.raft.set_randomized_election_timeout(timeout);
-        }
+        self.raw.raft.set_randomized_election_timeout(timeout);
     }
 
     /// Steps a message from a peer, after the checks every message gets.
@@ -1776,12 +1792,52 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         // A leader stable for an election timeout ends an election storm.
         if self.raw.raft.leader_id != 0 {
             self.elections.leader_ticks += 1;
-            if self.elections.leader_ticks >= self.config.election_ticks as u64 {
+            let et = self.config.election_ticks as u64;
+            if self.elections.leader_ticks >= et {
                 self.elections.since_stable_leader = 0;
+            }
+            if self.elections.backoff > 1
+                && self
+                    .elections
+                    .leader_ticks
+                    .is_multiple_of(ELECTION_BACKOFF_STABLE_TIMEOUTS * et)
+            {
+                self.elections.backoff /= 2;
+                info!(self.book.logger, "a leader lasted: shortening the election timeout";
+                    "factor" => self.elections.backoff);
+                self.set_backoff_metric();
             }
         }
         self.rerandomize();
         self.maybe_quiesce();
+    }
+
+    /// Counts an election this node started; each `election_storm_threshold` of them
+    /// without a lasting leader doubles the election timeout range, up to
+    /// `election_backoff_limit`.
+    fn election_started(&mut self) {
+        bump(&self.book.shared.metrics.elections_started);
+        let e = &mut self.elections;
+        e.since_stable_leader += 1;
+        let threshold = self.config.election_storm_threshold;
+        if e.since_stable_leader.is_multiple_of(threshold)
+            && e.backoff < self.config.election_backoff_limit
+        {
+            e.backoff = (e.backoff * 2).min(self.config.election_backoff_limit);
+            info!(self.book.logger, "election storm: lengthening the election timeout";
+                "factor" => e.backoff, "elections" => e.since_stable_leader);
+            self.set_backoff_metric();
+        }
+    }
+
+    fn set_backoff_metric(&mut self) {
+        // Draw again with the new range at the next chance.
+        self.timeout_key = (u64::MAX, StateRole::Leader, u64::MAX);
+        self.book
+            .shared
+            .metrics
+            .election_backoff
+            .store(self.elections.backoff as u64, Ordering::Relaxed);
     }
 
     /// Ticks raft, counting an election a (pre-)candidate starts again after its own
@@ -1793,8 +1849,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         self.raw.tick();
         let raft = &self.raw.raft;
         if campaigning && raft.state == role && elapsed > 0 && raft.election_elapsed == 0 {
-            bump(&self.book.shared.metrics.elections_started);
-            self.elections.since_stable_leader += 1;
+            self.election_started();
         }
     }
 
@@ -1979,20 +2034,13 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 "term" => self.raw.raft.term);
             self.end_removal();
         }
-        let raft = &self.raw.raft;
-        let (role, leader) = (raft.state, raft.leader_id);
-        let metrics = &self.book.shared.metrics;
+        let (role, leader) = (self.raw.raft.state, self.raw.raft.leader_id);
         let was = self.elections.role;
         if role != was {
+            let metrics = &self.book.shared.metrics;
             match role {
-                StateRole::PreCandidate => {
-                    bump(&metrics.elections_started);
-                    self.elections.since_stable_leader += 1;
-                }
-                StateRole::Candidate if was != StateRole::PreCandidate => {
-                    bump(&metrics.elections_started);
-                    self.elections.since_stable_leader += 1;
-                }
+                StateRole::PreCandidate => self.election_started(),
+                StateRole::Candidate if was != StateRole::PreCandidate => self.election_started(),
                 StateRole::Leader => bump(&metrics.elections_won),
                 StateRole::Follower
                     if matches!(was, StateRole::Candidate | StateRole::PreCandidate) =>
@@ -2009,6 +2057,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                     "hint" => "raise election_ticks or tick_interval, check the network");
             }
         }
+        let metrics = &self.book.shared.metrics;
         if leader != self.elections.leader {
             bump(&metrics.leader_changes);
             self.elections.leader_ticks = 0;
@@ -2024,6 +2073,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             }
             _ => {}
         }
+        let raft = &self.raw.raft;
         info!(self.book.logger, "role changed";
             "role" => ?role, "term" => raft.term, "leader" => leader,
             "commit" => raft.raft_log.committed, "applied" => raft.raft_log.applied,

@@ -143,6 +143,7 @@ pub(crate) struct Metrics {
     pub last_election_us: AtomicU64,
     pub leaderless_us: AtomicU64,
     pub requests_busy: AtomicU64,
+    pub election_backoff: AtomicU64,
     /// Peer messages refused before `step`, by reason, and their warnings' rate limit.
     pub refused: Refusals,
 }
@@ -200,6 +201,9 @@ pub struct MetricsSnapshot {
     /// Requests (proposals, reads, membership changes, ...) refused with `Busy`
     /// because `max_pending_requests` were queued.
     pub requests_busy: u64,
+    /// The factor on the randomized election timeout range now: 1, or more during an
+    /// election storm (`Config::election_backoff_limit`).
+    pub election_backoff: u64,
     /// Readies handled.
     pub readies: u64,
     /// Log store syncs.
@@ -233,6 +237,7 @@ impl Metrics {
             last_election_us: get(&self.last_election_us),
             leaderless_us: get(&self.leaderless_us),
             requests_busy: get(&self.requests_busy),
+            election_backoff: get(&self.election_backoff).max(1),
             readies: driver.readies,
             syncs: driver.syncs,
             entries_appended: driver.entries_appended,

@@ -230,3 +230,43 @@ fn election_metrics_measure_the_gap_without_a_leader() {
         );
     }
 }
+
+/// Proves an election storm lengthens the election timeout and a lasting leader
+/// shortens it again (`Config::election_backoff_limit`): the survivor of a cluster that
+/// lost two of three voters campaigns alone; every 5 elections (the storm threshold)
+/// double its timeout range up to 4×, so its elections then come at least 4 election
+/// timeouts apart (800 ms here; 200–400 ms without the backoff). With the others back
+/// and a leader lasting 5 election timeouts at a time, the factor falls back to 1.
+#[test]
+fn election_storm_lengthens_the_election_timeout_and_a_lasting_leader_shortens_it() {
+    let mut c = Cluster::new(3);
+    c.wait_leader();
+    c.propose_ok(put("a", "1"));
+    c.kill(2);
+    c.kill(3);
+    let node = c.node(1).clone();
+    let metrics = || node.status().expect("status").metrics;
+    wait_until("the backoff reaches 4", || metrics().election_backoff == 4);
+    // Elections at the longest backoff: time three of them.
+    let first = metrics().elections_started;
+    wait_until("one more election", || metrics().elections_started > first);
+    let started = std::time::Instant::now();
+    let from = metrics().elections_started;
+    wait_until("three more elections", || {
+        metrics().elections_started >= from + 3
+    });
+    let per_election = started.elapsed() / 3;
+    assert!(
+        per_election >= std::time::Duration::from_millis(700),
+        "elections {per_election:?} apart with a 4x backoff (800 ms at the least)"
+    );
+    c.start_node(2, &[1, 2, 3]);
+    c.start_node(3, &[1, 2, 3]);
+    c.wait_leader();
+    c.propose_ok(put("b", "2"));
+    for id in 1..=3 {
+        wait_until("the backoff is back to 1", || {
+            c.status(id).metrics.election_backoff == 1
+        });
+    }
+}
