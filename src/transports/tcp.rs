@@ -1092,6 +1092,12 @@ mod tests {
         for i in 0..200u64 {
             assert!(matches!(next(&rx2), PeerInput::Message(m) if m.commit == i));
         }
+        // The writer counts a frame's messages after its write returns, which can be
+        // after the receiver already took them: poll, bounded.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sender.handle().stats().messages_sent < 200 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(sender.handle().stats().messages_sent, 200);
         assert_eq!(receiver.handle().stats().refused_total(), 0);
         sender.stop();
