@@ -1869,6 +1869,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         };
         let election_timeout = self.config.tick_interval * self.config.election_ticks as u32;
         let slowest = std::mem::take(&mut self.stats.slowest_sync);
+        let slowest_apply = std::mem::take(&mut self.stats.slowest_apply);
         self.diag.on_tick(crate::diagnose::Observed {
             tick: self.ticks,
             election_ticks: self.config.election_ticks as u64,
@@ -1879,6 +1880,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             commit,
             snapshot_peers: &snapshot_peers,
             slow_sync: (slowest > election_timeout / 4).then_some(slowest),
+            slow_apply: (slowest_apply > election_timeout / 4).then_some(slowest_apply),
             busy: self
                 .book
                 .shared
@@ -1918,13 +1920,16 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         // Before the Ready: a promotion it proposes leaves in this one.
         self.check_growth(now);
         self.flush_proposals();
-        driver::drive(
+        let driven = driver::drive(
             &mut self.raw,
             &mut self.sm,
             &mut self.book,
             &mut self.stats,
             self.faults,
-        )?;
+        );
+        let applying = std::mem::take(&mut self.stats.applying);
+        self.stats.slowest_apply = self.stats.slowest_apply.max(applying);
+        driven?;
         self.rerandomize();
         self.after_ready(now)
     }

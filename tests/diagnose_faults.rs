@@ -488,9 +488,6 @@ impl StateMachine for SlowApply {
 }
 
 #[test]
-#[ignore = "ApplyLagging cannot fire on a Node: apply runs on the driver thread, so a slow \
-            apply stalls the ticks that would age the commit index it is compared with \
-            (see the report on branch diagf)"]
 fn lagging_apply_is_reported_on_the_slow_node_and_clears() {
     let network = ChannelNetwork::new();
     let delays: BTreeMap<u64, Arc<AtomicU64>> = VOTERS
