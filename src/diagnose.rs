@@ -250,7 +250,13 @@ impl Watch {
             note_slow(&mut self.slow_sync_at, &mut self.slow_sync_us, d, t, window);
         }
         if let Some(d) = o.slow_apply {
-            note_slow(&mut self.slow_apply_at, &mut self.slow_apply_us, d, t, window);
+            note_slow(
+                &mut self.slow_apply_at,
+                &mut self.slow_apply_us,
+                d,
+                t,
+                window,
+            );
         }
         let fresh = o.busy.saturating_sub(self.busy_seen);
         self.busy_seen = o.busy;
