@@ -413,8 +413,8 @@ fn elects_again_after_forged_removal(bugs: &Bugs) -> Option<Duration> {
                 let _ = n.mailbox().deliver(notice);
             }
         }
-        // Give the notices time to be stepped before looking; bounded by
-        // `wait_until`'s deadline.
+        // Poll interval between rounds of forged notices (the condition is then looked
+        // at); bounded by `wait_until`'s deadline.
         std::thread::sleep(Duration::from_millis(20));
         nodes.iter().all(|n| n.status().unwrap().removed)
     });

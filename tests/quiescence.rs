@@ -106,6 +106,8 @@ fn an_idle_group_goes_quiet_and_a_write_wakes_it() {
             assert_eq!(s.term, b.term);
             assert_eq!(s.metrics.elections_started, b.metrics.elections_started);
         }
+        // The sleep is the point: nothing may change over a fixed window (bounded by
+        // `until`), sampled every 20 ms; there is no event to wait for.
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(g.write_through(&[leader], "a", "2", Instant::now() + DEADLINE));
