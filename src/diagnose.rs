@@ -465,6 +465,12 @@ mod tests {
         assert_eq!(young.old_commit(25, 3 * ET, ET), None);
     }
 
+    /// docs/multi-raft.md quotes this size (every replica of a big host carries one).
+    #[test]
+    fn the_watch_stays_small() {
+        assert_eq!(std::mem::size_of::<Watch>(), 160);
+    }
+
     #[test]
     fn busy_refusals_are_reported_for_a_window_after_the_last() {
         let mut w = Watch::default();
