@@ -57,8 +57,8 @@ fn healthy_cluster_reports_nothing() {
             let f = findings(c.node(id));
             assert!(f.is_empty(), "node {id}: {f:?}");
         }
-        // Sampling interval across a window in which nothing may be found; the loop
-        // is bounded by `until`.
+        // The sleep is the point: samples across two diagnosis windows (bounded by
+        // `until`) in which nothing may be found; nothing is being waited for.
         std::thread::sleep(Duration::from_millis(20));
     }
 }

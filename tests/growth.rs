@@ -133,7 +133,9 @@ fn grow(entries: usize, bugs: &Bugs, now: bool) -> Growth {
                         acks.push(Instant::now());
                         acked.fetch_add(1, Ordering::Release);
                     }
-                    // Not leading for now: poll again (the loop ends with `stop`).
+                    // Not leading for now (the stall being measured): try again 1 ms later.
+                    // The loop ends with `stop`, which the test sets after deadline-bounded
+                    // waits.
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
                 i += 1;
