@@ -56,6 +56,8 @@
 //!   correctness obligations.
 //! - [`Node`]: propose, read, change membership, transfer leadership, status.
 //! - [`Config`]: every knob, validated.
+//! - [`Sessions`] and [`Session`]: client sessions, so a retried proposal is applied at
+//!   most once and the retry gets the first response (`docs/sessions.md`).
 //! - In the box: [`MemLogStore`] (not durable), [`EngineLogStore`] (durable, on
 //!   raft-engine; `docs/durability.md`), [`ChannelNetwork`] (in-process, with fault
 //!   injection), [`TcpTransport`] (separate processes; `docs/security.md`).
@@ -83,6 +85,7 @@ mod peer_watch;
 mod proposals;
 mod replica;
 mod runtime;
+pub mod sessions;
 mod snapshot_codec;
 mod state_machine;
 mod status;
@@ -114,6 +117,9 @@ pub use node::terminal_logger;
 pub use node::{discard_logger, Node, ReadConsistency};
 pub use proposals::{Applied, ProposalHandle, WriteToken};
 /// The `slog` crate, whose [`Logger`](slog::Logger) [`Node::start`] takes.
+pub use sessions::{
+    RetryError, RetryPolicy, Session, SessionLimits, SessionMachine, SessionReply, Sessions,
+};
 pub use slog;
 pub use state_machine::StateMachine;
 pub use status::{MetricsSnapshot, PeerProgress, ProgressState, Role, Status};
