@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use common::env_u64;
-use raftnode::testing::sim::{self, kv::KvWorkload, Bugs, SimConfig, SimFailure};
+use raftnode::testing::sim::{self, kv::KvWorkload, Bugs, SessionWorkload, SimConfig, SimFailure};
 
 fn workload(config: &SimConfig) -> KvWorkload {
     KvWorkload {
@@ -415,4 +415,99 @@ fn bug_lease_kept_while_quiet_is_caught() {
         c.faults.crash_per_million = 0;
         c.faults.membership_per_million = 0;
     });
+}
+
+/// Runs `count` seeds from `first` with every client in a session
+/// ([`SessionWorkload`]); returns the failures and the totals (sessions, resends,
+/// session commands applied).
+fn run_session_seeds(
+    first: u64,
+    count: u64,
+    steps: u64,
+    dedup_off: bool,
+) -> (Vec<SimFailure>, [u64; 3]) {
+    let next = AtomicU64::new(first);
+    let totals = Mutex::new([0u64; 3]);
+    let failures = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= first + count {
+                    break;
+                }
+                let config = SimConfig {
+                    steps,
+                    ..SimConfig::from_seed(seed)
+                };
+                let w = SessionWorkload {
+                    inner: workload(&config),
+                    dedup_off,
+                };
+                match sim::run(&w, &config) {
+                    Ok(r) => {
+                        let mut t = totals.lock().expect("not poisoned");
+                        t[0] += r.sessions;
+                        t[1] += r.retries;
+                        t[2] += r.session_applies;
+                    }
+                    Err(f) => failures.lock().expect("not poisoned").push(f),
+                }
+            });
+        }
+    });
+    (
+        failures.into_inner().expect("not poisoned"),
+        totals.into_inner().expect("not poisoned"),
+    )
+}
+
+/// Clients in sessions resend every write whose outcome is unknown until one attempt
+/// answers: across every seed of the CI range, no session command is applied at two
+/// indexes, and the histories (retried writes counted once) are linearizable. Size with
+/// `RAFTNODE_SIM_SESSION_SEEDS` (default 400 in release builds, 10 in debug builds)
+/// and `RAFTNODE_SIM_SESSION_FIRST_SEED` (default 0).
+#[test]
+fn session_seeds() {
+    let first = env_u64("RAFTNODE_SIM_SESSION_FIRST_SEED", 0);
+    let default_seeds = if cfg!(debug_assertions) { 10 } else { 400 };
+    let count = env_u64("RAFTNODE_SIM_SESSION_SEEDS", default_seeds);
+    let started = Instant::now();
+    let (failures, [sessions, retries, applies]) = run_session_seeds(first, count, 10_000, false);
+    println!(
+        "sessions: {count} seeds from {first} in {:.1} s: {sessions} sessions opened, \
+         {retries} writes resent, {applies} session commands applied, {} seeds failed \
+         (0 double applies, 0 linearizability failures when none failed)",
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    for f in &failures {
+        eprintln!("{f}\n");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} session seeds failed",
+        failures.len()
+    );
+    assert!(
+        retries > 0,
+        "no write was ever resent: the check proved nothing"
+    );
+}
+
+/// Without deduplication (every resent write applied again) the exactly-once check
+/// fails within 100 seeds.
+#[test]
+fn bug_sessions_without_dedup_is_caught() {
+    let caught = (0..100).find_map(|seed| {
+        let (failures, _) = run_session_seeds(seed, 1, 4_000, true);
+        failures.into_iter().next()
+    });
+    let failure = caught.expect("sessions without dedup: not caught within 100 seeds");
+    println!(
+        "sessions without dedup: caught at seed {}: {}",
+        failure.seed,
+        failure.message.lines().next().unwrap_or("")
+    );
 }

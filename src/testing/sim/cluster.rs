@@ -65,6 +65,44 @@ struct Client {
     reads_only: bool,
     current: Option<(OpId, u64)>,
     next_at: u64,
+    /// With sessions: (session id, next sequence number).
+    session: Option<(u64, u64)>,
+    /// With sessions: the registration in flight, and when the client gives up on it.
+    registering: Option<(OpId, u64)>,
+    /// With sessions: the write in flight, for resending it.
+    retry: Option<Retry>,
+}
+
+/// A session write that may be resent: every attempt proposes the same bytes.
+struct Retry {
+    op: OpId,
+    bytes: bytes::Bytes,
+    /// Whether an attempt may have been applied (its outcome was unknown): a refused
+    /// or dropped later attempt then does not make the whole operation a no-op.
+    maybe_applied: bool,
+    /// After this step the client stops retrying: the outcome stays unknown.
+    give_up_at: u64,
+    /// The node of the latest attempt: what other nodes say of earlier attempts is
+    /// ignored (their answers still count, being the same by deduplication).
+    node: u64,
+    /// Resend at the client's next turn.
+    due: bool,
+}
+
+impl Client {
+    fn new(id: u64, target: u64, pinned: bool, reads_only: bool) -> Self {
+        Client {
+            id,
+            target,
+            pinned,
+            reads_only,
+            current: None,
+            next_at: 0,
+            session: None,
+            registering: None,
+            retry: None,
+        }
+    }
 }
 
 struct Sim<'a, W: Workload> {
@@ -109,6 +147,17 @@ struct Sim<'a, W: Workload> {
     /// The hostile-message generator, when [`SimConfig::hostile_per_million`] is on.
     hostile: Option<Hostile>,
     hostile_counts: HostileCounts,
+    /// Whether clients open sessions and retry ([`Workload::register_command`]).
+    sessions: bool,
+    /// Registrations in flight: op → client. Their ops are not in the history.
+    registrations: BTreeMap<OpId, usize>,
+    next_registration: usize,
+    /// (session, seq) → the one index it was applied at.
+    fresh: BTreeMap<(u64, u64), u64>,
+    sessions_opened: u64,
+    retries: u64,
+    /// Set once the faulty phase ends: unknown outcomes are final from then on.
+    recovering: bool,
 }
 
 /// What the hostile messages did, for the report.
@@ -147,28 +196,19 @@ impl<'a, W: Workload> Sim<'a, W> {
             );
         }
         let mut clients: Vec<Client> = (0..cfg.clients)
-            .map(|k| Client {
-                id: k + 1,
-                target: ids[(k as usize) % ids.len()],
-                pinned: false,
-                reads_only: false,
-                current: None,
-                next_at: 0,
-            })
+            .map(|k| Client::new(k + 1, ids[(k as usize) % ids.len()], false, false))
             .collect();
         if cfg.pinned_clients {
             // Two per node: a reader, which is never stuck behind a write that cannot
             // commit, and one with the whole mix, which writes on whoever leads.
             for &target in &ids {
                 for reads_only in [true, false] {
-                    clients.push(Client {
-                        id: clients.len() as u64 + 1,
+                    clients.push(Client::new(
+                        clients.len() as u64 + 1,
                         target,
-                        pinned: true,
+                        true,
                         reads_only,
-                        current: None,
-                        next_at: 0,
-                    });
+                    ));
                 }
             }
         }
@@ -208,6 +248,13 @@ impl<'a, W: Workload> Sim<'a, W> {
             hostile: (cfg.hostile_per_million > 0)
                 .then(|| Hostile::new(cfg.seed ^ 0x4057_11E5_F022_0001)),
             hostile_counts: HostileCounts::default(),
+            sessions: w.register_command().is_some(),
+            registrations: BTreeMap::new(),
+            next_registration: 0,
+            fresh: BTreeMap::new(),
+            sessions_opened: 0,
+            retries: 0,
+            recovering: false,
         }
     }
 
@@ -268,6 +315,9 @@ impl<'a, W: Workload> Sim<'a, W> {
             hostile_by_mutation: std::mem::take(&mut self.hostile_counts.by_mutation),
             hostile_refused: std::mem::take(&mut self.hostile_counts.refused),
             hostile_passed: self.hostile_counts.passed,
+            sessions: self.sessions_opened,
+            retries: self.retries,
+            session_applies: self.fresh.len() as u64,
         })
     }
 
@@ -411,17 +461,143 @@ impl<'a, W: Workload> Sim<'a, W> {
         }
         for k in 0..self.clients.len() {
             let client = &self.clients[k];
-            if client.current.is_some() || client.next_at > self.step {
+            if client.next_at > self.step {
+                continue;
+            }
+            if client.retry.as_ref().is_some_and(|r| r.due) {
+                self.resend(k);
+                continue;
+            }
+            if client.current.is_some() || client.registering.is_some() {
                 continue;
             }
             let op = self.w.next_op(&mut self.rng_clients);
             if self.clients[k].reads_only && !self.reader_takes(&op) {
                 continue;
             }
+            if self.sessions
+                && matches!(op, ClientOp::Write(..))
+                && self.clients[k].session.is_none()
+            {
+                self.register(k);
+                continue;
+            }
             let target = self.clients[k].target;
             let cid = self.clients[k].id;
             self.invoke(k, cid, target, op);
         }
+    }
+
+    /// Client `k` opens a session on the node it believes leads.
+    fn register(&mut self, k: usize) {
+        let Some(command) = self.w.register_command() else {
+            return;
+        };
+        // Registration ops live outside the history (they are no operation of the
+        // model), numbered down from the top so they never meet a history op.
+        self.next_registration += 1;
+        let op = OpId(usize::MAX - self.next_registration);
+        let target = self.clients[k].target;
+        let result = match self.nodes.get_mut(&target) {
+            Some(Slot::Up(node)) => node.propose(op, command),
+            _ => Err(Refused { leader: None }),
+        };
+        match result {
+            Ok(()) => {
+                self.registrations.insert(op, k);
+                self.clients[k].registering = Some((op, self.step + self.cfg.client_timeout_steps));
+            }
+            Err(refused) => self.redirect(k, target, refused.leader),
+        }
+    }
+
+    /// Sends client `k` to `leader` if it names another node, else to a random one; its
+    /// next turn is a few steps away.
+    fn redirect(&mut self, k: usize, target: u64, leader: Option<u64>) {
+        let step = self.step;
+        if self.clients[k].pinned {
+            self.clients[k].next_at = step + 1 + self.rng_clients.below(5);
+            return;
+        }
+        let next = match leader {
+            Some(l) if l != target => l,
+            _ => self.ids[self.rng_clients.below(self.ids.len() as u64) as usize],
+        };
+        self.clients[k].target = next;
+        self.clients[k].next_at = step + 1 + self.rng_clients.below(5);
+    }
+
+    /// Resends client `k`'s session write to its target.
+    fn resend(&mut self, k: usize) {
+        let Some(retry) = &self.clients[k].retry else {
+            return;
+        };
+        let (op, bytes) = (retry.op, retry.bytes.clone());
+        let target = self.clients[k].target;
+        let cid = self.clients[k].id;
+        self.event(|| format!("client {cid} resends {op:?} to node {target}"));
+        let result = match self.nodes.get_mut(&target) {
+            Some(Slot::Up(node)) => node.propose(op, bytes),
+            _ => Err(Refused { leader: None }),
+        };
+        match result {
+            Ok(()) => {
+                self.retries += 1;
+                let deadline = self.step + self.cfg.client_timeout_steps;
+                let client = &mut self.clients[k];
+                client.current = Some((op, deadline));
+                if let Some(r) = &mut client.retry {
+                    r.node = target;
+                    r.due = false;
+                }
+            }
+            Err(refused) => self.redirect(k, target, refused.leader),
+        }
+    }
+
+    /// An attempt of `op` on node `node` ended without a known outcome (unknown, timed
+    /// out, crashed with it, or, when `applied_never`, certainly not applied). A session
+    /// write is resent while its time lasts; anything else closes as before.
+    fn attempt_failed(&mut self, op: OpId, node: u64, applied_never: bool) {
+        if let Some(k) = self.registrations.remove(&op) {
+            // A lost registration may leave a session nobody uses; it expires.
+            self.clients[k].registering = None;
+            return;
+        }
+        let retry = self.owner.get(&op).and_then(|&k| {
+            let r = self.clients[k].retry.as_ref()?;
+            (r.op == op).then_some((k, r.node, r.maybe_applied, r.give_up_at))
+        });
+        let Some((k, latest, maybe_applied, give_up_at)) = retry else {
+            if applied_never {
+                self.history.discard(op);
+            } else {
+                self.history.fail_unknown(op, self.step);
+            }
+            self.release(op);
+            return;
+        };
+        if node != latest {
+            // An earlier attempt on another node; the latest is still in flight.
+            return;
+        }
+        if applied_never && !maybe_applied {
+            self.history.discard(op);
+            self.release(op);
+            return;
+        }
+        if self.recovering || self.step >= give_up_at {
+            self.history.fail_unknown(op, self.step);
+            self.release(op);
+            return;
+        }
+        self.event(|| format!("{op:?}: outcome unknown, the client will resend it"));
+        let target = self.clients[k].target;
+        if let Some(r) = &mut self.clients[k].retry {
+            r.maybe_applied |= !applied_never;
+            r.due = true;
+        }
+        self.redirect(k, target, None);
     }
 
     /// Whether a reads-only client issues `op`: reads only, and with lease reads on only
@@ -443,6 +619,22 @@ impl<'a, W: Workload> Sim<'a, W> {
         };
         self.event(|| format!("client {client} -> node {target}: {input:?}"));
         let id = self.history.invoke(client, input, step);
+        let request = match (request, self.clients[k].session) {
+            (Ok(command), Some((session, seq))) if self.sessions => {
+                let bytes = self.w.in_session(session, seq, &command);
+                self.clients[k].session = Some((session, seq + 1));
+                self.clients[k].retry = Some(Retry {
+                    op: id,
+                    bytes: bytes.clone(),
+                    maybe_applied: false,
+                    give_up_at: step + 4 * self.cfg.client_timeout_steps,
+                    node: target,
+                    due: false,
+                });
+                Ok(bytes)
+            }
+            (request, _) => request,
+        };
         let result = match self.nodes.get_mut(&target) {
             Some(Slot::Up(node)) => match request {
                 Ok(command) => node.propose(id, command),
@@ -457,27 +649,33 @@ impl<'a, W: Workload> Sim<'a, W> {
             }
             Err(refused) => {
                 self.history.discard(id);
-                if self.clients[k].pinned {
-                    self.clients[k].next_at = step + 1 + self.rng_clients.below(5);
-                    return;
-                }
-                let next = match refused.leader {
-                    Some(l) if l != target => l,
-                    _ => self.ids[self.rng_clients.below(self.ids.len() as u64) as usize],
-                };
-                self.clients[k].target = next;
-                self.clients[k].next_at = step + 1 + self.rng_clients.below(5);
+                self.clients[k].retry = None;
+                self.redirect(k, target, refused.leader);
             }
         }
     }
 
     fn expire_ops(&mut self) {
         for k in 0..self.clients.len() {
+            if let Some((op, deadline)) = self.clients[k].registering {
+                if deadline <= self.step {
+                    self.registrations.remove(&op);
+                    self.clients[k].registering = None;
+                }
+            }
+            if self.clients[k].retry.as_ref().is_some_and(|r| r.due) {
+                continue;
+            }
             if let Some((op, deadline)) = self.clients[k].current {
                 if deadline <= self.step {
-                    self.history.fail_unknown(op, self.step);
                     self.event(|| format!("client {} timed out: outcome unknown", k + 1));
-                    self.release(op);
+                    if self.clients[k].retry.is_some() {
+                        let node = self.clients[k].retry.as_ref().map_or(0, |r| r.node);
+                        self.attempt_failed(op, node, false);
+                    } else {
+                        self.history.fail_unknown(op, self.step);
+                        self.release(op);
+                    }
                 }
             }
         }
@@ -488,6 +686,7 @@ impl<'a, W: Workload> Sim<'a, W> {
         if let Some(k) = self.owner.remove(&op) {
             if self.clients[k].current.is_some_and(|(o, _)| o == op) {
                 self.clients[k].current = None;
+                self.clients[k].retry = None;
                 self.clients[k].next_at = self.step + self.rng_clients.below(4);
             }
         }
@@ -542,6 +741,7 @@ impl<'a, W: Workload> Sim<'a, W> {
         let terms = std::mem::take(&mut host.applied_terms);
         let removed = std::mem::take(&mut host.removed);
         let hashes = std::mem::take(&mut node.machine_mut().applied);
+        let fresh = std::mem::take(&mut node.machine_mut().fresh);
         let machine_applied = node.machine().applied_index();
         let raw = node.raw();
         let (role, term, commit) = (raw.raft.state, raw.raft.term, raw.raft.raft_log.committed);
@@ -566,8 +766,14 @@ impl<'a, W: Workload> Sim<'a, W> {
         self.snapshots += node.take_snapshots_taken();
         let step = self.step;
         let mut outputs = Vec::with_capacity(completed.len() + served.len());
+        let mut lost = Vec::new();
+        let mut opened = Vec::new();
         for (op, response) in completed {
-            if let Some(input) = self.history.open_input(op) {
+            if let Some(k) = self.registrations.remove(&op) {
+                opened.push((k, self.w.registered(&response)));
+            } else if self.w.session_lost(&response) {
+                lost.push(op);
+            } else if let Some(input) = self.history.open_input(op) {
                 outputs.push((op, self.w.write_output(input, response)));
             }
         }
@@ -587,13 +793,49 @@ impl<'a, W: Workload> Sim<'a, W> {
             self.history.complete(op, output, step);
             self.release(op);
         }
-        for op in dropped {
-            self.history.discard(op);
+        for (k, session) in opened {
+            self.clients[k].registering = None;
+            if let Some(session) = session {
+                let cid = self.clients[k].id;
+                self.event(|| format!("client {cid} opened session {session}"));
+                self.sessions_opened += 1;
+                self.clients[k].session = Some((session, 1));
+            }
+        }
+        for op in lost {
+            // Not applied for its session (expired): earlier attempts may have been, so
+            // the outcome is unknown unless this was the only one. A new session next.
+            self.event(|| format!("node {id}: {op:?}'s session is gone"));
+            let owner = self.owner.get(&op).copied();
+            let only_attempt = owner
+                .and_then(|k| self.clients[k].retry.as_ref())
+                .is_some_and(|r| r.op == op && !r.maybe_applied);
+            if only_attempt {
+                self.history.discard(op);
+            } else {
+                self.history.fail_unknown(op, step);
+            }
+            if let Some(k) = owner {
+                self.clients[k].session = None;
+            }
             self.release(op);
         }
+        for op in dropped {
+            self.attempt_failed(op, id, true);
+        }
         for op in unknown {
-            self.history.fail_unknown(op, step);
-            self.release(op);
+            self.attempt_failed(op, id, false);
+        }
+        // Invariant: a session command runs at one index only (exactly once, however
+        // often its client resent it).
+        for (index, session, seq) in fresh {
+            let first = *self.fresh.entry((session, seq)).or_insert(index);
+            if first != index {
+                return Err(self.failure(format!(
+                    "node {id} applied command {seq} of session {session} at index {index}, \
+                     it was applied at index {first} already: a retried command ran twice"
+                )));
+            }
         }
         // Invariant: at most one leader per term (Raft §5.2, Election Safety).
         if role == StateRole::Leader {
@@ -687,8 +929,7 @@ impl<'a, W: Workload> Sim<'a, W> {
         self.event(|| format!("node {id} was removed from the group and leaves"));
         if let Some(Slot::Up(mut node)) = self.nodes.remove(&id) {
             for op in node.abandon_all() {
-                self.history.fail_unknown(op, self.step);
-                self.release(op);
+                self.attempt_failed(op, id, false);
             }
         }
         self.ids.retain(|i| *i != id);
@@ -862,8 +1103,7 @@ impl<'a, W: Workload> Sim<'a, W> {
         self.crashes += 1;
         let disk = node.crash_disk(&mut self.rng_faults, self.plan.torn_writes);
         for op in node.abandon_all() {
-            self.history.fail_unknown(op, self.step);
-            self.release(op);
+            self.attempt_failed(op, id, false);
         }
         let (lo, hi) = self.plan.restart_steps;
         let restart_at = self.step + self.rng_faults.between(lo, hi.max(lo));
@@ -915,6 +1155,19 @@ impl<'a, W: Workload> Sim<'a, W> {
         self.plan.active = false;
         self.net.heal();
         self.event(|| "faults stop; network healed".into());
+        // Resends stop with the faults: a write waiting for one stays unknown.
+        self.recovering = true;
+        for k in 0..self.clients.len() {
+            let due = self.clients[k]
+                .retry
+                .as_ref()
+                .filter(|r| r.due)
+                .map(|r| r.op);
+            if let Some(op) = due {
+                self.history.fail_unknown(op, self.step);
+                self.release(op);
+            }
+        }
         for slot in self.nodes.values_mut() {
             if let Slot::Down { restart_at, .. } = slot {
                 *restart_at = 0;
@@ -925,14 +1178,7 @@ impl<'a, W: Workload> Sim<'a, W> {
         let finals = self.w.final_reads().len();
         let mut next_final = 0;
         let final_client = self.clients.len();
-        self.clients.push(Client {
-            id: 0,
-            target: self.ids[0],
-            pinned: false,
-            reads_only: false,
-            current: None,
-            next_at: 0,
-        });
+        self.clients.push(Client::new(0, self.ids[0], false, false));
         while next_final < finals || self.clients.iter().any(|c| c.current.is_some()) {
             if self.step >= deadline {
                 return Err(self.failure(format!(

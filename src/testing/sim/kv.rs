@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::{ClientOp, ReadMode, SimRng, Workload};
 use crate::error::StateMachineError;
+use crate::sessions::SessionMachine;
 use crate::state_machine::StateMachine;
 use crate::testing::linearizability::Model;
 
@@ -211,6 +212,35 @@ impl StateMachine for KvMachine {
             .collect();
         self.applied = index;
         Ok(())
+    }
+}
+
+/// Responses in the session table: `[0]` for `None`, `[1, 0]` done, `[2, has, value]`
+/// a read value, `[3, swapped]`.
+impl SessionMachine for KvMachine {
+    fn encode_response(response: &Option<KvOutput>) -> Vec<u8> {
+        match response {
+            None => vec![0],
+            Some(KvOutput::Done) => vec![1],
+            Some(KvOutput::Value(v)) => {
+                let mut out = vec![2, u8::from(v.is_some())];
+                out.extend(v.unwrap_or(0).to_le_bytes());
+                out
+            }
+            Some(KvOutput::Swapped(b)) => vec![3, u8::from(*b)],
+        }
+    }
+
+    fn decode_response(bytes: &[u8]) -> Result<Option<KvOutput>, StateMachineError> {
+        let bad = || StateMachineError::new(format!("bad KV response {bytes:?}"));
+        Ok(match bytes {
+            [0] => None,
+            [1] => Some(KvOutput::Done),
+            [2, 0, ..] => Some(KvOutput::Value(None)),
+            [2, 1, rest @ ..] => Some(KvOutput::Value(Some(u64_at(rest, 0).ok_or_else(bad)?))),
+            [3, b] => Some(KvOutput::Swapped(*b != 0)),
+            _ => return Err(bad()),
+        })
     }
 }
 

@@ -18,7 +18,8 @@
 //!    (add a spare as learner, promote, remove, joint replacement; a removed node leaves
 //!    for good and a fresh spare takes its place);
 //! 6. check invariants: one leader per term, applied entries agree across nodes (log
-//!    matching on the committed prefix), equal state at equal applied index.
+//!    matching on the committed prefix), equal state at equal applied index; with
+//!    client sessions ([`SessionWorkload`]), no command applied at two indexes.
 //!
 //! After the faulty phase the network heals and every node restarts: the cluster must
 //! elect a leader and commit again within a bound, then every key is read once more and
@@ -109,6 +110,7 @@ pub mod kv;
 mod network;
 mod node;
 mod rng;
+mod sessions;
 
 use std::fmt;
 
@@ -119,6 +121,7 @@ pub use disk::SimStore;
 pub use history::{History, OpId, Operation};
 pub use hostile::{Hostile, HostileTarget, Mutation};
 pub use rng::SimRng;
+pub use sessions::SessionWorkload;
 
 use crate::state_machine::StateMachine;
 use crate::testing::linearizability::Model;
@@ -184,6 +187,48 @@ pub trait Workload {
     /// The default hashes [`StateMachine::snapshot`]'s bytes; `None` skips the check.
     fn digest(&self, machine: &Self::Machine) -> Option<u64> {
         machine.snapshot().ok().map(|b| node::fnv(&b))
+    }
+
+    /// With client sessions ([`crate::Sessions`]; see [`SessionWorkload`]): the command
+    /// a client proposes to open its session before its first write. `None`, the
+    /// default, runs without sessions: a client whose write's outcome is unknown gives
+    /// up on it. With sessions, it retries the same command on another node until one
+    /// answers, and the simulator checks no command is applied twice.
+    fn register_command(&self) -> Option<Bytes> {
+        None
+    }
+
+    /// The session id a registration's response carries.
+    fn registered(&self, response: &<Self::Machine as StateMachine>::Response) -> Option<u64> {
+        let _ = response;
+        None
+    }
+
+    /// `command` as the `seq`-th of session `session`.
+    fn in_session(&self, session: u64, seq: u64, command: &Bytes) -> Bytes {
+        let _ = (session, seq);
+        command.clone()
+    }
+
+    /// Whether a write's response says it was not applied for its session (expired,
+    /// stale): its outcome stays unknown and the client opens a new session.
+    fn session_lost(&self, response: &<Self::Machine as StateMachine>::Response) -> bool {
+        let _ = response;
+        false
+    }
+
+    /// The (session, sequence number) a command was applied for, when this application
+    /// ran it (not a repeat answered from the session table): the simulator fails a run
+    /// in which one is applied at two indexes.
+    fn fresh_apply(
+        command: &[u8],
+        response: &<Self::Machine as StateMachine>::Response,
+    ) -> Option<(u64, u64)>
+    where
+        Self: Sized,
+    {
+        let _ = (command, response);
+        None
     }
 }
 
@@ -526,6 +571,12 @@ pub struct SimReport {
     pub hostile_refused: std::collections::BTreeMap<crate::Refusal, u64>,
     /// Of those, how many passed the checks to raft-rs (or to the notice handling).
     pub hostile_passed: u64,
+    /// Sessions opened by clients ([`Workload::register_command`]).
+    pub sessions: u64,
+    /// Write attempts resent because an earlier attempt's outcome was unknown.
+    pub retries: u64,
+    /// Session commands applied, each checked to be applied at one index only.
+    pub session_applies: u64,
 }
 
 /// A failed run: what went wrong, and how to replay it.

@@ -31,11 +31,17 @@ pub(crate) fn fnv(bytes: &[u8]) -> u64 {
     h
 }
 
+/// Which (session, sequence number) an application ran: [`Workload::fresh_apply`].
+pub(crate) type Audit<R> = fn(&[u8], &R) -> Option<(u64, u64)>;
+
 /// Wraps the user's state machine to record what was applied at each index.
-pub(crate) struct Recorded<M> {
+pub(crate) struct Recorded<M: StateMachine> {
     pub(crate) inner: M,
     /// (index, hash of the command; 0 for an entry without one), in apply order.
     pub(crate) applied: Vec<(u64, u64)>,
+    /// (index, session, sequence number) of each session command run, in apply order.
+    pub(crate) fresh: Vec<(u64, u64, u64)>,
+    audit: Audit<M::Response>,
 }
 
 impl<M: StateMachine> StateMachine for Recorded<M> {
@@ -43,7 +49,11 @@ impl<M: StateMachine> StateMachine for Recorded<M> {
 
     fn apply(&mut self, index: u64, command: &[u8]) -> M::Response {
         self.applied.push((index, fnv(command) | 1));
-        self.inner.apply(index, command)
+        let response = self.inner.apply(index, command);
+        if let Some((session, seq)) = (self.audit)(command, &response) {
+            self.fresh.push((index, session, seq));
+        }
+        response
     }
 
     fn apply_noop(&mut self, index: u64) {
@@ -239,6 +249,8 @@ impl<W: Workload> SimNode<W> {
         let mut sm = Recorded {
             inner: machine,
             applied: Vec::new(),
+            fresh: Vec::new(),
+            audit: W::fresh_apply,
         };
         let applied =
             replica::recover(&config, &mut store, &mut sm, logger).map_err(|e| e.to_string())?;
