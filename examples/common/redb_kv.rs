@@ -5,10 +5,13 @@
 //! One file, `<dir>/kv.redb`, holds two tables:
 //!
 //! - `data`: key → (version, index of the last write, value);
-//! - `meta`: `"applied_index"` → the index of the last applied entry.
+//! - `meta`: `"applied_index"` → the index of the last applied entry;
+//! - `sessions`: client session id → (last sequence number, index last used, the
+//!   encoded response to that sequence number), for [`raftnode::Sessions`].
 //!
-//! Every `apply`, `apply_noop` and `restore` is **one** redb write transaction that
-//! changes the data and the applied index together, so after a crash both survived or
+//! Every `apply`, `apply_noop` and `restore` (and their session variants, which also
+//! write the session table) is **one** redb write transaction that changes the data,
+//! the session table and the applied index together, so after a crash both survived or
 //! neither did (the contract on [`StateMachine::apply`]).
 //!
 //! # Durability
@@ -58,7 +61,8 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use raftnode::{StateMachine, StateMachineError, StorageError};
+use raftnode::sessions::{SessionRecord, SessionUpdate};
+use raftnode::{SessionMachine, StateMachine, StateMachineError, StorageError};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     TableDefinition,
@@ -80,6 +84,8 @@ const DATA: TableDefinition<&[u8], (u64, u64, &[u8])> = TableDefinition::new("da
 /// `APPLIED_KEY` → applied index.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const APPLIED_KEY: &str = "applied_index";
+/// Session id → (last sequence number, index last used, has a response, response).
+const SESSIONS: TableDefinition<u64, (u64, u64, bool, &[u8])> = TableDefinition::new("sessions");
 /// Written first in every snapshot; a snapshot with another value is refused.
 const SNAPSHOT_FORMAT: u32 = 1;
 
@@ -136,8 +142,8 @@ impl KvCommand {
     }
 }
 
-/// What applying a [`KvCommand`] returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What applying a [`KvCommand`] returned (postcard-encoded in the session table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvResponse {
     /// A put was applied; `previous` is the value it replaced.
     Put {
@@ -411,6 +417,17 @@ impl RedbKv {
         index: u64,
         command: Option<&[u8]>,
     ) -> Result<Option<KvResponse>, redb::Error> {
+        self.commit_apply_in_session(index, command, None)
+    }
+
+    /// [`Self::commit_apply`], writing the session table's `update` in the same
+    /// transaction.
+    fn commit_apply_in_session(
+        &mut self,
+        index: u64,
+        command: Option<&[u8]>,
+        update: Option<&SessionUpdate<'_, KvResponse>>,
+    ) -> Result<Option<KvResponse>, redb::Error> {
         let mut txn = self.db.begin_write()?;
         let durable = self.since_durable + 1 >= self.durable_every;
         txn.set_durability(if durable {
@@ -422,6 +439,22 @@ impl RedbKv {
             Some(raw) => Some(execute(&mut txn.open_table(DATA)?, index, raw)?),
             None => None,
         };
+        if let Some(update) = update.filter(|u| !u.is_empty()) {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            for id in update.expired {
+                sessions.remove(id)?;
+            }
+            if let Some(r) = &update.upsert {
+                // The record's response, or (for a command being applied) the one just
+                // produced: stored with the effect it answers.
+                let answer = r.response.or(response.as_ref());
+                let encoded = answer.map(encode_response).unwrap_or_default();
+                sessions.insert(
+                    r.id,
+                    (r.last_seq, r.last_index, answer.is_some(), &encoded[..]),
+                )?;
+            }
+        }
         txn.open_table(META)?.insert(APPLIED_KEY, index)?;
         txn.commit()?;
         self.since_durable = if durable { 0 } else { self.since_durable + 1 };
@@ -438,14 +471,28 @@ impl RedbKv {
         Ok(())
     }
 
-    fn restore_inner(&mut self, index: u64, snapshot: SnapshotData) -> Result<(), redb::Error> {
+    fn restore_inner(
+        &mut self,
+        index: u64,
+        snapshot: SnapshotData,
+        sessions: &[SessionRecord<KvResponse>],
+    ) -> Result<(), redb::Error> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         txn.delete_table(DATA)?;
+        txn.delete_table(SESSIONS)?;
         {
             let mut data = txn.open_table(DATA)?;
             for e in &snapshot.entries {
                 data.insert(&e.key[..], (e.version, e.index, &e.value[..]))?;
+            }
+            let mut table = txn.open_table(SESSIONS)?;
+            for r in sessions {
+                let encoded = r.response.as_ref().map(encode_response).unwrap_or_default();
+                table.insert(
+                    r.id,
+                    (r.last_seq, r.last_index, r.response.is_some(), &encoded[..]),
+                )?;
             }
         }
         txn.open_table(META)?.insert(APPLIED_KEY, index)?;
@@ -478,6 +525,7 @@ fn create_database(dir: &Path, path: &Path) -> Result<(), StorageError> {
             let txn = db.begin_write()?; // Immediate: durable before the rename
             txn.open_table(DATA)?;
             txn.open_table(META)?;
+            txn.open_table(SESSIONS)?;
             txn.commit()?;
             Ok(())
         });
@@ -499,6 +547,45 @@ fn read_applied(db: &Database) -> Result<u64, redb::Error> {
         .get(APPLIED_KEY)?
         .map_or(0, |g| g.value());
     Ok(applied)
+}
+
+fn encode_response(response: &KvResponse) -> Vec<u8> {
+    postcard::to_allocvec(response).expect("a KvResponse always encodes")
+}
+
+fn decode_response(raw: &[u8]) -> Result<KvResponse, String> {
+    let (response, rest) =
+        postcard::take_from_bytes(raw).map_err(|e| format!("bad session response: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the session response", rest.len()));
+    }
+    Ok(response)
+}
+
+/// Reads the session table (empty in a database made before it existed).
+fn read_sessions(db: &Database) -> Result<Vec<SessionRecord<KvResponse>>, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let table = match txn.open_table(SESSIONS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut records = Vec::new();
+    for item in table.iter().map_err(|e| e.to_string())? {
+        let (id, value) = item.map_err(|e| e.to_string())?;
+        let (last_seq, last_index, has, raw) = value.value();
+        records.push(SessionRecord {
+            id: id.value(),
+            last_seq,
+            response: if has {
+                Some(decode_response(raw)?)
+            } else {
+                None
+            },
+            last_index,
+        });
+    }
+    Ok(records)
 }
 
 fn to_entry((version, index, value): (u64, u64, &[u8])) -> KvEntry {
@@ -622,8 +709,59 @@ impl StateMachine for RedbKv {
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
+        self.restore_with_sessions(index, data, &[])
+    }
+
+    fn check_snapshot(&self, _index: u64, data: &[u8]) -> Result<(), StateMachineError> {
+        decode_snapshot(data)
+            .map(|_| ())
+            .map_err(StateMachineError::new)
+    }
+}
+
+/// Keeps [`raftnode::Sessions`]' table in the `sessions` table, in the same transaction
+/// as each entry's effect and applied index: after a crash the table matches the data.
+impl SessionMachine for RedbKv {
+    fn encode_response(response: &KvResponse) -> Vec<u8> {
+        encode_response(response)
+    }
+
+    fn decode_response(bytes: &[u8]) -> Result<KvResponse, StateMachineError> {
+        decode_response(bytes).map_err(StateMachineError::new)
+    }
+
+    fn apply_in_session(
+        &mut self,
+        index: u64,
+        command: &[u8],
+        update: &SessionUpdate<'_, KvResponse>,
+    ) -> KvResponse {
+        match self.commit_apply_in_session(index, Some(command), Some(update)) {
+            Ok(response) => response.expect("a command gives a response"),
+            Err(e) => panic!(
+                "RedbKv: applying entry {index} to {}: {e}; stopping the node",
+                self.path.display()
+            ),
+        }
+    }
+
+    fn apply_noop_in_session(&mut self, index: u64, update: &SessionUpdate<'_, KvResponse>) {
+        if let Err(e) = self.commit_apply_in_session(index, None, Some(update)) {
+            panic!(
+                "RedbKv: recording entry {index} in {}: {e}; stopping the node",
+                self.path.display()
+            );
+        }
+    }
+
+    fn restore_with_sessions(
+        &mut self,
+        index: u64,
+        data: &[u8],
+        sessions: &[SessionRecord<KvResponse>],
+    ) -> Result<(), StateMachineError> {
         let snapshot = decode_snapshot(data).map_err(StateMachineError::new)?;
-        self.restore_inner(index, snapshot).map_err(|e| {
+        self.restore_inner(index, snapshot, sessions).map_err(|e| {
             StateMachineError::new(format!(
                 "RedbKv restore at {index} into {}: {e}",
                 self.path.display()
@@ -631,10 +769,10 @@ impl StateMachine for RedbKv {
         })
     }
 
-    fn check_snapshot(&self, _index: u64, data: &[u8]) -> Result<(), StateMachineError> {
-        decode_snapshot(data)
-            .map(|_| ())
-            .map_err(StateMachineError::new)
+    fn load_sessions(&self) -> Result<Option<Vec<SessionRecord<KvResponse>>>, StateMachineError> {
+        read_sessions(&self.db).map(Some).map_err(|e| {
+            StateMachineError::new(format!("RedbKv sessions in {}: {e}", self.path.display()))
+        })
     }
 }
 

@@ -18,9 +18,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
+use raftnode::sessions::SessionRejection;
 use raftnode::{
-    MembershipError, PeerProgress, ProposeError, ReadConsistency, ReadError, Role, Status,
-    WriteToken,
+    MembershipError, PeerProgress, ProposeError, ReadConsistency, ReadError, Role, Session,
+    SessionReply, Sessions, Status, WriteToken,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,13 @@ const RETRY_AFTER_SECONDS: &str = "1";
 /// The header of a write's answer that carries its [`WriteToken`], as `<index>-<term>`;
 /// `GET /kv/{key}?after=<index>-<term>` takes it back.
 const WRITE_TOKEN: HeaderName = HeaderName::from_static("raft-write-token");
+/// `<session>:<seq>` on a `PUT` or `DELETE`: the write is applied at most once for that
+/// pair; a retry with the same key gets the first attempt's answer.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set to `true` on an answer a retry got from the session table (not applied again).
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// The id in the answer to `POST /sessions`.
+const SESSION: HeaderName = HeaderName::from_static("raft-session");
 
 /// The routes; `server` is every handler's state.
 pub(crate) fn router(server: Arc<Server>) -> Router {
@@ -52,6 +60,7 @@ pub(crate) fn router(server: Arc<Server>) -> Router {
             any(|| async { text(StatusCode::BAD_REQUEST, "empty key") }),
         )
         .route("/kv/{*key}", get(read_key).put(put_key).delete(delete_key))
+        .route("/sessions", post(open_session))
         .route("/members", post(add_member))
         .route("/members/{id}", delete(remove_member))
         .route("/leader", post(transfer))
@@ -204,8 +213,38 @@ async fn read_form(headers: &HeaderMap, body: Body) -> Result<BTreeMap<String, S
 // ------------------------------------------------------------------ keys
 
 /// The one read of the store: the value of `key`, copied out of the state machine.
-fn read_value(kv: &RedbKv, key: &[u8]) -> Option<Bytes> {
-    kv.get(key)
+fn read_value(kv: &Sessions<RedbKv>, key: &[u8]) -> Option<Bytes> {
+    kv.inner().get(key)
+}
+
+/// `command` in the envelope the state machine expects: in the session the
+/// `Idempotency-Key` header names, or plain without it; `400` for a malformed key.
+fn envelope(headers: &HeaderMap, command: &[u8]) -> Result<Bytes, Response> {
+    let Some(raw) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(Sessions::<RedbKv>::plain(command));
+    };
+    let number = |part: &str| {
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse::<u64>().ok())
+            .flatten()
+    };
+    let parsed = raw
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(':'))
+        .map(|(s, q)| (number(s), number(q)));
+    match parsed {
+        Some((Some(session), Some(seq))) if seq > 0 => Ok(Session::resume(session, seq)
+            .command(command)
+            .bytes()
+            .clone()),
+        _ => Err(text(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key must be <session>:<seq>: a session id from POST /sessions and \
+             a sequence number from 1, one higher for each new write (e.g. 12:1)",
+        )),
+    }
 }
 
 async fn put_key(
@@ -218,40 +257,103 @@ async fn put_key(
         Ok(key) => key,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    match read_body(&headers, body, MAX_VALUE_BYTES).await {
-        Ok(value) => propose(&server, &uri, encode_put(&key, &value)).await,
+    let value = match read_body(&headers, body, MAX_VALUE_BYTES).await {
+        Ok(value) => value,
+        Err(response) => return response,
+    };
+    match envelope(&headers, &encode_put(&key, &value)) {
+        Ok(command) => write(&server, &uri, command).await,
         Err(response) => response,
     }
 }
 
-async fn delete_key(State(server): State<Arc<Server>>, uri: Uri) -> Response {
-    match key_of(&uri) {
-        Ok(key) => propose(&server, &uri, encode_delete(&key)).await,
-        Err(e) => text(StatusCode::BAD_REQUEST, e),
+async fn delete_key(State(server): State<Arc<Server>>, uri: Uri, headers: HeaderMap) -> Response {
+    let key = match key_of(&uri) {
+        Ok(key) => key,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    match envelope(&headers, &encode_delete(&key)) {
+        Ok(command) => write(&server, &uri, command).await,
+        Err(response) => response,
     }
 }
 
-/// Proposes on the leader and waits for the outcome, at most `request_timeout`. An
-/// applied command's answer carries its token in `Raft-Write-Token`.
-async fn propose(server: &Server, uri: &Uri, command: Vec<u8>) -> Response {
+/// `POST /sessions`: opens a client session; `201` with its id in `Raft-Session` and
+/// the body `{"session": <id>}`.
+async fn open_session(State(server): State<Arc<Server>>, uri: Uri) -> Response {
+    match propose(&server, &uri, Sessions::<RedbKv>::register_command()).await {
+        Ok((SessionReply::Registered(id), _)) => {
+            let mut response = (
+                StatusCode::CREATED,
+                Json(serde_json::json!({ "session": id })),
+            )
+                .into_response();
+            let value = HeaderValue::from_str(&id.to_string()).expect("digits are valid");
+            response.headers_mut().insert(SESSION, value);
+            response
+        }
+        Ok((other, _)) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer to a registration: {other:?}"),
+        ),
+        Err(response) => response,
+    }
+}
+
+/// A `PUT` or `DELETE`: the answer to the applied command (or, for a retry the session
+/// table recognized, to its first application, with `Idempotent-Replayed: true`).
+async fn write(server: &Server, uri: &Uri, command: Bytes) -> Response {
+    match propose(server, uri, command).await {
+        Ok((SessionReply::Applied(response), token)) => with_token(applied(response), token),
+        Ok((SessionReply::Repeated(response), token)) => {
+            let mut answer = with_token(applied(response), token);
+            answer
+                .headers_mut()
+                .insert(REPLAYED, HeaderValue::from_static("true"));
+            answer
+        }
+        Ok((SessionReply::Rejected(SessionRejection::Expired { id }), _)) => text(
+            StatusCode::GONE,
+            format!(
+                "session {id} has expired (or was never opened): whether an earlier attempt \
+                 of this write was applied is unknown; open a new session with POST /sessions"
+            ),
+        ),
+        Ok((SessionReply::Rejected(rejection), _)) => {
+            text(StatusCode::CONFLICT, rejection.to_string())
+        }
+        Ok((SessionReply::Registered(_), _)) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a write was answered as a registration",
+        ),
+        Err(response) => response,
+    }
+}
+
+/// Proposes on the leader and waits for the outcome, at most `request_timeout`.
+async fn propose(
+    server: &Server,
+    uri: &Uri,
+    command: Bytes,
+) -> Result<(SessionReply<KvResponse>, WriteToken), Response> {
     if !leads(server) {
-        return redirect(server, uri, None);
+        return Err(redirect(server, uri, None));
     }
     let deadline = Instant::now() + server.request_timeout;
-    let handle = match server.node.propose(command) {
-        Ok(handle) => handle,
-        Err(e) => return propose_error(server, uri, e),
-    };
+    let handle = server
+        .node
+        .propose(command)
+        .map_err(|e| propose_error(server, uri, e))?;
     let waited = tokio::time::timeout(
         deadline.saturating_duration_since(Instant::now()),
         handle.applied(),
     )
     .await;
     match waited {
-        Ok(Ok((response, token))) => with_token(applied(response), token),
-        Ok(Err(e)) => propose_error(server, uri, e),
+        Ok(Ok(applied)) => Ok(applied),
+        Ok(Err(e)) => Err(propose_error(server, uri, e)),
         // The command was handed to raft: whether it applies is not known here.
-        Err(_elapsed) => outcome_unknown(ProposeError::Timeout),
+        Err(_elapsed) => Err(outcome_unknown(ProposeError::Timeout)),
     }
 }
 

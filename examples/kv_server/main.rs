@@ -36,10 +36,11 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `PUT /kv/{key}`, body = value | `204` once committed and applied on the leader, with `Raft-Write-Token` |
+//! | `POST /sessions` | `201`, `{"session": <id>}` and `Raft-Session: <id>`: a client session for `Idempotency-Key` |
+//! | `PUT /kv/{key}`, body = value `[Idempotency-Key: <session>:<seq>]` | `204` once committed and applied on the leader, with `Raft-Write-Token` |
 //! | `GET /kv/{key}[?consistency=linearizable\|lease\|stale]` | `200` with the value, `404` if absent |
 //! | `GET /kv/{key}?after=<index>-<term>` | the same, on this node once it applied the write of that token |
-//! | `DELETE /kv/{key}` | `204` if it existed, `404` if not (committed either way), with `Raft-Write-Token` |
+//! | `DELETE /kv/{key}` `[Idempotency-Key: <session>:<seq>]` | `204` if it existed, `404` if not (committed either way), with `Raft-Write-Token` |
 //! | `POST /members`, body `id=4&addr=127.0.0.1:7004&role=learner\|voter[&http=127.0.0.1:8004]` | `200` with the new voters/learners |
 //! | `DELETE /members/{id}` | `200` with the new voters/learners |
 //! | `POST /leader`, body `to=2` | `200` once node 2 leads |
@@ -74,6 +75,20 @@
 //! `-` is a `400`, as is `after=` together with `consistency=`. The request header is
 //! not read: pass the token in the query.
 //!
+//! **Retries that apply once (`Idempotency-Key`).** `POST /sessions` opens a client
+//! session ([`raftnode::Sessions`]: the id is the log index of its registration). A `PUT`
+//! or `DELETE` with `Idempotency-Key: <session>:<seq>` (a sequence number from 1, one
+//! higher for each new write of that session, one write at a time) is applied at most
+//! once: after a `504`, or a lost connection, send the same request with the same key
+//! again, to any node, until it answers; a retry of a write already applied gets the
+//! first application's status and `Idempotent-Replayed: true`, and is not applied again.
+//! `410 Gone`: the session expired (10,000 sessions at most, the least recently used
+//! go first; or idle for 1,000,000 log entries): whether an earlier attempt was applied
+//! is unknown, open a new session. `409`: a sequence number below the session's last
+//! (that write's answer is no longer kept). The session table is replicated, in
+//! snapshots, and in the same redb transaction as the data. Without the header a write
+//! is applied as sent, each time.
+//!
 //! **Errors.** The body of every error is one line of text saying what happened, but
 //! for the `400` and `431` hyper itself sends (bytes that are not HTTP, a head over
 //! 16 KiB), which have none. A connection that sends no complete request head for 30 s,
@@ -84,11 +99,12 @@
 //! | `400` | malformed request or bad parameter |
 //! | `404` | unknown path or key |
 //! | `405` | wrong method |
-//! | `409` | membership change refused by raft (another one pending) |
+//! | `409` | membership change refused by raft (another one pending); an `Idempotency-Key` sequence number below its session's last |
+//! | `410` | the `Idempotency-Key` session expired: outcome of earlier attempts unknown, open a new session |
 //! | `413` | body too large |
 //! | `431` | request head too large (hyper's limit) |
 //! | `503` + `Retry-After: 1` | **not applied, safe to retry**: no leader known, the leader's HTTP address unknown, the node's queue full, the proposal dropped by raft, a read not confirmed in time (or, with `after=`, this node not yet at the token), too many connections, the node stopped. Every `503` carries `Retry-After` |
-//! | `504` | **outcome unknown**: the write or membership change was handed to raft and then the wait ended (timeout, or leadership lost after the entry was appended). It may or may not have been applied; read the key before retrying a write that is not idempotent. No `Retry-After` |
+//! | `504` | **outcome unknown**: the write or membership change was handed to raft and then the wait ended (timeout, or leadership lost after the entry was appended). It may or may not have been applied; retry with the same `Idempotency-Key` (applied at most once), or read the key before retrying a write sent without one. No `Retry-After` |
 //!
 //! **When the raft node stops** (its disk fails or fills, its state machine fails), the
 //! process prints `kv_server: raft node stopped: <reason>` and exits with status 1 at
@@ -116,7 +132,7 @@ use clap::Parser;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::RwLock;
-use raftnode::{Config, EngineLogStore, Node, StopReason, TcpConfig, TcpTransport};
+use raftnode::{Config, EngineLogStore, Node, Sessions, StopReason, TcpConfig, TcpTransport};
 use tokio::net::TcpListener;
 
 /// The state machine and its commands, for every module here: the one line to change
@@ -267,7 +283,7 @@ impl Args {
 
 /// What every request handler shares.
 pub(crate) struct Server {
-    pub(crate) node: Node<RedbKv>,
+    pub(crate) node: Node<Sessions<RedbKv>>,
     /// HTTP addresses of the members, for redirects and `/cluster`: from `--peers-http`
     /// (this node's `--http` included), plus `http=` of `POST /members` handled here.
     pub(crate) peers_http: RwLock<BTreeMap<u64, String>>,
@@ -343,6 +359,8 @@ fn run(args: Args, tls: Option<TlsFiles>) -> Result<(), Box<dyn std::error::Erro
         .map_err(|e| format!("opening the raft log: {e}"))?;
     let kv = RedbKv::open(args.data_dir.join("kv"))
         .map_err(|e| format!("opening the key-value data: {e}"))?;
+    // Client sessions (Idempotency-Key): the table lives in the same redb file.
+    let kv = Sessions::new(kv).map_err(|e| format!("opening the session table: {e}"))?;
     let mut config = Config::new(args.id);
     if !args.join {
         config.initial_voters = args.cluster.keys().copied().collect();
