@@ -185,6 +185,11 @@ pub struct OperationsDoc;
 #[doc = include_str!("../docs/reads.md")]
 pub struct ReadsDoc;
 
+/// The code blocks of `docs/sessions.md`, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/sessions.md")]
+pub struct SessionsDoc;
+
 /// The code blocks of `docs/testing.md`, compiled as doctests so they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/testing.md")]

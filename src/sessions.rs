@@ -532,10 +532,13 @@ where
     }
 }
 
+/// A wrapper snapshot split: the session records and the host's snapshot bytes.
+type SplitSnapshot<'a, R> = (Vec<SessionRecord<R>>, &'a [u8]);
+
 /// Splits a wrapper snapshot into its session records and the host's snapshot bytes.
 fn decode_snapshot<M: SessionMachine>(
     data: &[u8],
-) -> Result<(Vec<SessionRecord<M::Response>>, &[u8]), StateMachineError> {
+) -> Result<SplitSnapshot<'_, M::Response>, StateMachineError> {
     let bad = |what: &str| StateMachineError::new(format!("sessions snapshot: {what}"));
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8], StateMachineError> {

@@ -218,8 +218,9 @@ fn read_value(kv: &Sessions<RedbKv>, key: &[u8]) -> Option<Bytes> {
 }
 
 /// `command` in the envelope the state machine expects: in the session the
-/// `Idempotency-Key` header names, or plain without it; `400` for a malformed key.
-fn envelope(headers: &HeaderMap, command: &[u8]) -> Result<Bytes, Response> {
+/// `Idempotency-Key` header names, or plain without it; the text of a `400` for a
+/// malformed key.
+fn envelope(headers: &HeaderMap, command: &[u8]) -> Result<Bytes, &'static str> {
     let Some(raw) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(Sessions::<RedbKv>::plain(command));
     };
@@ -239,11 +240,10 @@ fn envelope(headers: &HeaderMap, command: &[u8]) -> Result<Bytes, Response> {
             .command(command)
             .bytes()
             .clone()),
-        _ => Err(text(
-            StatusCode::BAD_REQUEST,
+        _ => Err(
             "Idempotency-Key must be <session>:<seq>: a session id from POST /sessions and \
              a sequence number from 1, one higher for each new write (e.g. 12:1)",
-        )),
+        ),
     }
 }
 
@@ -263,7 +263,7 @@ async fn put_key(
     };
     match envelope(&headers, &encode_put(&key, &value)) {
         Ok(command) => write(&server, &uri, command).await,
-        Err(response) => response,
+        Err(e) => text(StatusCode::BAD_REQUEST, e),
     }
 }
 
@@ -274,7 +274,7 @@ async fn delete_key(State(server): State<Arc<Server>>, uri: Uri, headers: Header
     };
     match envelope(&headers, &encode_delete(&key)) {
         Ok(command) => write(&server, &uri, command).await,
-        Err(response) => response,
+        Err(e) => text(StatusCode::BAD_REQUEST, e),
     }
 }
 

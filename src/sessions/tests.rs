@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// (index, (session, last seq) upserted, sessions expired) of one table update.
+type Update = (u64, Option<(u64, u64)>, Vec<u64>);
+
 /// A counter whose response is the running total; counts how often each command ran.
 #[derive(Default)]
 struct Counter {
@@ -10,7 +13,7 @@ struct Counter {
     runs: u64,
     /// Set to make the machine look durable: it resumes at `applied` after a restart.
     keeps: Option<Vec<SessionRecord<u64>>>,
-    updates: Vec<(u64, Option<(u64, u64)>, Vec<u64>)>,
+    updates: Vec<Update>,
 }
 
 impl StateMachine for Counter {
