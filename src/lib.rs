@@ -79,6 +79,7 @@ mod host;
 mod log_store;
 mod mailbox;
 mod membership;
+mod message_log;
 mod node;
 mod notice;
 mod peer_watch;
@@ -112,6 +113,7 @@ pub use host::{GroupHost, HostConfig};
 pub use log_store::LogStore;
 pub use mailbox::{DeliverError, Mailbox};
 pub use membership::{Membership, MembershipChange};
+pub use message_log::MessageLog;
 #[cfg(feature = "terminal-logger")]
 pub use node::terminal_logger;
 pub use node::{discard_logger, Node, ReadConsistency};

@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub closed: RwLock<bool>,
     /// Notified (under `stop_reason`) once `closed` is set: `Node::wait_stopped`.
     pub stopped: Condvar,
+    /// Which raft messages the core logs (`Node::set_message_log`).
+    pub message_log: crate::message_log::MessageLogSwitch,
 }
 
 impl Shared {
@@ -78,6 +80,7 @@ impl Shared {
             killed: AtomicBool::new(false),
             closed: RwLock::new(false),
             stopped: Condvar::new(),
+            message_log: Default::default(),
         }
     }
 }
@@ -505,6 +508,36 @@ impl<M: StateMachine> Node<M> {
         let deadline = Instant::now() + timeout;
         self.submit(Request::TransferLeader { to, deadline, done })?;
         handle.wait_deadline(Some(deadline + Duration::from_millis(50)))
+    }
+
+    /// Switches the logging of raft messages, per message type, while the node runs:
+    /// one `info` line per message sent or received, with its type, from, to, term,
+    /// index, log_term, commit, number of entries and reject flag. `info` survives
+    /// release builds (unlike the `debug` lines raftnode writes for every message when
+    /// the logger takes `debug`). Takes effect on the next message.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(node: &raftnode::Node<impl raftnode::StateMachine>) {
+    /// use raftnode::{raft_types::MessageType, MessageLog};
+    /// // Why do elections keep starting? Log the votes.
+    /// node.set_message_log(MessageLog::only(&[
+    ///     MessageType::MsgRequestPreVote,
+    ///     MessageType::MsgRequestVote,
+    ///     MessageType::MsgRequestVoteResponse,
+    /// ]));
+    /// // ... and stop.
+    /// node.set_message_log(MessageLog::off());
+    /// # }
+    /// ```
+    pub fn set_message_log(&self, log: crate::MessageLog) {
+        self.inner.shared.message_log.set(log);
+    }
+
+    /// The message types this node logs now ([`Node::set_message_log`]).
+    pub fn message_log(&self) -> crate::MessageLog {
+        self.inner.shared.message_log.get()
     }
 
     /// What looks wrong with the group from this node: each [`Finding`] names the

@@ -239,7 +239,7 @@ impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
                     "index" => m.get_snapshot().get_metadata().index,
                     "bytes" => m.get_snapshot().data.len());
             }
-            if self.log_messages {
+            if !self.shared.message_log.log(&self.logger, "send", m) && self.log_messages {
                 debug!(self.logger, "send"; "type" => ?m.get_msg_type(), "to" => m.to,
                     "term" => m.term, "index" => m.index, "log_term" => m.log_term,
                     "commit" => m.commit, "entries" => m.entries.len());
@@ -733,7 +733,12 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 "type" => ?m.get_msg_type(), "from" => m.from, "term" => m.term);
             return;
         }
-        if self.book.log_messages {
+        let logged = self
+            .book
+            .shared
+            .message_log
+            .log(&self.book.logger, "recv", &m);
+        if !logged && self.book.log_messages {
             debug!(self.book.logger, "recv"; "type" => ?m.get_msg_type(), "from" => m.from,
                 "term" => m.term, "index" => m.index, "log_term" => m.log_term,
                 "commit" => m.commit, "entries" => m.entries.len());
