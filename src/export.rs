@@ -139,6 +139,11 @@ const METRICS: &[(&str, &str, Read)] = &[
         Read::MicrosCounter(|s| s.metrics.leaderless_us),
     ),
     (
+        "raftnode_leaderless_gaps_total",
+        "Gaps without a leader that ended; leaderless seconds / gaps = average election.",
+        Read::Counter(|s| s.metrics.leaderless_gaps),
+    ),
+    (
         "raftnode_last_election_seconds",
         "How long this node's last election took (knowing no leader until it knew one).",
         Read::Gauge(|s| s.metrics.last_election_us as f64 / 1e6),

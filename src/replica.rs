@@ -2079,6 +2079,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 let us = now.saturating_duration_since(since).as_micros() as u64;
                 metrics.last_election_us.store(us, Ordering::Relaxed);
                 metrics.leaderless_us.fetch_add(us, Ordering::Relaxed);
+                bump(&metrics.leaderless_gaps);
                 self.elections.leaderless_since = None;
             }
             _ => {}

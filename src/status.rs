@@ -142,6 +142,7 @@ pub(crate) struct Metrics {
     pub quiesced: AtomicU64,
     pub last_election_us: AtomicU64,
     pub leaderless_us: AtomicU64,
+    pub leaderless_gaps: AtomicU64,
     pub requests_busy: AtomicU64,
     pub election_backoff: AtomicU64,
     /// Peer messages refused before `step`, by reason, and their warnings' rate limit.
@@ -198,6 +199,9 @@ pub struct MetricsSnapshot {
     /// Microseconds this node spent knowing no leader, over all such gaps that ended
     /// (as `last_election_us`).
     pub leaderless_us: u64,
+    /// How many gaps without a leader ended (those `leaderless_us` adds up): the
+    /// elections this node saw through. See [`MetricsSnapshot::average_election_us`].
+    pub leaderless_gaps: u64,
     /// Requests (proposals, reads, membership changes, ...) refused with `Busy`
     /// because `max_pending_requests` were queued.
     pub requests_busy: u64,
@@ -212,6 +216,16 @@ pub struct MetricsSnapshot {
     pub entries_appended: u64,
     /// Entries applied.
     pub entries_applied: u64,
+}
+
+impl MetricsSnapshot {
+    /// The average election duration, in microseconds, over every gap without a leader
+    /// that ended (`leaderless_us / leaderless_gaps`); `None` before the first. For the
+    /// average over a window, take two snapshots and divide the differences (or use
+    /// `rate()` of the two exported counters).
+    pub fn average_election_us(&self) -> Option<u64> {
+        self.leaderless_us.checked_div(self.leaderless_gaps)
+    }
 }
 
 impl Metrics {
@@ -236,6 +250,7 @@ impl Metrics {
             quiesced: get(&self.quiesced),
             last_election_us: get(&self.last_election_us),
             leaderless_us: get(&self.leaderless_us),
+            leaderless_gaps: get(&self.leaderless_gaps),
             requests_busy: get(&self.requests_busy),
             election_backoff: get(&self.election_backoff).max(1),
             readies: driver.readies,

@@ -195,7 +195,8 @@ fn confirmed_leader_names_only_a_leader_a_quorum_answers() {
 
 /// Proves the election metrics measure the gap without a leader: after the leader is
 /// killed, each survivor reports a `last_election_us` above 0 and no longer than the time from the
-/// kill to the new leader, and its `leaderless_us` grew by it.
+/// kill to the new leader, its `leaderless_us` grew by it and `leaderless_gaps` by one
+/// (the average election duration is their quotient).
 #[test]
 fn election_metrics_measure_the_gap_without_a_leader() {
     let mut c = Cluster::new(3);
@@ -205,9 +206,12 @@ fn election_metrics_measure_the_gap_without_a_leader() {
     wait_until("every node knows the first leader", || {
         survivors.iter().all(|&id| c.status(id).leader == Some(old))
     });
-    let before: Vec<u64> = survivors
+    let before: Vec<(u64, u64)> = survivors
         .iter()
-        .map(|&id| c.status(id).metrics.leaderless_us)
+        .map(|&id| {
+            let m = c.status(id).metrics;
+            (m.leaderless_us, m.leaderless_gaps)
+        })
         .collect();
     let killed = std::time::Instant::now();
     c.kill(old);
@@ -216,8 +220,19 @@ fn election_metrics_measure_the_gap_without_a_leader() {
         survivors.iter().all(|&id| c.status(id).leader == Some(new))
     });
     let bound = killed.elapsed().as_micros() as u64;
-    for (&id, before) in survivors.iter().zip(before) {
+    for (&id, (before, gaps)) in survivors.iter().zip(before) {
         let m = c.status(id).metrics;
+        assert_eq!(
+            m.leaderless_gaps,
+            gaps + 1,
+            "node {id}: one more election seen through"
+        );
+        let average = m.average_election_us().expect("elections seen");
+        assert_eq!(average, m.leaderless_us / m.leaderless_gaps, "node {id}");
+        assert!(
+            average > 0 && average <= m.leaderless_us,
+            "node {id}: average {average} us"
+        );
         assert!(
             m.last_election_us > 0 && m.last_election_us <= bound,
             "node {id}: last election {} us, {bound} us since the kill",
