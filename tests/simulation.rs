@@ -27,10 +27,26 @@ fn workload(config: &SimConfig) -> KvWorkload {
     }
 }
 
+/// Calls `run` with each seed of `first..first + count`, on every core.
+fn on_every_core(first: u64, count: u64, run: impl Fn(u64) + Sync) {
+    let next = AtomicU64::new(first);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= first + count {
+                    break;
+                }
+                run(seed);
+            });
+        }
+    });
+}
+
 /// Runs seeds `first..first + count` on every core; returns the failures and the steps
 /// simulated.
 fn run_seeds(first: u64, count: u64, steps: u64) -> (Vec<SimFailure>, u64, u64) {
-    let next = AtomicU64::new(first);
     // The slowest linearizability check: (microseconds, seed, operations).
     let slowest = Mutex::new((0u128, 0u64, 0u64));
     let total_steps = AtomicU64::new(0);
@@ -40,37 +56,27 @@ fn run_seeds(first: u64, count: u64, steps: u64) -> (Vec<SimFailure>, u64, u64) 
     let went_quiet = AtomicU64::new(0);
     let quiet_ticks = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= first + count {
-                    break;
+    on_every_core(first, count, |seed| {
+        let config = SimConfig {
+            steps,
+            ..SimConfig::from_seed(seed)
+        };
+        match sim::run(&workload(&config), &config) {
+            Ok(report) => {
+                total_steps.fetch_add(report.steps, Ordering::Relaxed);
+                total_ops.fetch_add(report.operations, Ordering::Relaxed);
+                if config.quiesce_after_timeouts > 0 {
+                    quiescing.fetch_add(1, Ordering::Relaxed);
+                    went_quiet.fetch_add(u64::from(report.quiet_ticks > 0), Ordering::Relaxed);
+                    quiet_ticks.fetch_add(report.quiet_ticks, Ordering::Relaxed);
                 }
-                let config = SimConfig {
-                    steps,
-                    ..SimConfig::from_seed(seed)
-                };
-                match sim::run(&workload(&config), &config) {
-                    Ok(report) => {
-                        total_steps.fetch_add(report.steps, Ordering::Relaxed);
-                        total_ops.fetch_add(report.operations, Ordering::Relaxed);
-                        if config.quiesce_after_timeouts > 0 {
-                            quiescing.fetch_add(1, Ordering::Relaxed);
-                            went_quiet
-                                .fetch_add(u64::from(report.quiet_ticks > 0), Ordering::Relaxed);
-                            quiet_ticks.fetch_add(report.quiet_ticks, Ordering::Relaxed);
-                        }
-                        let micros = report.check_time.as_micros();
-                        let mut worst = slowest.lock().expect("not poisoned");
-                        if micros > worst.0 {
-                            *worst = (micros, seed, report.operations);
-                        }
-                    }
-                    Err(failure) => failures.lock().expect("not poisoned").push(failure),
+                let micros = report.check_time.as_micros();
+                let mut worst = slowest.lock().expect("not poisoned");
+                if micros > worst.0 {
+                    *worst = (micros, seed, report.operations);
                 }
-            });
+            }
+            Err(failure) => failures.lock().expect("not poisoned").push(failure),
         }
     });
     let (micros, seed, operations) = slowest.into_inner().expect("not poisoned");
@@ -426,35 +432,25 @@ fn run_session_seeds(
     steps: u64,
     dedup_off: bool,
 ) -> (Vec<SimFailure>, [u64; 3]) {
-    let next = AtomicU64::new(first);
     let totals = Mutex::new([0u64; 3]);
     let failures = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= first + count {
-                    break;
-                }
-                let config = SimConfig {
-                    steps,
-                    ..SimConfig::from_seed(seed)
-                };
-                let w = SessionWorkload {
-                    inner: workload(&config),
-                    dedup_off,
-                };
-                match sim::run(&w, &config) {
-                    Ok(r) => {
-                        let mut t = totals.lock().expect("not poisoned");
-                        t[0] += r.sessions;
-                        t[1] += r.retries;
-                        t[2] += r.session_applies;
-                    }
-                    Err(f) => failures.lock().expect("not poisoned").push(f),
-                }
-            });
+    on_every_core(first, count, |seed| {
+        let config = SimConfig {
+            steps,
+            ..SimConfig::from_seed(seed)
+        };
+        let w = SessionWorkload {
+            inner: workload(&config),
+            dedup_off,
+        };
+        match sim::run(&w, &config) {
+            Ok(r) => {
+                let mut t = totals.lock().expect("not poisoned");
+                t[0] += r.sessions;
+                t[1] += r.retries;
+                t[2] += r.session_applies;
+            }
+            Err(f) => failures.lock().expect("not poisoned").push(f),
         }
     });
     (

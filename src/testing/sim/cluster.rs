@@ -533,6 +533,12 @@ impl<'a, W: Workload> Sim<'a, W> {
             return;
         };
         let (op, bytes) = (retry.op, retry.bytes.clone());
+        if self.step >= retry.give_up_at {
+            // Refused and redirected until its time ran out: the outcome stays unknown.
+            self.history.fail_unknown(op, self.step);
+            self.release(op);
+            return;
+        }
         let target = self.clients[k].target;
         let cid = self.clients[k].id;
         self.event(|| format!("client {cid} resends {op:?} to node {target}"));
