@@ -116,7 +116,7 @@ pub use proposals::{Applied, ProposalHandle, WriteToken};
 /// The `slog` crate, whose [`Logger`](slog::Logger) [`Node::start`] takes.
 pub use slog;
 pub use state_machine::StateMachine;
-pub use status::{MetricsSnapshot, PeerProgress, ProgressState, Role, Status};
+pub use status::{Divergence, MetricsSnapshot, PeerProgress, ProgressState, Role, Status};
 pub use storage::MemLogStore;
 pub use storage::{EngineLogStore, EngineOptions, LogEngine};
 pub use transport::Transport;

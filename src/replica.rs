@@ -9,6 +9,8 @@
 //! thread (`runtime.rs`) and the simulator (`testing/sim/node.rs`) both drive this one
 //! copy, so the simulator checks the code that ships (docs/architecture.md).
 
+mod checkpoint;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use raft::eraftpb::{
     Snapshot,
 };
 use raft::{GetEntriesContext, RawNode, ReadState, SnapshotStatus, SoftState, StateRole};
-use slog::{debug, info, warn, Drain, Logger};
+use slog::{debug, error, info, warn, Drain, Logger};
 
 use crate::config::Config;
 use crate::driver::{self, DriverError, DriverStats, Faults, Outbox};
@@ -33,8 +35,10 @@ use crate::peer_watch::PeerWatch;
 use crate::proposals::{self, AppliedAs, Outcome, Pending, Waiter, WriteToken};
 use crate::snapshot_codec::{self, MemberContexts};
 use crate::state_machine::StateMachine;
-use crate::status::{bump, PeerProgress, Role, Status};
+use crate::status::{bump, Divergence, PeerProgress, Role, Status};
 use crate::validate::Refusal;
+
+use checkpoint::{Checkpoints, Marker};
 
 /// What a [`Replica`] needs from whoever runs it: a way to reach peers, and somewhere to
 /// deliver each request's outcome. The tokens are the host's own handles for waiting
@@ -193,6 +197,12 @@ struct Book<M: StateMachine, H: Host<M>> {
     /// When each peer was last heard from, which are stopping, which say this node was
     /// removed.
     peers: PeerWatch,
+    /// Divergence detection: the digests taken at checkpoints, the leader's next one,
+    /// what was found. `None` until the first marker (docs/operations.md,
+    /// "Divergence").
+    checkpoints: Option<Box<Checkpoints>>,
+    /// `Config::stop_on_divergence`.
+    stop_on_divergence: bool,
 }
 
 fn finish_waiter<M: StateMachine, H: Host<M>>(
@@ -210,6 +220,57 @@ fn finish_waiter<M: StateMachine, H: Host<M>>(
 }
 
 impl<M: StateMachine, H: Host<M>> Book<M, H> {
+    /// Counts a context on an empty entry that is not a marker this version writes,
+    /// and logs it (the first time, then at every power of two): it is ignored.
+    fn ignore_marker(&mut self, index: u64, why: &'static str) {
+        let metrics = &self.shared.metrics;
+        let n = metrics.checkpoints_ignored.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            warn!(self.logger, "ignored an empty entry whose context is not a checkpoint marker";
+                "index" => index, "why" => why, "ignored_so_far" => n);
+        }
+    }
+
+    /// The leader `leader` reports its digest `theirs` at the checkpoint `index`, in the
+    /// entry at `at`: compares it with this replica's, if it has one.
+    fn compare_digest(
+        &mut self,
+        at: u64,
+        leader: u64,
+        index: u64,
+        theirs: u64,
+    ) -> Result<(), DriverError> {
+        let checkpoints = self.checkpoints.get_or_insert_with(Default::default);
+        let Some(ours) = checkpoints.digest_at(index) else {
+            debug!(self.logger, "no digest of our own at the reported checkpoint";
+                "index" => index, "leader" => leader);
+            return Ok(());
+        };
+        let metrics = &self.shared.metrics;
+        bump(&metrics.checkpoints_compared);
+        if ours == theirs {
+            return Ok(());
+        }
+        bump(&metrics.divergences);
+        let divergence = Divergence {
+            index,
+            replica: self.id,
+            leader,
+            local_digest: ours,
+            leader_digest: theirs,
+            reported_at: at,
+        };
+        error!(self.logger, "state machine diverged from the leader's";
+            "checkpoint_index" => index, "replica" => self.id, "leader" => leader,
+            "digest" => format!("{ours:#018x}"), "leader_digest" => format!("{theirs:#018x}"),
+            "found_at" => at, "stop" => self.stop_on_divergence);
+        checkpoints.first.get_or_insert_with(|| divergence.clone());
+        if self.stop_on_divergence {
+            return Err(DriverError::Diverged(divergence));
+        }
+        Ok(())
+    }
+
     fn fail_pending_unknown(&mut self) {
         let n = self.pending.len() as u64;
         self.shared
@@ -343,6 +404,27 @@ impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
 
     fn killed(&self) -> bool {
         self.shared.killed.load(Ordering::Acquire)
+    }
+
+    fn marker(
+        &mut self,
+        index: u64,
+        context: &[u8],
+        digest: &dyn Fn() -> Option<u64>,
+    ) -> Result<(), DriverError> {
+        match Marker::parse(context, index) {
+            Err(why) => self.ignore_marker(index, why),
+            Ok(Marker::Checkpoint { .. }) => self
+                .checkpoints
+                .get_or_insert_with(Default::default)
+                .on_checkpoint(index, digest()),
+            Ok(Marker::Report {
+                leader,
+                index: checkpoint,
+                digest,
+            }) => self.compare_digest(index, leader, checkpoint, digest)?,
+        }
+        Ok(())
     }
 }
 
@@ -555,6 +637,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 removed,
                 ss_changed: false,
                 peers: PeerWatch::default(),
+                checkpoints: None,
+                stop_on_divergence: config.stop_on_divergence,
             },
             raw,
             sm,
@@ -1999,11 +2083,67 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             self.housekeeping_due = false;
             self.maybe_leave_joint();
         }
+        self.maybe_checkpoint();
         let every = self.config.snapshot.every_applied;
         if every > 0 && applied >= self.last_snapshot_index + every {
             self.snapshot_now()?;
         }
         Ok(())
+    }
+
+    /// Divergence detection on a leader (docs/operations.md, "Divergence"): reports its
+    /// digest at the checkpoint it just applied, and proposes the next checkpoint once
+    /// `checkpoint_every` entries were applied since the last.
+    fn maybe_checkpoint(&mut self) {
+        let report = self
+            .book
+            .checkpoints
+            .as_mut()
+            .and_then(|c| c.report_due.take());
+        let every = self.config.checkpoint_every;
+        if every == 0 || !self.is_leader() || self.phase != Phase::Running {
+            return;
+        }
+        let (id, term) = (self.book.id, self.raw.raft.term);
+        if let Some((index, digest)) = report {
+            self.propose_marker(Marker::Report {
+                leader: id,
+                index,
+                digest,
+            });
+        }
+        let applied = self.raw.raft.raft_log.applied;
+        let due = self
+            .book
+            .checkpoints
+            .as_ref()
+            .is_none_or(|c| c.is_due(applied, term, every));
+        if !due {
+            return;
+        }
+        if let Some(index) = self.propose_marker(Marker::Checkpoint { leader: id }) {
+            debug!(self.book.logger, "checkpoint proposed"; "index" => index);
+            self.book
+                .checkpoints
+                .get_or_insert_with(Default::default)
+                .proposed(index, term);
+        }
+    }
+
+    /// Appends `marker` as an empty entry (the state machine sees `apply_noop`) and
+    /// returns its index; `None` when raft dropped it (a transfer under way, the
+    /// uncommitted limit reached): the next turn tries again.
+    fn propose_marker(&mut self, marker: Marker) -> Option<u64> {
+        // Queued commands first, so their waiters' indexes stay right.
+        self.flush_proposals();
+        match self.raw.propose(marker.encode(), Vec::new()) {
+            Ok(()) => Some(self.raw.raft.raft_log.last_index()),
+            Err(e) => {
+                debug!(self.book.logger, "checkpoint marker dropped by raft";
+                    "marker" => ?marker, "error" => %e);
+                None
+            }
+        }
     }
 
     /// A quorum confirmed the round `ctx`: the lease now runs from when it was sent.
@@ -2206,6 +2346,29 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         let mut voters_all: Vec<u64> = cs.voters.clone();
         voters_all.extend(cs.voters_outgoing.iter().filter(|v| !cs.voters.contains(v)));
         let store = self.raw.store();
+        let divergence = self.book.checkpoints.as_ref().and_then(|c| c.first.clone());
+        let mut findings = self.diag.findings(&crate::diagnose::Context {
+            tick: self.ticks,
+            tick_interval: self.config.tick_interval,
+            election_ticks: self.config.election_ticks as u64,
+            elections: self.elections.since_stable_leader,
+            storm_threshold: self.config.election_storm_threshold,
+            max_pending_requests: self.config.max_pending_requests,
+            voters: &cs.voters,
+            voters_outgoing: &cs.voters_outgoing,
+            silent: &self.book.peers.silent(
+                &voters_all,
+                self.book.id,
+                self.ticks,
+                self.config.election_ticks as u64,
+            ),
+            learners: &learners,
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+        });
+        if let Some(d) = &divergence {
+            findings.push(crate::diagnose::diverged(d));
+        }
         Status {
             id: self.book.id,
             role: Role::from(raft.state),
@@ -2226,25 +2389,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             removed: self.book.removed,
             quiet: self.quiet,
             metrics: self.book.shared.metrics.snapshot(&self.stats),
-            findings: self.diag.findings(&crate::diagnose::Context {
-                tick: self.ticks,
-                tick_interval: self.config.tick_interval,
-                election_ticks: self.config.election_ticks as u64,
-                elections: self.elections.since_stable_leader,
-                storm_threshold: self.config.election_storm_threshold,
-                max_pending_requests: self.config.max_pending_requests,
-                voters: &cs.voters,
-                voters_outgoing: &cs.voters_outgoing,
-                silent: &self.book.peers.silent(
-                    &voters_all,
-                    self.book.id,
-                    self.ticks,
-                    self.config.election_ticks as u64,
-                ),
-                learners: &learners,
-                commit: raft.raft_log.committed,
-                applied: raft.raft_log.applied,
-            }),
+            findings,
+            divergence,
         }
     }
 }
