@@ -2567,6 +2567,13 @@ mod tests {
             self.applied = index;
             Ok(())
         }
+        fn digest(&self) -> Option<u64> {
+            Some(digest_of(self.applied))
+        }
+    }
+
+    fn digest_of(applied: u64) -> u64 {
+        applied.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 
     /// Records what the core hands out.
@@ -2741,5 +2748,176 @@ mod tests {
             matches!(results[..], [(1, Err(ProposeError::Dropped))]),
             "{results:?}"
         );
+    }
+
+    /// The checkpoint markers in node 1's log, in index order.
+    fn markers(core: &Core) -> Vec<(u64, Marker)> {
+        let log = &core.raw.raft.raft_log;
+        log.entries(log.first_index(), None, GetEntriesContext::empty(false))
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.data.is_empty() && !e.context.is_empty())
+            .map(|e| (e.index, Marker::parse(&e.context, e.index).unwrap()))
+            .collect()
+    }
+
+    /// Acknowledges and drives until everything in node 1's log is applied.
+    fn apply_all(core: &mut Core, now: Instant) {
+        for _ in 0..8 {
+            let log = &core.raw.raft.raft_log;
+            if log.applied == log.last_index() {
+                return;
+            }
+            acknowledge(core, 2, now);
+        }
+        panic!("the log was not applied");
+    }
+
+    /// Appends an empty entry with `context` as node 1 (leading) and applies it; returns
+    /// its index.
+    fn append_marker(core: &mut Core, context: Vec<u8>, now: Instant) -> Result<u64, DriverError> {
+        core.raw.propose(context, Vec::new()).unwrap();
+        let index = core.raw.raft.raft_log.last_index();
+        for _ in 0..8 {
+            if core.raw.raft.raft_log.applied >= index {
+                return Ok(index);
+            }
+            let term = core.raw.raft.term;
+            let mut ack = msg(MessageType::MsgAppendResponse, 2, term);
+            ack.index = index;
+            core.step(ack, now);
+            core.drive(now)?;
+        }
+        panic!("the marker at {index} was not applied");
+    }
+
+    /// Proves the leader's side of divergence detection: once `checkpoint_every`
+    /// entries were applied it appends a checkpoint, and once that applied it appends
+    /// its digest there; the report applies everywhere and compares equal; no third
+    /// marker follows (the markers alone never make the next checkpoint due).
+    #[test]
+    fn a_leader_checkpoints_every_interval_then_reports_its_digest_there() {
+        let (mut core, now) = leader();
+        core.config.checkpoint_every = 10;
+        for i in 0..10 {
+            core.propose(Bytes::from_static(b"x"), i);
+        }
+        core.drive(now).unwrap();
+        apply_all(&mut core, now);
+        let found = markers(&core);
+        let [(c, checkpoint), (r, report)] = found[..] else {
+            panic!("not a checkpoint and a report: {found:?}");
+        };
+        assert_eq!(checkpoint, Marker::Checkpoint { leader: 1 });
+        assert_eq!(
+            report,
+            Marker::Report {
+                leader: 1,
+                index: c,
+                digest: digest_of(c)
+            }
+        );
+        assert_eq!(r, c + 1, "reported as soon as the checkpoint applied");
+        assert!(c > 10, "due once 10 entries were applied");
+        let metrics = core.status().metrics;
+        assert_eq!((metrics.checkpoints_compared, metrics.divergences), (1, 0));
+        core.drive(now).unwrap();
+        assert_eq!(markers(&core).len(), 2, "no marker without new entries");
+        assert_eq!(core.status().divergence, None);
+    }
+
+    /// Proves a replica compares a reported digest with its own at that checkpoint:
+    /// a different one is a divergence naming the checkpoint, this replica and the
+    /// reporting leader, in status and findings; with `stop_on_divergence` the drive
+    /// fails with it (the node stops).
+    #[test]
+    fn a_report_that_disagrees_is_a_divergence_and_stops_only_when_asked() {
+        let (mut core, now) = leader();
+        let c = append_marker(&mut core, Marker::Checkpoint { leader: 2 }.encode(), now).unwrap();
+        let lie = Marker::Report {
+            leader: 2,
+            index: c,
+            digest: digest_of(c) ^ 1,
+        };
+        let r = append_marker(&mut core, lie.encode(), now).unwrap();
+        let expected = Divergence {
+            index: c,
+            replica: 1,
+            leader: 2,
+            local_digest: digest_of(c),
+            leader_digest: digest_of(c) ^ 1,
+            reported_at: r,
+        };
+        let status = core.status();
+        assert_eq!(status.divergence.as_ref(), Some(&expected));
+        assert_eq!(
+            (status.metrics.checkpoints_compared, status.metrics.divergences),
+            (1, 1)
+        );
+        let finding = status
+            .findings
+            .iter()
+            .find(|f| f.kind == crate::diagnose::FindingKind::Diverged)
+            .expect("a Diverged finding");
+        assert!(finding.evidence.contains("replica 1's"), "{finding}");
+        // An honest report agrees; the first divergence stays reported.
+        let honest = Marker::Report {
+            leader: 2,
+            index: c,
+            digest: digest_of(c),
+        };
+        append_marker(&mut core, honest.encode(), now).unwrap();
+        assert_eq!(core.status().divergence.as_ref(), Some(&expected));
+        assert_eq!(core.status().metrics.divergences, 1);
+        core.book.stop_on_divergence = true;
+        match append_marker(&mut core, lie.encode(), now) {
+            Err(DriverError::Diverged(d)) => assert_eq!((d.index, d.replica, d.leader), (c, 1, 2)),
+            other => panic!("the replica did not stop: {other:?}"),
+        }
+    }
+
+    /// Bad input never crashes a node: empty entries whose contexts are not markers an
+    /// honest leader writes (forged, or from a newer version) apply as no-ops, are
+    /// counted and ignored; a well-formed report of a checkpoint this replica never saw
+    /// is not compared.
+    #[test]
+    fn forged_checkpoint_contexts_are_counted_and_ignored() {
+        let (mut core, now) = leader();
+        let good = Marker::Report {
+            leader: 2,
+            index: 1,
+            digest: 7,
+        }
+        .encode();
+        let mut bad_kind = good.clone();
+        bad_kind[8] = 0xee;
+        let mut no_leader = good.clone();
+        no_leader[9..17].fill(0);
+        let forged: Vec<Vec<u8>> = vec![
+            vec![1],
+            vec![0; 33],
+            [good.as_slice(), b"trailing"].concat(),
+            bad_kind,
+            no_leader,
+            // A report of a checkpoint at its own index or later.
+            Marker::Report {
+                leader: 2,
+                index: u64::MAX,
+                digest: 0,
+            }
+            .encode(),
+        ];
+        let n = forged.len() as u64;
+        for context in forged {
+            append_marker(&mut core, context, now).unwrap();
+        }
+        // Well formed, but node 1 took no digest at index 1.
+        append_marker(&mut core, good, now).unwrap();
+        let status = core.status();
+        assert_eq!(status.metrics.checkpoints_ignored, n);
+        assert_eq!(status.metrics.checkpoints_compared, 0);
+        assert_eq!(status.divergence, None);
+        assert_eq!(status.role, Role::Leader);
+        assert_eq!(status.applied, status.last_index, "every entry applied");
     }
 }
