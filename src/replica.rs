@@ -2851,7 +2851,10 @@ mod tests {
         let status = core.status();
         assert_eq!(status.divergence.as_ref(), Some(&expected));
         assert_eq!(
-            (status.metrics.checkpoints_compared, status.metrics.divergences),
+            (
+                status.metrics.checkpoints_compared,
+                status.metrics.divergences
+            ),
             (1, 1)
         );
         let finding = status

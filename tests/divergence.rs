@@ -78,7 +78,9 @@ impl StateMachine for Tally {
     }
 
     fn snapshot(&self) -> Result<bytes::Bytes, StateMachineError> {
-        Ok(bytes::Bytes::copy_from_slice(&self.0.lock().hash.to_le_bytes()))
+        Ok(bytes::Bytes::copy_from_slice(
+            &self.0.lock().hash.to_le_bytes(),
+        ))
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
@@ -286,13 +288,20 @@ fn a_non_deterministic_replica_is_flagged_at_the_first_checkpoint_after_it() {
     let d: Divergence = g.status(bad).divergence.expect("found");
     let (diverged_at, checkpoints) = {
         let s = g.states[&bad].0.lock();
-        (s.diverged_at.expect("it applied skewed"), s.checkpoints.clone())
+        (
+            s.diverged_at.expect("it applied skewed"),
+            s.checkpoints.clone(),
+        )
     };
     assert_eq!(d.replica, bad);
     assert_eq!(d.leader, leader, "{d}");
     assert_ne!(d.local_digest, d.leader_digest);
     let first_after = checkpoints.iter().copied().find(|c| *c >= diverged_at);
-    assert_eq!(Some(d.index), first_after, "checkpoints seen: {checkpoints:?}");
+    assert_eq!(
+        Some(d.index),
+        first_after,
+        "checkpoints seen: {checkpoints:?}"
+    );
     assert!(
         d.index - diverged_at < EVERY + IN_FLIGHT,
         "diverged at {diverged_at}, flagged at checkpoint {}",
@@ -323,7 +332,10 @@ fn a_non_deterministic_replica_is_flagged_at_the_first_checkpoint_after_it() {
         let s = g.status(id);
         assert_eq!(s.divergence, None, "node {id}");
         assert_eq!(s.metrics.divergences, 0, "node {id}");
-        assert!(s.metrics.checkpoints_compared >= 2, "node {id} compared too");
+        assert!(
+            s.metrics.checkpoints_compared >= 2,
+            "node {id} compared too"
+        );
     }
 }
 

@@ -39,7 +39,11 @@ pub(super) enum Marker {
     Checkpoint { leader: u64 },
     /// `leader`'s state machine digest was `digest` right after applying the
     /// checkpoint at `index`.
-    Report { leader: u64, index: u64, digest: u64 },
+    Report {
+        leader: u64,
+        index: u64,
+        digest: u64,
+    },
 }
 
 impl Marker {
