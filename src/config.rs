@@ -123,7 +123,25 @@ pub struct Config {
     /// snapshot in flight) and it holds all but at most this many committed entries.
     /// See docs/membership.md, "Adding a voter safely".
     pub catch_up_lag: u64,
+    /// Divergence detection: the leader puts a checkpoint in the log once this many
+    /// entries were applied since the last one, every replica takes its state
+    /// machine's [`digest`](crate::StateMachine::digest) right after applying it, and
+    /// the leader then logs its own digest for the others to compare with. 0 (the
+    /// default) turns it off; otherwise at least 10 (each checkpoint adds two empty
+    /// entries to the log). A state machine without a
+    /// digest gains nothing from it. See docs/operations.md, "Divergence".
+    pub checkpoint_every: u64,
+    /// Stop this node (`StopReason::Diverged`) when its state machine's digest at a
+    /// checkpoint differs from the leader's, instead of only reporting it. Off by
+    /// default. If the leader's own state machine is the faulty one, every follower
+    /// stops and the group loses its majority: it stops serving rather than serve
+    /// diverged state.
+    pub stop_on_divergence: bool,
 }
+
+/// The smallest non-zero [`Config::checkpoint_every`]: each checkpoint adds two
+/// entries, which must not be enough to make the next one due.
+pub(crate) const MIN_CHECKPOINT_EVERY: u64 = 10;
 
 impl Config {
     /// A configuration with the defaults below for node `id`.
@@ -145,6 +163,7 @@ impl Config {
     /// | `election_storm_threshold` / `election_backoff_limit` | 5 / 4 |
     /// | `quiesce_after_timeouts` | 0 (never) |
     /// | `catch_up_lag` | 1 000 entries |
+    /// | `checkpoint_every` / `stop_on_divergence` | 0 (off) / off |
     pub fn new(id: u64) -> Self {
         Config {
             id,
@@ -171,6 +190,8 @@ impl Config {
             election_tick_range: None,
             quiesce_after_timeouts: 0,
             catch_up_lag: 1_000,
+            checkpoint_every: 0,
+            stop_on_divergence: false,
         }
     }
 
@@ -311,6 +332,15 @@ impl Config {
                 "must be within 1..=64 (1 turns the backoff off)",
             ));
         }
+        if self.checkpoint_every != 0 && self.checkpoint_every < MIN_CHECKPOINT_EVERY {
+            return Err(ConfigError::new(
+                "checkpoint_every",
+                format!(
+                    "({}) must be 0 (off) or at least {MIN_CHECKPOINT_EVERY}",
+                    self.checkpoint_every
+                ),
+            ));
+        }
         if let Some((min, max)) = self.election_tick_range {
             if min < self.election_ticks || max <= min {
                 return Err(ConfigError::new(
@@ -384,6 +414,19 @@ mod tests {
     #[test]
     fn defaults_validate() {
         Config::new(1).validate().unwrap();
+    }
+
+    #[test]
+    fn checkpoint_every_is_off_or_at_least_the_minimum() {
+        let mut c = Config::new(1);
+        for ok in [0, MIN_CHECKPOINT_EVERY, 10_000] {
+            c.checkpoint_every = ok;
+            c.validate().unwrap();
+        }
+        c.checkpoint_every = MIN_CHECKPOINT_EVERY - 1;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "checkpoint_every");
+        assert!(e.to_string().contains("(9) must be 0 (off) or at least 10"));
     }
 
     #[test]

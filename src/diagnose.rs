@@ -40,6 +40,10 @@ pub enum FindingKind {
     SlowDisk,
     /// Requests were refused with `Busy`: the request queue was full.
     BackPressure,
+    /// This node's state machine digest at a checkpoint differs from the leader's
+    /// ([`crate::Status::divergence`]): one of the two applied something
+    /// non-deterministically. Reported until the node restarts.
+    Diverged,
 }
 
 impl FindingKind {
@@ -55,6 +59,7 @@ impl FindingKind {
             FindingKind::ApplyLagging => "apply_lagging",
             FindingKind::SlowDisk => "slow_disk",
             FindingKind::BackPressure => "back_pressure",
+            FindingKind::Diverged => "diverged",
         }
     }
 
@@ -97,6 +102,11 @@ impl FindingKind {
                 "clients send faster than the node drains its queue: slow them down, spread \
                  them over more groups, or raise max_pending_requests"
             }
+            FindingKind::Diverged => {
+                "stop writes and compare the replicas (the one whose digest differs from the \
+                 majority's is wrong), fix the non-deterministic apply, then wipe the diverged \
+                 replica and add it back so it restores from a healthy snapshot"
+            }
         }
     }
 }
@@ -134,6 +144,18 @@ impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}; {}", self.kind, self.evidence, self.remedy)
     }
+}
+
+/// The finding for a divergence this node found.
+pub(crate) fn diverged(d: &crate::status::Divergence) -> Finding {
+    Finding::new(
+        FindingKind::Diverged,
+        format!(
+            "replica {}'s state machine digest at checkpoint index {} is {:#018x}, leader {}'s \
+             is {:#018x} (found at index {})",
+            d.replica, d.index, d.local_digest, d.leader, d.leader_digest, d.reported_at
+        ),
+    )
 }
 
 /// One tick's view of the group, from the core.

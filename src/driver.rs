@@ -49,6 +49,23 @@ pub(crate) trait Outbox<R> {
     fn advanced(&mut self, applied: u64) {
         let _ = applied;
     }
+    /// The empty entry at `index` carried a `context`: a checkpoint marker (or
+    /// something posing as one). Called right after the state machine applied it, so
+    /// `digest` gives the state as of `index`; it is called only for a marker that
+    /// asks for it.
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError::Diverged`] stops the node before any later entry is applied.
+    fn marker(
+        &mut self,
+        index: u64,
+        context: &[u8],
+        digest: &dyn Fn() -> Option<u64>,
+    ) -> Result<(), DriverError> {
+        let _ = (index, context, digest);
+        Ok(())
+    }
 }
 
 /// A fault that stops the node.
@@ -65,6 +82,9 @@ pub(crate) enum DriverError {
     /// `Node::kill` was called while entries were being applied.
     #[error("killed")]
     Killed,
+    /// The state machine diverged from the leader's and `stop_on_divergence` is set.
+    #[error("state machine diverged: {0}")]
+    Diverged(crate::status::Divergence),
 }
 
 impl DriverError {
@@ -75,6 +95,7 @@ impl DriverError {
             DriverError::Raft(e) => StopReason::Raft(e.clone()),
             e @ DriverError::CorruptEntry { .. } => StopReason::Storage(e.to_string()),
             DriverError::Killed => StopReason::Killed,
+            DriverError::Diverged(d) => StopReason::Diverged(d.clone()),
         }
     }
 }
@@ -400,6 +421,12 @@ where
         match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => {
                 sm.apply_noop(index);
+                if !entry.context.is_empty() {
+                    // Only checkpoint markers have a context (docs/operations.md,
+                    // "Divergence"): the state is as of `index` now, before any later
+                    // entry.
+                    out.marker(index, &entry.context, &|| sm.digest())?;
+                }
                 out.applied(index, term, AppliedAs::Empty);
             }
             EntryType::EntryNormal => {

@@ -23,6 +23,9 @@ pub enum StopReason {
     Panic(String),
     /// raft-rs returned an error the driver cannot continue after.
     Raft(String),
+    /// This node's state machine diverged from the leader's and
+    /// `Config::stop_on_divergence` is set (docs/operations.md, "Divergence").
+    Diverged(crate::status::Divergence),
 }
 
 impl fmt::Display for StopReason {
@@ -34,6 +37,7 @@ impl fmt::Display for StopReason {
             StopReason::StateMachine(e) => write!(f, "state machine error: {e}"),
             StopReason::Panic(e) => write!(f, "driver panicked: {e}"),
             StopReason::Raft(e) => write!(f, "raft error: {e}"),
+            StopReason::Diverged(d) => write!(f, "state machine diverged: {d}"),
         }
     }
 }

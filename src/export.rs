@@ -104,6 +104,21 @@ const METRICS: &[(&str, &str, Read)] = &[
         Read::Counter(|s| s.metrics.quiesced),
     ),
     (
+        "raftnode_checkpoints_compared_total",
+        "Checkpoints at which this node compared its state machine digest with the leader's.",
+        Read::Counter(|s| s.metrics.checkpoints_compared),
+    ),
+    (
+        "raftnode_divergences_total",
+        "Checkpoints at which this node's state machine digest differed from the leader's.",
+        Read::Counter(|s| s.metrics.divergences),
+    ),
+    (
+        "raftnode_checkpoints_ignored_total",
+        "Empty entries with a context that is not a checkpoint marker, ignored.",
+        Read::Counter(|s| s.metrics.checkpoints_ignored),
+    ),
+    (
         "raftnode_readies_total",
         "Readies handled.",
         Read::Counter(|s| s.metrics.readies),

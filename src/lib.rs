@@ -124,7 +124,7 @@ pub use sessions::{
 };
 pub use slog;
 pub use state_machine::StateMachine;
-pub use status::{MetricsSnapshot, PeerProgress, ProgressState, Role, Status};
+pub use status::{Divergence, MetricsSnapshot, PeerProgress, ProgressState, Role, Status};
 pub use storage::MemLogStore;
 pub use storage::{EngineLogStore, EngineOptions, LogEngine};
 pub use transport::Transport;

@@ -9,6 +9,8 @@
 //! thread (`runtime.rs`) and the simulator (`testing/sim/node.rs`) both drive this one
 //! copy, so the simulator checks the code that ships (docs/architecture.md).
 
+mod checkpoint;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use raft::eraftpb::{
     Snapshot,
 };
 use raft::{GetEntriesContext, RawNode, ReadState, SnapshotStatus, SoftState, StateRole};
-use slog::{debug, info, warn, Drain, Logger};
+use slog::{debug, error, info, warn, Drain, Logger};
 
 use crate::config::Config;
 use crate::driver::{self, DriverError, DriverStats, Faults, Outbox};
@@ -33,8 +35,10 @@ use crate::peer_watch::PeerWatch;
 use crate::proposals::{self, AppliedAs, Outcome, Pending, Waiter, WriteToken};
 use crate::snapshot_codec::{self, MemberContexts};
 use crate::state_machine::StateMachine;
-use crate::status::{bump, PeerProgress, Role, Status};
+use crate::status::{bump, Divergence, PeerProgress, Role, Status};
 use crate::validate::Refusal;
+
+use checkpoint::{Checkpoints, Marker};
 
 /// What a [`Replica`] needs from whoever runs it: a way to reach peers, and somewhere to
 /// deliver each request's outcome. The tokens are the host's own handles for waiting
@@ -193,6 +197,12 @@ struct Book<M: StateMachine, H: Host<M>> {
     /// When each peer was last heard from, which are stopping, which say this node was
     /// removed.
     peers: PeerWatch,
+    /// Divergence detection: the digests taken at checkpoints, the leader's next one,
+    /// what was found. `None` until the first marker (docs/operations.md,
+    /// "Divergence").
+    checkpoints: Option<Box<Checkpoints>>,
+    /// `Config::stop_on_divergence`.
+    stop_on_divergence: bool,
 }
 
 fn finish_waiter<M: StateMachine, H: Host<M>>(
@@ -210,6 +220,57 @@ fn finish_waiter<M: StateMachine, H: Host<M>>(
 }
 
 impl<M: StateMachine, H: Host<M>> Book<M, H> {
+    /// Counts a context on an empty entry that is not a marker this version writes,
+    /// and logs it (the first time, then at every power of two): it is ignored.
+    fn ignore_marker(&mut self, index: u64, why: &'static str) {
+        let metrics = &self.shared.metrics;
+        let n = metrics.checkpoints_ignored.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            warn!(self.logger, "ignored an empty entry whose context is not a checkpoint marker";
+                "index" => index, "why" => why, "ignored_so_far" => n);
+        }
+    }
+
+    /// The leader `leader` reports its digest `theirs` at the checkpoint `index`, in the
+    /// entry at `at`: compares it with this replica's, if it has one.
+    fn compare_digest(
+        &mut self,
+        at: u64,
+        leader: u64,
+        index: u64,
+        theirs: u64,
+    ) -> Result<(), DriverError> {
+        let checkpoints = self.checkpoints.get_or_insert_with(Default::default);
+        let Some(ours) = checkpoints.digest_at(index) else {
+            debug!(self.logger, "no digest of our own at the reported checkpoint";
+                "index" => index, "leader" => leader);
+            return Ok(());
+        };
+        let metrics = &self.shared.metrics;
+        bump(&metrics.checkpoints_compared);
+        if ours == theirs {
+            return Ok(());
+        }
+        bump(&metrics.divergences);
+        let divergence = Divergence {
+            index,
+            replica: self.id,
+            leader,
+            local_digest: ours,
+            leader_digest: theirs,
+            reported_at: at,
+        };
+        error!(self.logger, "state machine diverged from the leader's";
+            "checkpoint_index" => index, "replica" => self.id, "leader" => leader,
+            "digest" => format!("{ours:#018x}"), "leader_digest" => format!("{theirs:#018x}"),
+            "found_at" => at, "stop" => self.stop_on_divergence);
+        checkpoints.first.get_or_insert_with(|| divergence.clone());
+        if self.stop_on_divergence {
+            return Err(DriverError::Diverged(divergence));
+        }
+        Ok(())
+    }
+
     fn fail_pending_unknown(&mut self) {
         let n = self.pending.len() as u64;
         self.shared
@@ -343,6 +404,27 @@ impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
 
     fn killed(&self) -> bool {
         self.shared.killed.load(Ordering::Acquire)
+    }
+
+    fn marker(
+        &mut self,
+        index: u64,
+        context: &[u8],
+        digest: &dyn Fn() -> Option<u64>,
+    ) -> Result<(), DriverError> {
+        match Marker::parse(context, index) {
+            Err(why) => self.ignore_marker(index, why),
+            Ok(Marker::Checkpoint { .. }) => self
+                .checkpoints
+                .get_or_insert_with(Default::default)
+                .on_checkpoint(index, digest()),
+            Ok(Marker::Report {
+                leader,
+                index: checkpoint,
+                digest,
+            }) => self.compare_digest(index, leader, checkpoint, digest)?,
+        }
+        Ok(())
     }
 }
 
@@ -555,6 +637,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 removed,
                 ss_changed: false,
                 peers: PeerWatch::default(),
+                checkpoints: None,
+                stop_on_divergence: config.stop_on_divergence,
             },
             raw,
             sm,
@@ -2004,11 +2088,67 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             self.housekeeping_due = false;
             self.maybe_leave_joint();
         }
+        self.maybe_checkpoint();
         let every = self.config.snapshot.every_applied;
         if every > 0 && applied >= self.last_snapshot_index + every {
             self.snapshot_now()?;
         }
         Ok(())
+    }
+
+    /// Divergence detection on a leader (docs/operations.md, "Divergence"): reports its
+    /// digest at the checkpoint it just applied, and proposes the next checkpoint once
+    /// `checkpoint_every` entries were applied since the last.
+    fn maybe_checkpoint(&mut self) {
+        let report = self
+            .book
+            .checkpoints
+            .as_mut()
+            .and_then(|c| c.report_due.take());
+        let every = self.config.checkpoint_every;
+        if every == 0 || !self.is_leader() || self.phase != Phase::Running {
+            return;
+        }
+        let (id, term) = (self.book.id, self.raw.raft.term);
+        if let Some((index, digest)) = report {
+            self.propose_marker(Marker::Report {
+                leader: id,
+                index,
+                digest,
+            });
+        }
+        let applied = self.raw.raft.raft_log.applied;
+        let due = self
+            .book
+            .checkpoints
+            .as_ref()
+            .is_none_or(|c| c.is_due(applied, term, every));
+        if !due {
+            return;
+        }
+        if let Some(index) = self.propose_marker(Marker::Checkpoint { leader: id }) {
+            debug!(self.book.logger, "checkpoint proposed"; "index" => index);
+            self.book
+                .checkpoints
+                .get_or_insert_with(Default::default)
+                .proposed(index, term);
+        }
+    }
+
+    /// Appends `marker` as an empty entry (the state machine sees `apply_noop`) and
+    /// returns its index; `None` when raft dropped it (a transfer under way, the
+    /// uncommitted limit reached): the next turn tries again.
+    fn propose_marker(&mut self, marker: Marker) -> Option<u64> {
+        // Queued commands first, so their waiters' indexes stay right.
+        self.flush_proposals();
+        match self.raw.propose(marker.encode(), Vec::new()) {
+            Ok(()) => Some(self.raw.raft.raft_log.last_index()),
+            Err(e) => {
+                debug!(self.book.logger, "checkpoint marker dropped by raft";
+                    "marker" => ?marker, "error" => %e);
+                None
+            }
+        }
     }
 
     /// A quorum confirmed the round `ctx`: the lease now runs from when it was sent.
@@ -2212,6 +2352,29 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         let mut voters_all: Vec<u64> = cs.voters.clone();
         voters_all.extend(cs.voters_outgoing.iter().filter(|v| !cs.voters.contains(v)));
         let store = self.raw.store();
+        let divergence = self.book.checkpoints.as_ref().and_then(|c| c.first.clone());
+        let mut findings = self.diag.findings(&crate::diagnose::Context {
+            tick: self.ticks,
+            tick_interval: self.config.tick_interval,
+            election_ticks: self.config.election_ticks as u64,
+            elections: self.elections.since_stable_leader,
+            storm_threshold: self.config.election_storm_threshold,
+            max_pending_requests: self.config.max_pending_requests,
+            voters: &cs.voters,
+            voters_outgoing: &cs.voters_outgoing,
+            silent: &self.book.peers.silent(
+                &voters_all,
+                self.book.id,
+                self.ticks,
+                self.config.election_ticks as u64,
+            ),
+            learners: &learners,
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+        });
+        if let Some(d) = &divergence {
+            findings.push(crate::diagnose::diverged(d));
+        }
         Status {
             id: self.book.id,
             role: Role::from(raft.state),
@@ -2232,25 +2395,8 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             removed: self.book.removed,
             quiet: self.quiet,
             metrics: self.book.shared.metrics.snapshot(&self.stats),
-            findings: self.diag.findings(&crate::diagnose::Context {
-                tick: self.ticks,
-                tick_interval: self.config.tick_interval,
-                election_ticks: self.config.election_ticks as u64,
-                elections: self.elections.since_stable_leader,
-                storm_threshold: self.config.election_storm_threshold,
-                max_pending_requests: self.config.max_pending_requests,
-                voters: &cs.voters,
-                voters_outgoing: &cs.voters_outgoing,
-                silent: &self.book.peers.silent(
-                    &voters_all,
-                    self.book.id,
-                    self.ticks,
-                    self.config.election_ticks as u64,
-                ),
-                learners: &learners,
-                commit: raft.raft_log.committed,
-                applied: raft.raft_log.applied,
-            }),
+            findings,
+            divergence,
         }
     }
 }
@@ -2427,6 +2573,13 @@ mod tests {
             self.applied = index;
             Ok(())
         }
+        fn digest(&self) -> Option<u64> {
+            Some(digest_of(self.applied))
+        }
+    }
+
+    fn digest_of(applied: u64) -> u64 {
+        applied.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 
     /// Records what the core hands out.
@@ -2601,5 +2754,179 @@ mod tests {
             matches!(results[..], [(1, Err(ProposeError::Dropped))]),
             "{results:?}"
         );
+    }
+
+    /// The checkpoint markers in node 1's log, in index order.
+    fn markers(core: &Core) -> Vec<(u64, Marker)> {
+        let log = &core.raw.raft.raft_log;
+        log.entries(log.first_index(), None, GetEntriesContext::empty(false))
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.data.is_empty() && !e.context.is_empty())
+            .map(|e| (e.index, Marker::parse(&e.context, e.index).unwrap()))
+            .collect()
+    }
+
+    /// Acknowledges and drives until everything in node 1's log is applied.
+    fn apply_all(core: &mut Core, now: Instant) {
+        for _ in 0..8 {
+            let log = &core.raw.raft.raft_log;
+            if log.applied == log.last_index() {
+                return;
+            }
+            acknowledge(core, 2, now);
+        }
+        panic!("the log was not applied");
+    }
+
+    /// Appends an empty entry with `context` as node 1 (leading) and applies it; returns
+    /// its index.
+    fn append_marker(core: &mut Core, context: Vec<u8>, now: Instant) -> Result<u64, DriverError> {
+        core.raw.propose(context, Vec::new()).unwrap();
+        let index = core.raw.raft.raft_log.last_index();
+        for _ in 0..8 {
+            if core.raw.raft.raft_log.applied >= index {
+                return Ok(index);
+            }
+            let term = core.raw.raft.term;
+            let mut ack = msg(MessageType::MsgAppendResponse, 2, term);
+            ack.index = index;
+            core.step(ack, now);
+            core.drive(now)?;
+        }
+        panic!("the marker at {index} was not applied");
+    }
+
+    /// Proves the leader's side of divergence detection: once `checkpoint_every`
+    /// entries were applied it appends a checkpoint, and once that applied it appends
+    /// its digest there; the report applies everywhere and compares equal; no third
+    /// marker follows (the markers alone never make the next checkpoint due).
+    #[test]
+    fn a_leader_checkpoints_every_interval_then_reports_its_digest_there() {
+        let (mut core, now) = leader();
+        core.config.checkpoint_every = 10;
+        for i in 0..10 {
+            core.propose(Bytes::from_static(b"x"), i);
+        }
+        core.drive(now).unwrap();
+        apply_all(&mut core, now);
+        let found = markers(&core);
+        let [(c, checkpoint), (r, report)] = found[..] else {
+            panic!("not a checkpoint and a report: {found:?}");
+        };
+        assert_eq!(checkpoint, Marker::Checkpoint { leader: 1 });
+        assert_eq!(
+            report,
+            Marker::Report {
+                leader: 1,
+                index: c,
+                digest: digest_of(c)
+            }
+        );
+        assert_eq!(r, c + 1, "reported as soon as the checkpoint applied");
+        assert!(c > 10, "due once 10 entries were applied");
+        let metrics = core.status().metrics;
+        assert_eq!((metrics.checkpoints_compared, metrics.divergences), (1, 0));
+        core.drive(now).unwrap();
+        assert_eq!(markers(&core).len(), 2, "no marker without new entries");
+        assert_eq!(core.status().divergence, None);
+    }
+
+    /// Proves a replica compares a reported digest with its own at that checkpoint:
+    /// a different one is a divergence naming the checkpoint, this replica and the
+    /// reporting leader, in status and findings; with `stop_on_divergence` the drive
+    /// fails with it (the node stops).
+    #[test]
+    fn a_report_that_disagrees_is_a_divergence_and_stops_only_when_asked() {
+        let (mut core, now) = leader();
+        let c = append_marker(&mut core, Marker::Checkpoint { leader: 2 }.encode(), now).unwrap();
+        let lie = Marker::Report {
+            leader: 2,
+            index: c,
+            digest: digest_of(c) ^ 1,
+        };
+        let r = append_marker(&mut core, lie.encode(), now).unwrap();
+        let expected = Divergence {
+            index: c,
+            replica: 1,
+            leader: 2,
+            local_digest: digest_of(c),
+            leader_digest: digest_of(c) ^ 1,
+            reported_at: r,
+        };
+        let status = core.status();
+        assert_eq!(status.divergence.as_ref(), Some(&expected));
+        assert_eq!(
+            (
+                status.metrics.checkpoints_compared,
+                status.metrics.divergences
+            ),
+            (1, 1)
+        );
+        let finding = status
+            .findings
+            .iter()
+            .find(|f| f.kind == crate::diagnose::FindingKind::Diverged)
+            .expect("a Diverged finding");
+        assert!(finding.evidence.contains("replica 1's"), "{finding}");
+        // An honest report agrees; the first divergence stays reported.
+        let honest = Marker::Report {
+            leader: 2,
+            index: c,
+            digest: digest_of(c),
+        };
+        append_marker(&mut core, honest.encode(), now).unwrap();
+        assert_eq!(core.status().divergence.as_ref(), Some(&expected));
+        assert_eq!(core.status().metrics.divergences, 1);
+        core.book.stop_on_divergence = true;
+        match append_marker(&mut core, lie.encode(), now) {
+            Err(DriverError::Diverged(d)) => assert_eq!((d.index, d.replica, d.leader), (c, 1, 2)),
+            other => panic!("the replica did not stop: {other:?}"),
+        }
+    }
+
+    /// Bad input never crashes a node: empty entries whose contexts are not markers an
+    /// honest leader writes (forged, or from a newer version) apply as no-ops, are
+    /// counted and ignored; a well-formed report of a checkpoint this replica never saw
+    /// is not compared.
+    #[test]
+    fn forged_checkpoint_contexts_are_counted_and_ignored() {
+        let (mut core, now) = leader();
+        let good = Marker::Report {
+            leader: 2,
+            index: 1,
+            digest: 7,
+        }
+        .encode();
+        let mut bad_kind = good.clone();
+        bad_kind[8] = 0xee;
+        let mut no_leader = good.clone();
+        no_leader[9..17].fill(0);
+        let forged: Vec<Vec<u8>> = vec![
+            vec![1],
+            vec![0; 33],
+            [good.as_slice(), b"trailing"].concat(),
+            bad_kind,
+            no_leader,
+            // A report of a checkpoint at its own index or later.
+            Marker::Report {
+                leader: 2,
+                index: u64::MAX,
+                digest: 0,
+            }
+            .encode(),
+        ];
+        let n = forged.len() as u64;
+        for context in forged {
+            append_marker(&mut core, context, now).unwrap();
+        }
+        // Well formed, but node 1 took no digest at index 1.
+        append_marker(&mut core, good, now).unwrap();
+        let status = core.status();
+        assert_eq!(status.metrics.checkpoints_ignored, n);
+        assert_eq!(status.metrics.checkpoints_compared, 0);
+        assert_eq!(status.divergence, None);
+        assert_eq!(status.role, Role::Leader);
+        assert_eq!(status.applied, status.last_index, "every entry applied");
     }
 }

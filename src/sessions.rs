@@ -661,6 +661,24 @@ where
         let (_, inner) = decode_snapshot::<M>(data)?;
         self.inner.check_snapshot(index, inner)
     }
+
+    /// The host's digest mixed with the session table's (each session's id, last
+    /// sequence number and last use; the responses follow from the commands). `None`
+    /// when the host's is.
+    fn digest(&self) -> Option<u64> {
+        let inner = self.inner.digest()?;
+        // FNV-1a over the table's numbers: deterministic, no randomized hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ inner;
+        for r in self.table.values() {
+            for n in [r.id, r.last_seq, r.last_index] {
+                for b in n.to_le_bytes() {
+                    h ^= u64::from(b);
+                    h = h.wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+        }
+        Some(h)
+    }
 }
 
 /// How [`Session::propose`] retries.

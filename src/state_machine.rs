@@ -146,4 +146,32 @@ pub trait StateMachine: Send + 'static {
         let _ = (index, data);
         Ok(())
     }
+
+    /// A digest of the whole replicated state as of [`Self::applied_index`], for
+    /// divergence detection; the default `None` opts out.
+    ///
+    /// With `Config::checkpoint_every` set, the leader puts a checkpoint in the log
+    /// every that many entries; every replica calls `digest` right after applying it,
+    /// and the leader then logs its own digest for the others to compare with theirs.
+    /// A mismatch is reported in [`crate::Status::divergence`], as a
+    /// [`crate::FindingKind::Diverged`] finding, in
+    /// [`crate::MetricsSnapshot::divergences`] and in an error log line, and stops the
+    /// node when `Config::stop_on_divergence` is set (docs/operations.md,
+    /// "Divergence"; docs/implementing-state-machine.md, "The digest").
+    ///
+    /// # Correctness
+    ///
+    /// - A deterministic function of the replicated state alone: two replicas that
+    ///   applied the same entries return the same value, whatever their history of
+    ///   restarts, snapshots and restores. Leave out what differs between replicas
+    ///   without being replicated (caches, local timestamps, node ids) and hash maps
+    ///   in iteration order.
+    /// - Cheap, or kept incrementally (updated in `apply`, say): it runs on the
+    ///   driver thread at every checkpoint, and the node does nothing else meanwhile.
+    /// - Returns `None` always or never: a replica that returns `None` is not
+    ///   compared, and is not told anything.
+    /// - Must not change the state.
+    fn digest(&self) -> Option<u64> {
+        None
+    }
 }

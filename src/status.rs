@@ -120,6 +120,52 @@ pub struct Status {
     /// What looks wrong with the group from this node, each with its evidence and a
     /// remedy (`Node::diagnose`; docs/operations.md, "Diagnosis"). Empty when healthy.
     pub findings: Vec<crate::diagnose::Finding>,
+    /// The first divergence this node found since it started: its state machine's
+    /// digest at a checkpoint differs from the leader's (`Config::checkpoint_every`,
+    /// docs/operations.md, "Divergence"). `None` when none was found; it stays set
+    /// until the node restarts.
+    pub divergence: Option<Divergence>,
+}
+
+/// This replica's state machine disagrees with the leader's at a checkpoint: after
+/// applying the same entries up to `index`, their digests
+/// ([`crate::StateMachine::digest`]) differ.
+///
+/// A comparison has two sides and cannot say which is wrong: the state machine of
+/// `replica` or that of `leader` applied something non-deterministically. When several
+/// followers report a divergence from one leader, the leader is the odd one out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Divergence {
+    /// The checkpoint's index: both digests were taken right after applying it.
+    pub index: u64,
+    /// This node, whose digest is `local_digest`.
+    pub replica: u64,
+    /// The leader that reported its digest `leader_digest` at `index`.
+    pub leader: u64,
+    /// This node's digest at `index`.
+    pub local_digest: u64,
+    /// The leader's digest at `index`.
+    pub leader_digest: u64,
+    /// Index of the log entry that carried the leader's digest: where this node
+    /// found the divergence.
+    pub reported_at: u64,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "replica {} diverged from leader {} at checkpoint index {}: digest {:#018x}, \
+             the leader's {:#018x} (found at index {})",
+            self.replica,
+            self.leader,
+            self.index,
+            self.local_digest,
+            self.leader_digest,
+            self.reported_at
+        )
+    }
 }
 
 /// Counters a node keeps; cheap atomics shared with its handles.
@@ -145,6 +191,9 @@ pub(crate) struct Metrics {
     pub leaderless_gaps: AtomicU64,
     pub requests_busy: AtomicU64,
     pub election_backoff: AtomicU64,
+    pub checkpoints_compared: AtomicU64,
+    pub divergences: AtomicU64,
+    pub checkpoints_ignored: AtomicU64,
     /// Peer messages refused before `step`, by reason, and their warnings' rate limit.
     pub refused: Refusals,
 }
@@ -208,6 +257,15 @@ pub struct MetricsSnapshot {
     /// The factor on the randomized election timeout range now: 1, or more during an
     /// election storm (`Config::election_backoff_limit`).
     pub election_backoff: u64,
+    /// Checkpoints at which this node compared its state machine's digest with the
+    /// leader's (`Config::checkpoint_every`; docs/operations.md, "Divergence").
+    pub checkpoints_compared: u64,
+    /// Checkpoints at which those digests differed ([`Status::divergence`] holds the
+    /// first).
+    pub divergences: u64,
+    /// Log entries that looked like checkpoint markers (an empty command with a
+    /// context) but did not parse, ignored: from a newer raftnode, or forged.
+    pub checkpoints_ignored: u64,
     /// Readies handled.
     pub readies: u64,
     /// Log store syncs.
@@ -253,6 +311,9 @@ impl Metrics {
             leaderless_gaps: get(&self.leaderless_gaps),
             requests_busy: get(&self.requests_busy),
             election_backoff: get(&self.election_backoff).max(1),
+            checkpoints_compared: get(&self.checkpoints_compared),
+            divergences: get(&self.divergences),
+            checkpoints_ignored: get(&self.checkpoints_ignored),
             readies: driver.readies,
             syncs: driver.syncs,
             entries_appended: driver.entries_appended,

@@ -76,6 +76,10 @@ impl<M: StateMachine> StateMachine for Recorded<M> {
     fn check_snapshot(&self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
         self.inner.check_snapshot(index, data)
     }
+
+    fn digest(&self) -> Option<u64> {
+        self.inner.digest()
+    }
 }
 
 /// Virtual time: one simulation step is one millisecond of true time.
