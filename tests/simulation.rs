@@ -55,6 +55,9 @@ fn run_seeds(first: u64, count: u64, steps: u64) -> (Vec<SimFailure>, u64, u64) 
     let quiescing = AtomicU64::new(0);
     let went_quiet = AtomicU64::new(0);
     let quiet_ticks = AtomicU64::new(0);
+    // Seeds with checkpoints on, and the digests they compared.
+    let checkpointing = AtomicU64::new(0);
+    let compared = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     on_every_core(first, count, |seed| {
         let config = SimConfig {
@@ -69,6 +72,10 @@ fn run_seeds(first: u64, count: u64, steps: u64) -> (Vec<SimFailure>, u64, u64) 
                     quiescing.fetch_add(1, Ordering::Relaxed);
                     went_quiet.fetch_add(u64::from(report.quiet_ticks > 0), Ordering::Relaxed);
                     quiet_ticks.fetch_add(report.quiet_ticks, Ordering::Relaxed);
+                }
+                if config.checkpoint_every > 0 {
+                    checkpointing.fetch_add(1, Ordering::Relaxed);
+                    compared.fetch_add(report.checkpoints_compared, Ordering::Relaxed);
                 }
                 let micros = report.check_time.as_micros();
                 let mut worst = slowest.lock().expect("not poisoned");
@@ -85,6 +92,11 @@ fn run_seeds(first: u64, count: u64, steps: u64) -> (Vec<SimFailure>, u64, u64) 
         quiescing.into_inner(),
         went_quiet.into_inner(),
         quiet_ticks.into_inner()
+    );
+    println!(
+        "checkpoints: on in {} passing seeds, {} digests compared, 0 divergences",
+        checkpointing.into_inner(),
+        compared.into_inner()
     );
     println!(
         "slowest linearizability check: {:.1} ms (seed {seed}, {operations} operations)",

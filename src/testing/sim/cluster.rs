@@ -156,6 +156,8 @@ struct Sim<'a, W: Workload> {
     fresh: BTreeMap<(u64, u64), u64>,
     sessions_opened: u64,
     retries: u64,
+    /// Checkpoints compared by nodes no longer up (crashed, retired, restarted).
+    checkpoints_compared: u64,
     /// Set once the faulty phase ends: unknown outcomes are final from then on.
     recovering: bool,
 }
@@ -184,6 +186,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             snapshot_every: cfg.snapshot_every,
             snapshot_trailing: cfg.snapshot_trailing,
             quiesce_after_timeouts: cfg.quiesce_after_timeouts,
+            checkpoint_every: cfg.checkpoint_every,
         };
         let mut nodes = BTreeMap::new();
         for &id in &ids {
@@ -254,6 +257,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             fresh: BTreeMap::new(),
             sessions_opened: 0,
             retries: 0,
+            checkpoints_compared: 0,
             recovering: false,
         }
     }
@@ -318,6 +322,15 @@ impl<'a, W: Workload> Sim<'a, W> {
             sessions: self.sessions_opened,
             retries: self.retries,
             session_applies: self.fresh.len() as u64,
+            checkpoints_compared: self.checkpoints_compared
+                + self
+                    .nodes
+                    .values()
+                    .map(|slot| match slot {
+                        Slot::Up(node) => node.checkpoint_counts().0,
+                        Slot::Down { .. } => 0,
+                    })
+                    .sum::<u64>(),
         })
     }
 
@@ -738,6 +751,15 @@ impl<'a, W: Workload> Sim<'a, W> {
                 "node {id} refused a message from an honest peer: {refused:?}"
             )));
         }
+        // Invariant: honest replicas of a deterministic state machine never diverge at a
+        // checkpoint, and no honest marker is ever unreadable.
+        let (_, diverged, ignored) = node.checkpoint_counts();
+        if diverged > 0 || (ignored > 0 && self.hostile.is_none()) {
+            return Err(self.failure(format!(
+                "node {id}: {diverged} checkpoint divergences, {ignored} markers ignored, \
+                 in an honest run"
+            )));
+        }
         let host = node.host();
         let sent = std::mem::take(&mut host.sent);
         let completed = std::mem::take(&mut host.completed);
@@ -934,6 +956,7 @@ impl<'a, W: Workload> Sim<'a, W> {
         }
         self.event(|| format!("node {id} was removed from the group and leaves"));
         if let Some(Slot::Up(mut node)) = self.nodes.remove(&id) {
+            self.checkpoints_compared += node.checkpoint_counts().0;
             for op in node.abandon_all() {
                 self.attempt_failed(op, id, false);
             }
@@ -1107,6 +1130,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             return;
         };
         self.crashes += 1;
+        self.checkpoints_compared += node.checkpoint_counts().0;
         let disk = node.crash_disk(&mut self.rng_faults, self.plan.torn_writes);
         for op in node.abandon_all() {
             self.attempt_failed(op, id, false);

@@ -213,6 +213,19 @@ impl StateMachine for KvMachine {
         self.applied = index;
         Ok(())
     }
+
+    /// FNV-1a of the map, for the checkpoints' divergence check
+    /// ([`crate::Config::checkpoint_every`]).
+    fn digest(&self) -> Option<u64> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (k, v) in &self.map {
+            for b in std::iter::once(*k).chain(v.to_le_bytes()) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        Some(h)
+    }
 }
 
 /// Responses in the session table: `[0]` for `None`, `[1, 0]` done, `[2, has, value]`

@@ -488,6 +488,11 @@ pub struct SimConfig {
     /// phase, so groups go quiet while faults go on. On (1 or 2) in a third of the
     /// seeds, drawn from a stream of its own: the other seeds replay as before.
     pub quiesce_after_timeouts: usize,
+    /// Every node's `Config::checkpoint_every` (0: off): leaders put checkpoint markers
+    /// in the log and replicas compare state machine digests there; an honest run must
+    /// report no divergence. On (10 to 60) in a third of the seeds, drawn from a stream
+    /// of its own: the other seeds replay as before.
+    pub checkpoint_every: u64,
 }
 
 /// Steps of each quiet spell: clients issue nothing (see
@@ -522,6 +527,14 @@ impl SimConfig {
             bugs: Bugs::default(),
             pinned_clients: rng.below(2) == 0,
             hostile_per_million: 0,
+            checkpoint_every: {
+                let mut c = SimRng::new(seed ^ 0x00C4_EC4B_0000_0001);
+                if c.below(3) == 0 {
+                    c.between(10, 60)
+                } else {
+                    0
+                }
+            },
             quiesce_after_timeouts: {
                 let mut q = SimRng::new(seed ^ 0x0051_E700_0000_0001);
                 if q.below(3) == 0 {
@@ -577,6 +590,9 @@ pub struct SimReport {
     pub retries: u64,
     /// Session commands applied, each checked to be applied at one index only.
     pub session_applies: u64,
+    /// Checkpoint digests compared with the leader's ([`SimConfig::checkpoint_every`]),
+    /// over every node start; none may differ.
+    pub checkpoints_compared: u64,
 }
 
 /// A failed run: what went wrong, and how to replay it.

@@ -210,6 +210,7 @@ pub(crate) struct NodeSettings {
     pub(crate) snapshot_trailing: u64,
     pub(crate) read_timeout_steps: u64,
     pub(crate) quiesce_after_timeouts: usize,
+    pub(crate) checkpoint_every: u64,
 }
 
 /// The drift bound the simulated nodes are configured with; each node's clock drifts
@@ -245,6 +246,7 @@ impl<W: Workload> SimNode<W> {
         config.election_tick_range = Some((settings.election_tick, 2 * settings.election_tick));
         config.lease_reads = settings.lease_reads;
         config.quiesce_after_timeouts = settings.quiesce_after_timeouts;
+        config.checkpoint_every = settings.checkpoint_every;
         config.max_clock_drift = MAX_CLOCK_DRIFT;
         config.snapshot.every_applied = settings.snapshot_every;
         config.snapshot.trailing_entries = settings.snapshot_trailing;
@@ -369,6 +371,17 @@ impl<W: Workload> SimNode<W> {
         let new = total - self.snapshots_reported;
         self.snapshots_reported = total;
         new
+    }
+
+    /// (checkpoints compared, divergences found, markers ignored) since this start.
+    pub(crate) fn checkpoint_counts(&self) -> (u64, u64, u64) {
+        let m = &self.shared.metrics;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        (
+            get(&m.checkpoints_compared),
+            get(&m.divergences),
+            get(&m.checkpoints_ignored),
+        )
     }
 
     pub(crate) fn is_leader(&self) -> bool {
