@@ -437,18 +437,20 @@ fn bug_lease_kept_while_quiet_is_caught() {
 
 /// Runs `count` seeds from `first` with every client in a session
 /// ([`SessionWorkload`]); returns the failures and the totals (sessions, resends,
-/// session commands applied).
+/// session commands applied, token reads served).
 fn run_session_seeds(
     first: u64,
     count: u64,
     steps: u64,
     dedup_off: bool,
-) -> (Vec<SimFailure>, [u64; 3]) {
-    let totals = Mutex::new([0u64; 3]);
+    bugs: Bugs,
+) -> (Vec<SimFailure>, [u64; 4]) {
+    let totals = Mutex::new([0u64; 4]);
     let failures = Mutex::new(Vec::new());
     on_every_core(first, count, |seed| {
         let config = SimConfig {
             steps,
+            bugs,
             ..SimConfig::from_seed(seed)
         };
         let w = SessionWorkload {
@@ -461,6 +463,7 @@ fn run_session_seeds(
                 t[0] += r.sessions;
                 t[1] += r.retries;
                 t[2] += r.session_applies;
+                t[3] += r.token_reads;
             }
             Err(f) => failures.lock().expect("not poisoned").push(f),
         }
@@ -482,11 +485,13 @@ fn session_seeds() {
     let default_seeds = if cfg!(debug_assertions) { 10 } else { 400 };
     let count = env_u64("RAFTNODE_SIM_SESSION_SEEDS", default_seeds);
     let started = Instant::now();
-    let (failures, [sessions, retries, applies]) = run_session_seeds(first, count, 10_000, false);
+    let (failures, [sessions, retries, applies, token_reads]) =
+        run_session_seeds(first, count, 10_000, false, Bugs::default());
     println!(
         "sessions: {count} seeds from {first} in {:.1} s: {sessions} sessions opened, \
-         {retries} writes resent, {applies} session commands applied, {} seeds failed \
-         (0 double applies, 0 linearizability failures when none failed)",
+         {retries} writes resent, {applies} session commands applied, {token_reads} \
+         token reads served, {} seeds failed (0 double applies, 0 linearizability \
+         failures, 0 token reads below their token when none failed)",
         started.elapsed().as_secs_f64(),
         failures.len()
     );
@@ -502,6 +507,28 @@ fn session_seeds() {
         retries > 0,
         "no write was ever resent: the check proved nothing"
     );
+    assert!(token_reads > 0, "no token read was ever served");
+}
+
+/// Serving a token read at once, without waiting for its write (`Bugs`'
+/// `token_read_without_wait`), is caught within 100 seeds: a follower behind the
+/// client's write serves its read.
+#[test]
+fn bug_token_read_without_wait_is_caught() {
+    let bugs = Bugs {
+        token_read_without_wait: true,
+        ..Bugs::default()
+    };
+    let caught = (0..100).find_map(|seed| {
+        let (failures, _) = run_session_seeds(seed, 1, 4_000, false, bugs);
+        failures.into_iter().next()
+    });
+    let failure = caught.expect("token_read_without_wait: not caught within 100 seeds");
+    println!(
+        "token_read_without_wait: caught at seed {}: {}",
+        failure.seed,
+        failure.message.lines().next().unwrap_or("")
+    );
 }
 
 /// Without deduplication (every resent write applied again) the exactly-once check
@@ -509,7 +536,7 @@ fn session_seeds() {
 #[test]
 fn bug_sessions_without_dedup_is_caught() {
     let caught = (0..100).find_map(|seed| {
-        let (failures, _) = run_session_seeds(seed, 1, 4_000, true);
+        let (failures, _) = run_session_seeds(seed, 1, 4_000, true, Bugs::default());
         failures.into_iter().next()
     });
     let failure = caught.expect("sessions without dedup: not caught within 100 seeds");

@@ -71,6 +71,8 @@ struct Client {
     registering: Option<(OpId, u64)>,
     /// With sessions: the write in flight, for resending it.
     retry: Option<Retry>,
+    /// With sessions: where the client's last answered write was applied.
+    last_token: Option<crate::proposals::WriteToken>,
 }
 
 /// A session write that may be resent: every attempt proposes the same bytes.
@@ -101,6 +103,7 @@ impl Client {
             session: None,
             registering: None,
             retry: None,
+            last_token: None,
         }
     }
 }
@@ -160,6 +163,13 @@ struct Sim<'a, W: Workload> {
     checkpoints_compared: u64,
     /// Set once the faulty phase ends: unknown outcomes are final from then on.
     recovering: bool,
+    /// With sessions: token reads in flight (outside the history), op → its token.
+    token_reads: BTreeMap<OpId, crate::proposals::WriteToken>,
+    /// Token reads served, each checked against its token.
+    token_reads_served: u64,
+    /// Which reads of a session client are token reads, and where they go: a stream of
+    /// its own, so the other streams stay as they were.
+    rng_tokens: SimRng,
 }
 
 /// What the hostile messages did, for the report.
@@ -259,6 +269,9 @@ impl<'a, W: Workload> Sim<'a, W> {
             retries: 0,
             checkpoints_compared: 0,
             recovering: false,
+            token_reads: BTreeMap::new(),
+            token_reads_served: 0,
+            rng_tokens: SimRng::new(cfg.seed ^ 0x70CE_2EAD_0000_0001),
         }
     }
 
@@ -322,6 +335,7 @@ impl<'a, W: Workload> Sim<'a, W> {
             sessions: self.sessions_opened,
             retries: self.retries,
             session_applies: self.fresh.len() as u64,
+            token_reads: self.token_reads_served,
             checkpoints_compared: self.checkpoints_compared
                 + self
                     .nodes
@@ -495,9 +509,37 @@ impl<'a, W: Workload> Sim<'a, W> {
                 self.register(k);
                 continue;
             }
+            if self.sessions && matches!(op, ClientOp::Read(..)) && self.rng_tokens.below(2) == 0 {
+                if let Some(token) = self.clients[k].last_token {
+                    self.token_read(k, token);
+                    continue;
+                }
+            }
             let target = self.clients[k].target;
             let cid = self.clients[k].id;
             self.invoke(k, cid, target, op);
+        }
+    }
+
+    /// Client `k` reads its own last write back on any node, through its token
+    /// (`ReadConsistency::AtLeast`). Not linearizable, so not in the history: the check
+    /// is that the node serving it had applied the token's write.
+    fn token_read(&mut self, k: usize, token: crate::proposals::WriteToken) {
+        self.next_registration += 1;
+        let op = OpId(usize::MAX - self.next_registration);
+        let target = self.ids[self.rng_tokens.below(self.ids.len() as u64) as usize];
+        let step = self.step;
+        let result = match self.nodes.get_mut(&target) {
+            Some(Slot::Up(node)) => node.read_at_least(op, token, step),
+            _ => Err(Refused { leader: None }),
+        };
+        match result {
+            Ok(()) => {
+                self.token_reads.insert(op, token);
+                self.clients[k].current = Some((op, step + self.cfg.client_timeout_steps));
+                self.owner.insert(op, k);
+            }
+            Err(_) => self.clients[k].next_at = step + 1 + self.rng_tokens.below(5),
         }
     }
 
@@ -702,6 +744,7 @@ impl<'a, W: Workload> Sim<'a, W> {
 
     /// Frees the client waiting on `op`, if any.
     fn release(&mut self, op: OpId) {
+        self.token_reads.remove(&op);
         if let Some(k) = self.owner.remove(&op) {
             if self.clients[k].current.is_some_and(|(o, _)| o == op) {
                 self.clients[k].current = None;
@@ -766,6 +809,8 @@ impl<'a, W: Workload> Sim<'a, W> {
         let dropped = std::mem::take(&mut host.dropped);
         let unknown = std::mem::take(&mut host.unknown);
         let served = std::mem::take(&mut host.served);
+        let served_at = std::mem::take(&mut host.served_at);
+        let tokens = std::mem::take(&mut host.tokens);
         let terms = std::mem::take(&mut host.applied_terms);
         let removed = std::mem::take(&mut host.removed);
         let hashes = std::mem::take(&mut node.machine_mut().applied);
@@ -808,6 +853,28 @@ impl<'a, W: Workload> Sim<'a, W> {
         for op in served {
             if let Some(input) = self.history.open_input(op) {
                 outputs.push((op, self.w.read_output(&node.machine().inner, input)));
+            }
+        }
+        // Invariant: a token read is served only once its node applied the token's write
+        // (read-your-writes on any replica).
+        for (op, applied) in served_at {
+            if let Some(token) = self.token_reads.remove(&op) {
+                if applied < token.index() {
+                    return Err(self.failure(format!(
+                        "node {id} served a token read at applied index {applied}, below its \
+                         token's index {}: the client's own write is not in what it read",
+                        token.index()
+                    )));
+                }
+                self.token_reads_served += 1;
+                self.release(op);
+            }
+        }
+        for (op, token) in tokens {
+            if let Some(&k) = self.owner.get(&op) {
+                if self.clients[k].current.is_some_and(|(o, _)| o == op) {
+                    self.clients[k].last_token = Some(token);
+                }
             }
         }
         for m in sent {

@@ -590,6 +590,9 @@ pub struct SimReport {
     pub retries: u64,
     /// Session commands applied, each checked to be applied at one index only.
     pub session_applies: u64,
+    /// Token reads served (session clients reading their last write back on any
+    /// node), each checked to be served at or past its token.
+    pub token_reads: u64,
     /// Checkpoint digests compared with the leader's ([`SimConfig::checkpoint_every`]),
     /// over every node start; none may differ.
     pub checkpoints_compared: u64,

@@ -97,6 +97,10 @@ pub(crate) struct SimHost<R> {
     refused: Vec<(OpId, Option<u64>)>,
     /// Reads that may be answered now from the node's state.
     pub(crate) served: Vec<OpId>,
+    /// (read, the state machine's applied index when it was served).
+    pub(crate) served_at: Vec<(OpId, u64)>,
+    /// (write, where it was applied), for the client's next token read.
+    pub(crate) tokens: Vec<(OpId, WriteToken)>,
     /// (index, term) of each applied entry, in order.
     pub(crate) applied_terms: Vec<(u64, u64)>,
     /// Nodes an applied conf change took out of the group entirely.
@@ -126,7 +130,10 @@ impl<M: StateMachine> Host<M> for SimHost<M::Response> {
 
     fn proposed(&mut self, op: OpId, result: Result<(M::Response, WriteToken), ProposeError>) {
         match result {
-            Ok((r, _)) => self.completed.push((op, r)),
+            Ok((r, token)) => {
+                self.tokens.push((op, token));
+                self.completed.push((op, r));
+            }
             Err(ProposeError::NotLeader { leader }) => self.refused.push((op, leader)),
             Err(ProposeError::Dropped) => self.dropped.push(op),
             Err(_) => self.unknown.push(op),
@@ -141,7 +148,10 @@ impl<M: StateMachine> Host<M> for SimHost<M::Response> {
 
     fn read_done(&mut self, op: OpId, result: Result<&M, ReadError>) {
         match result {
-            Ok(_) => self.served.push(op),
+            Ok(m) => {
+                self.served.push(op);
+                self.served_at.push((op, m.applied_index()));
+            }
             Err(ReadError::NotLeader { leader }) => self.refused.push((op, leader)),
             // A read that failed had no effect.
             Err(_) => self.dropped.push(op),
@@ -277,6 +287,8 @@ impl<W: Workload> SimNode<W> {
             unknown: Vec::new(),
             refused: Vec::new(),
             served: Vec::new(),
+            served_at: Vec::new(),
+            tokens: Vec::new(),
             applied_terms: Vec::new(),
             removed: Vec::new(),
             conf_refused: Vec::new(),
@@ -420,6 +432,24 @@ impl<W: Workload> SimNode<W> {
         let now = self.clock.at(step);
         self.core
             .read(consistency, now + self.read_timeout, op, now);
+        self.take_refusal(op)
+    }
+
+    /// Starts a read served once this node has applied `token`'s write
+    /// (`ReadConsistency::AtLeast`); any node serves it.
+    pub(crate) fn read_at_least(
+        &mut self,
+        op: OpId,
+        token: WriteToken,
+        step: u64,
+    ) -> Result<(), Refused> {
+        let now = self.clock.at(step);
+        self.core.read(
+            ReadConsistency::AtLeast(token),
+            now + self.read_timeout,
+            op,
+            now,
+        );
         self.take_refusal(op)
     }
 

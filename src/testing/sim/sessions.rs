@@ -14,7 +14,11 @@ type Output<W> = <<W as Workload>::Model as Model>::Output;
 /// session before its first write, numbers its writes, and retries a write whose
 /// outcome is unknown (a timeout, a lost leadership, a crash) with the same sequence
 /// number on another node until one answers. The simulator then checks that no
-/// session command is applied at two log indexes, on top of its usual checks.
+/// session command is applied at two log indexes, on top of its usual checks. Half the
+/// reads of a client that has written are token reads instead (its last write's
+/// `WriteToken`, `ReadConsistency::AtLeast`, on a random node), checked to be served
+/// only once that node applied the write; they are not linearizable, so they stay out
+/// of the history.
 ///
 /// # Examples
 ///
