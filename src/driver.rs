@@ -138,6 +138,11 @@ macro_rules! faults {
         pub(crate) struct Faults;
 
         impl Faults {
+            /// Every switch off: what a normal build runs with.
+            pub(crate) fn none() -> Self {
+                Self::default()
+            }
+
             $(
                 $(#[$doc])*
                 #[inline(always)]

@@ -455,7 +455,7 @@ impl GroupHost {
             state_machine,
             transport,
             logger,
-            Faults::default(),
+            Faults::none(),
             Some(wake.clone()),
         )?;
         worker.load.fetch_add(1, Ordering::Relaxed);

@@ -190,7 +190,7 @@ impl<M: StateMachine> Node<M> {
             state_machine,
             transport,
             logger,
-            Faults::default(),
+            Faults::none(),
         )
     }
 
