@@ -6,7 +6,8 @@
 //!
 //! The state machine counts, per key, how often an `incr` ran: exactly once means the
 //! key holds 1 on every replica. With deduplication off (`RAFTNODE_TEST_NO_DEDUP=1`,
-//! which switches the wrapper's test fault on) each of these tests fails with 2.
+//! which switches the wrapper's test fault on) each of the three retry tests fails with
+//! 2; the expired-session test does not depend on deduplication.
 
 mod common;
 
