@@ -2,7 +2,8 @@
 //! every history checked for linearizability and every run for Raft's invariants.
 //!
 //! CI runs this file with `--release`. Size a run with `RAFTNODE_SIM_SEEDS` (default
-//! 2,000 in release builds, 40 in debug builds, which are ~10x slower),
+//! 2,000 in release builds, 40 in debug builds, which are ~10x slower; the `bug_*`
+//! tests, which search hundreds of seeds, are ignored in debug builds),
 //! `RAFTNODE_SIM_STEPS` (default 10,000) and `RAFTNODE_SIM_FIRST_SEED` (default
 //! 0); replay one seed with `RAFTNODE_SIM_SEED=<seed> cargo test --release
 //! --all-features --test simulation replay -- --nocapture` (add `RAFTNODE_SIM_TRACE=1`
@@ -243,6 +244,7 @@ fn assert_caught(name: &str, bugs: Bugs, tweak: impl Fn(&mut SimConfig)) {
 /// Sending votes and append acks before the sync (raft-rs note 1) is caught within 500 seeds:
 /// an fsync failure then loses a vote or an acknowledged entry.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_send_before_sync_is_caught() {
     let bugs = Bugs {
         send_before_sync: true,
@@ -255,6 +257,7 @@ fn bug_send_before_sync_is_caught() {
 
 /// A disk that acknowledges a sync before the data is durable is caught within 500 seeds.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_ack_before_sync_is_caught() {
     let bugs = Bugs {
         ack_before_sync: true,
@@ -268,6 +271,7 @@ fn bug_ack_before_sync_is_caught() {
 /// Serving a "linearizable" read without ReadIndex is caught within 500 seeds (a deposed
 /// leader answers from stale state).
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_read_without_read_index_is_caught() {
     let bugs = Bugs {
         read_without_read_index: true,
@@ -281,6 +285,7 @@ fn bug_read_without_read_index_is_caught() {
 /// Installing a leader's snapshot without restoring the state machine (raft-rs note 5) is
 /// caught within 500 seeds.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_skip_snapshot_restore_is_caught() {
     let bugs = Bugs {
         skip_snapshot_restore: true,
@@ -295,6 +300,7 @@ fn bug_skip_snapshot_restore_is_caught() {
 /// commit is durable) is caught within 500 seeds: a deposed leader's entry is
 /// overwritten after clients saw it applied.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_apply_before_commit_is_caught() {
     let bugs = Bugs {
         apply_before_commit: true,
@@ -309,6 +315,7 @@ fn bug_apply_before_commit_is_caught() {
 /// simulated disk that does not refuse the compaction, so the harness has to see the
 /// consequences.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_compact_past_snapshot_is_caught() {
     let bugs = Bugs {
         compact_past_snapshot: true,
@@ -322,6 +329,7 @@ fn bug_compact_past_snapshot_is_caught() {
 /// the state machine's, which the simulator checks after every drive (and which serves
 /// reads and snapshots from state that lacks the entries).
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_advance_before_apply_is_caught() {
     let bugs = Bugs {
         advance_before_apply: true,
@@ -333,6 +341,7 @@ fn bug_advance_before_apply_is_caught() {
 /// Not persisting the commit index a `LightReady` carries is caught within 500 seeds:
 /// the store's commit index falls behind what was applied.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_light_commit_not_persisted_is_caught() {
     let bugs = Bugs {
         light_commit_not_persisted: true,
@@ -345,6 +354,7 @@ fn bug_light_commit_not_persisted_is_caught() {
 /// the store's membership is not raft's, and a restarted node would come back with the
 /// old membership.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_conf_state_not_persisted_is_caught() {
     let bugs = Bugs {
         conf_state_not_persisted: true,
@@ -359,6 +369,7 @@ fn bug_conf_state_not_persisted_is_caught() {
 /// on) is caught within 500 seeds: a leader cut off by a partition answers with a value
 /// the new leader has already overwritten.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_linearizable_from_raft_lease_is_caught() {
     let bugs = Bugs {
         linearizable_from_raft_lease: true,
@@ -376,6 +387,7 @@ fn bug_linearizable_from_raft_lease_is_caught() {
 /// partition that lets messages in flight arrive, the lease outlives the followers'
 /// election timeouts, and the old leader serves a stale lease read.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_lease_from_receipt_is_caught() {
     let bugs = Bugs {
         lease_from_receipt: true,
@@ -400,6 +412,7 @@ fn bug_lease_from_receipt_is_caught() {
 /// acknowledgement of an earlier round with the same context confirms a later one, and
 /// a deposed leader serves a stale read.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_read_ctx_reused_is_caught() {
     let bugs = Bugs {
         read_ctx_reused: true,
@@ -416,6 +429,7 @@ fn bug_read_ctx_reused_is_caught() {
 /// seeds: a quiet leader cut off by a partition answers lease reads after clients woke
 /// the other side, which elected a leader and overwrote the value.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_lease_kept_while_quiet_is_caught() {
     let bugs = Bugs {
         lease_kept_while_quiet: true,
@@ -514,6 +528,7 @@ fn session_seeds() {
 /// `token_read_without_wait`), is caught within 100 seeds: a follower behind the
 /// client's write serves its read.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_token_read_without_wait_is_caught() {
     let bugs = Bugs {
         token_read_without_wait: true,
@@ -534,6 +549,7 @@ fn bug_token_read_without_wait_is_caught() {
 /// Without deduplication (every resent write applied again) the exactly-once check
 /// fails within 100 seeds.
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release only: .ci/run runs it in release")]
 fn bug_sessions_without_dedup_is_caught() {
     let caught = (0..100).find_map(|seed| {
         let (failures, _) = run_session_seeds(seed, 1, 4_000, true, Bugs::default());
