@@ -929,8 +929,9 @@ pub fn propose_with<R>(
         if now >= deadline {
             return Err(RetryError::DeadlineExceeded { last });
         }
-        // Backoff between attempts: no leader, a full queue or a lost leadership need
-        // time to resolve, and a retry storm would only delay that.
+        // The pause is the point (library backoff, not test synchronization): no leader,
+        // a full queue or a lost leadership need time to resolve, and a retry storm
+        // would only delay that. Bounded by `deadline`.
         std::thread::sleep(pause.min(deadline - now));
         pause = (pause * 2).min(policy.max_backoff);
         redirected = false;

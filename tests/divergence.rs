@@ -187,7 +187,9 @@ impl Group {
                 }
             }
             if ok == 0 {
-                // Back off before retrying; bounded by the deadline above.
+                // Not one write applied: the leader just changed or none is known yet.
+                // The pause is the point (an election needs time, and an instant
+                // resubmission only spins); the loop is bounded by the deadline above.
                 std::thread::sleep(Duration::from_millis(10));
             }
             done += ok;
