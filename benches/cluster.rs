@@ -161,6 +161,11 @@ struct LibCluster {
 
 impl LibCluster {
     fn start() -> LibCluster {
+        LibCluster::start_timed(true)
+    }
+
+    /// `timing`: `Config::proposal_timing` (on by default).
+    fn start_timed(timing: bool) -> LibCluster {
         let network = ChannelNetwork::new();
         let logger = raftnode::discard_logger();
         let nodes: Vec<_> = (1..=3)
@@ -168,6 +173,7 @@ impl LibCluster {
                 let mut config = Config::new(id);
                 config.initial_voters = vec![1, 2, 3];
                 config.tick_interval = TICK;
+                config.proposal_timing = timing;
                 Node::start(
                     config,
                     MemLogStore::new(),
@@ -617,8 +623,9 @@ fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-/// Library and raw rates measured back to back, `rounds` times, alternating which side
-/// goes first, so both see the same background load; per round, `ops` operations each.
+/// Two clusters' rates measured back to back (library and raw, or the library with
+/// and without proposal timing), `rounds` times, alternating which goes first, so both
+/// see the same background load; per round, `ops` operations each.
 struct Paired {
     proposers: usize,
     library: Vec<f64>,
@@ -626,10 +633,10 @@ struct Paired {
 }
 
 impl Paired {
-    fn run(
+    fn run<A: Proposer, B: Proposer>(
         pool: &mut LocalPool,
-        lib: &LibCluster,
-        raw: &RawCluster,
+        lib: &A,
+        raw: &B,
         proposers: usize,
         rounds: usize,
         ops: u64,
@@ -660,7 +667,7 @@ impl Paired {
         paired
     }
 
-    /// Median over rounds of library / raw.
+    /// Median over rounds of library / raw (first / second).
     fn ratio(&self) -> f64 {
         median(
             self.library
@@ -732,18 +739,59 @@ fn print_summary(
     }
 }
 
+/// Proposal timing's cost: the library with `Config::proposal_timing` on (the default)
+/// and off, paired round by round at each proposer count; `ops` per round.
+fn timing_cost(pool: &mut LocalPool, settings: &Settings, ops: u64) {
+    let on = LibCluster::start_timed(true);
+    let off = LibCluster::start_timed(false);
+    closed_loop(pool, &on, 64, WARM_UP_OPS);
+    closed_loop(pool, &off, 64, WARM_UP_OPS);
+    println!();
+    println!(
+        "proposal timing on against off: {} paired rounds of {ops} operations, median ops/s",
+        settings.rounds
+    );
+    println!(
+        "{:>9} | {:>13} | {:>13} | {:>8}",
+        "proposers", "timing on", "timing off", "on/off"
+    );
+    for proposers in std::iter::once(1).chain(PROPOSERS) {
+        // A round of one proposer runs a tenth of the operations (it is slower).
+        let n = if proposers == 1 { ops / 10 } else { ops };
+        let p = Paired::run(pool, &on, &off, proposers, settings.rounds, n.max(1));
+        println!(
+            "{proposers:>9} | {:>13.0} | {:>13.0} | {:>8.3}",
+            median(p.library.clone()),
+            median(p.raw.clone()),
+            p.ratio()
+        );
+    }
+    on.stop();
+    off.stop();
+}
+
 fn main() {
     // Fixed work for instruction counts (valgrind --tool=callgrind): `P:N` runs N
     // proposals from P proposers on the library cluster and exits.
     if let Ok(spec) = std::env::var("RAFTNODE_BENCH_FIXED") {
         let (p, n) = spec.split_once(':').expect("RAFTNODE_BENCH_FIXED=P:N");
         let (p, n): (usize, u64) = (p.parse().expect("P"), n.parse().expect("N"));
-        let lib = LibCluster::start();
+        // `RAFTNODE_BENCH_TIMING=off`: with `Config::proposal_timing` off.
+        let timing = std::env::var("RAFTNODE_BENCH_TIMING").map_or(true, |v| v != "off");
+        let lib = LibCluster::start_timed(timing);
         closed_loop(&mut LocalPool::new(), &lib, p, n);
         lib.stop();
         return;
     }
     let settings = Settings::from_env();
+    // `RAFTNODE_BENCH_TIMING_ONLY=<ops per round>`: only the timing-cost pairs.
+    if let Ok(ops) = std::env::var("RAFTNODE_BENCH_TIMING_ONLY") {
+        let ops = ops
+            .parse()
+            .expect("RAFTNODE_BENCH_TIMING_ONLY=<ops per round>");
+        timing_cost(&mut LocalPool::new(), &settings, ops);
+        return;
+    }
     let mut criterion = Criterion::default()
         .sample_size(settings.samples)
         .warm_up_time(settings.warm_up)
@@ -801,6 +849,7 @@ fn main() {
     let lib_applied = lib.commands_applied();
     lib.stop();
     let raw_applied = raw.stop();
+    timing_cost(pool, &settings, 50_000);
     println!();
     println!("commands applied per node: library {lib_applied:?} (followers may trail), raw {raw_applied:?}");
     criterion.final_summary();

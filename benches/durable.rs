@@ -534,6 +534,30 @@ fn probe_all(settings: &Settings) -> Vec<FsyncRate> {
         .collect()
 }
 
+/// The leader's proposal timing over the whole run (warm-ups and every proposer count
+/// together): time from `propose` to each stage.
+fn print_stages(timing: &raftnode::ProposalTiming) {
+    println!();
+    println!("leader's proposal timing over the run, from propose to each stage (ms):");
+    println!(
+        "{:>9} | {:>9} | {:>8} | {:>8} | {:>8} | {:>8} | {:>8}",
+        "stage", "count", "mean", "p50", "p90", "p99", "max"
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for s in &timing.stages {
+        println!(
+            "{:>9} | {:>9} | {:>8.3} | {:>8.3} | {:>8.3} | {:>8.3} | {:>8.3}",
+            s.stage.name(),
+            s.count,
+            ms(s.sum) / s.count.max(1) as f64,
+            ms(s.p50),
+            ms(s.p90),
+            ms(s.p99),
+            ms(s.max)
+        );
+    }
+}
+
 fn main() {
     let settings = Settings::from_env();
     println!();
@@ -561,7 +585,12 @@ fn main() {
         .iter()
         .map(|n| n.read_stale(|sm| sm.commands).unwrap_or(0))
         .collect();
+    let timing = cluster.nodes[cluster.leader]
+        .status()
+        .expect("the leader reports its status")
+        .proposal_timing;
     drop(cluster);
+    print_stages(&timing);
 
     // The disk's speed moves with other processes' I/O: probing again after the cluster
     // shows whether it moved during the run; the factors use both passes.

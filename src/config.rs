@@ -137,6 +137,18 @@ pub struct Config {
     /// stops and the group loses its majority: it stops serving rather than serve
     /// diverged state.
     pub stop_on_divergence: bool,
+    /// Time every proposal from `propose` to queued, appended, synced, committed,
+    /// applied and returned, kept as histograms in [`Status::proposal_timing`](crate::Status::proposal_timing)
+    /// (docs/operations.md, "Proposal timing"). On by default: it reads the clock about
+    /// four times per proposal and a few times per Ready (docs/benchmarks.md measures
+    /// what that costs). A replica keeps about 3 KiB of histograms once it has timed a
+    /// proposal.
+    pub proposal_timing: bool,
+    /// With `proposal_timing`, a proposal that takes longer than this from `propose` to
+    /// returned is counted in [`ProposalTiming::slow_proposals`](crate::ProposalTiming::slow_proposals)
+    /// and logged at warn with the time it spent in each stage and the slowest stage
+    /// named (at most one line a second). `None` (the default) turns it off.
+    pub slow_proposal: Option<Duration>,
 }
 
 /// The smallest non-zero [`Config::checkpoint_every`]: each checkpoint adds two
@@ -164,6 +176,7 @@ impl Config {
     /// | `quiesce_after_timeouts` | 0 (never) |
     /// | `catch_up_lag` | 1 000 entries |
     /// | `checkpoint_every` / `stop_on_divergence` | 0 (off) / off |
+    /// | `proposal_timing` / `slow_proposal` | on / `None` (no log) |
     pub fn new(id: u64) -> Self {
         Config {
             id,
@@ -192,6 +205,8 @@ impl Config {
             catch_up_lag: 1_000,
             checkpoint_every: 0,
             stop_on_divergence: false,
+            proposal_timing: true,
+            slow_proposal: None,
         }
     }
 
@@ -205,6 +220,12 @@ impl Config {
             return Err(ConfigError::new(
                 "id",
                 "node id 0 is reserved; use 1 or more",
+            ));
+        }
+        if self.slow_proposal == Some(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "slow_proposal",
+                "slow_proposal (0) must be more than zero; None turns the log off",
             ));
         }
         if self.initial_voters.contains(&0) {

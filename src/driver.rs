@@ -18,6 +18,7 @@ use crate::log_store::LogStore;
 use crate::proposals::AppliedAs;
 use crate::snapshot_codec::{self, MemberContexts};
 use crate::state_machine::StateMachine;
+use crate::timing::Stamp;
 
 /// Where the driver puts what leaves a Ready: messages, applied results, read states.
 ///
@@ -48,6 +49,16 @@ pub(crate) trait Outbox<R> {
     /// Step 7 ended: raft now counts `applied` as applied. Observers only.
     fn advanced(&mut self, applied: u64) {
         let _ = applied;
+    }
+    /// Whether a timed proposal is in flight (docs/operations.md, "Proposal timing"):
+    /// only then does the driver read the clock for [`Outbox::stamp`].
+    fn timing(&self) -> bool {
+        false
+    }
+    /// The driver appended (or synced, or saw committed) the entries up to `up_to`
+    /// just now. Observers only.
+    fn stamp(&mut self, stamp: Stamp, up_to: u64) {
+        let _ = (stamp, up_to);
     }
     /// The empty entry at `index` carried a `context`: a checkpoint marker (or
     /// something posing as one). Called right after the state machine applied it, so
@@ -296,6 +307,10 @@ where
     if !rd.entries().is_empty() {
         stats.entries_appended += rd.entries().len() as u64;
         raw.mut_store().append(rd.entries())?;
+        if out.timing() {
+            let last = rd.entries().last().map_or(0, |e| e.index);
+            out.stamp(Stamp::Appended, last);
+        }
     }
 
     // 3. HardState (term, vote, commit), then one sync for everything this Ready wrote.
@@ -310,6 +325,9 @@ where
         raw.mut_store().sync()?;
         stats.slowest_sync = stats.slowest_sync.max(started.elapsed());
         stats.syncs += 1;
+        if out.timing() {
+            out.stamp(Stamp::Synced, 0);
+        }
     }
     if faults.apply_before_commit() && raw.raft.state == raft::StateRole::Leader {
         // The bug: the leader's own copy is durable, so it applies the entries now.
@@ -387,6 +405,10 @@ where
         return Ok(());
     }
     let started = std::time::Instant::now();
+    if out.timing() {
+        let last = entries.last().map_or(0, |e| e.index);
+        out.stamp(Stamp::Committed, last);
+    }
     let result = apply_each(raw, sm, out, entries, applied, stats, faults);
     stats.applying += started.elapsed();
     result

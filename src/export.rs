@@ -12,7 +12,9 @@ use std::collections::HashMap;
 /// the same version.
 pub use prometheus;
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{
+    Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary,
+};
 
 use crate::node::Node;
 use crate::state_machine::StateMachine;
@@ -42,6 +44,11 @@ const METRICS: &[(&str, &str, Read)] = &[
         "raftnode_proposals_failed_total",
         "Proposals that ended in an error.",
         Read::Counter(|s| s.metrics.proposals_failed),
+    ),
+    (
+        "raftnode_slow_proposals_total",
+        "Proposals slower than Config::slow_proposal from propose to returned.",
+        Read::Counter(|s| s.proposal_timing.slow_proposals),
     ),
     (
         "raftnode_messages_dropped_total",
@@ -227,6 +234,11 @@ const METRICS: &[(&str, &str, Read)] = &[
 
 const REFUSED: &str = "raftnode_refused_messages_total";
 const REFUSED_HELP: &str = "Peer messages refused before raft, by reason.";
+const STAGES: &str = "raftnode_proposal_stage_seconds";
+const STAGES_HELP: &str =
+    "Time from propose to each stage of a proposal's life, by stage (p50, p90, p99).";
+const STAGES_MAX: &str = "raftnode_proposal_stage_max_seconds";
+const STAGES_MAX_HELP: &str = "The longest time from propose to each stage, by stage.";
 const FINDINGS: &str = "raftnode_findings";
 const FINDINGS_HELP: &str =
     "What Node::diagnose reports now, by kind (the number of findings of that kind).";
@@ -286,6 +298,14 @@ impl<M: StateMachine> NodeCollector<M> {
             vec!["reason".into()],
             constant.clone(),
         )?);
+        for (name, help) in [(STAGES, STAGES_HELP), (STAGES_MAX, STAGES_MAX_HELP)] {
+            descs.push(Desc::new(
+                name.into(),
+                help.into(),
+                vec!["stage".into()],
+                constant.clone(),
+            )?);
+        }
         descs.push(Desc::new(
             FINDINGS.into(),
             FINDINGS_HELP.into(),
@@ -314,6 +334,37 @@ impl<M: StateMachine> NodeCollector<M> {
         }
         m
     }
+}
+
+/// The proposal timing as a summary (quantiles, count, sum) and a max gauge per
+/// stage; nothing until the node timed a proposal.
+fn stage_families<M: StateMachine>(c: &NodeCollector<M>, status: &Status) -> Vec<MetricFamily> {
+    let stages = &status.proposal_timing.stages;
+    if stages.is_empty() {
+        return Vec::new();
+    }
+    let mut summary = family(STAGES, STAGES_HELP, MetricType::SUMMARY);
+    let mut max = family(STAGES_MAX, STAGES_MAX_HELP, MetricType::GAUGE);
+    for s in stages {
+        let mut m = c.metric(Some(("stage", s.stage.name().to_string())));
+        let mut sum = Summary::default();
+        sum.set_sample_count(s.count);
+        sum.set_sample_sum(s.sum.as_secs_f64());
+        for (q, value) in [(0.5, s.p50), (0.9, s.p90), (0.99, s.p99)] {
+            let mut quantile = Quantile::default();
+            quantile.set_quantile(q);
+            quantile.set_value(value.as_secs_f64());
+            sum.mut_quantile().push(quantile);
+        }
+        m.set_summary(sum);
+        summary.mut_metric().push(m);
+        let mut m = c.metric(Some(("stage", s.stage.name().to_string())));
+        let mut g = Gauge::default();
+        g.set_value(s.max.as_secs_f64());
+        m.set_gauge(g);
+        max.mut_metric().push(m);
+    }
+    vec![summary, max]
 }
 
 fn counter(value: f64) -> Counter {
@@ -370,6 +421,7 @@ impl<M: StateMachine> Collector for NodeCollector<M> {
         if !refused.get_metric().is_empty() {
             families.push(refused);
         }
+        families.extend(stage_families(self, &status));
         let mut kinds: std::collections::BTreeMap<&'static str, u32> = Default::default();
         for f in &status.findings {
             *kinds.entry(f.kind.name()).or_default() += 1;

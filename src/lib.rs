@@ -91,6 +91,7 @@ mod snapshot_codec;
 mod state_machine;
 mod status;
 mod storage;
+mod timing;
 mod transport;
 mod transports;
 mod validate;
@@ -127,6 +128,7 @@ pub use state_machine::StateMachine;
 pub use status::{Divergence, MetricsSnapshot, PeerProgress, ProgressState, Role, Status};
 pub use storage::MemLogStore;
 pub use storage::{EngineLogStore, EngineOptions, LogEngine};
+pub use timing::{ProposalTiming, Stage, StageTiming};
 pub use transport::Transport;
 /// Mutual TLS for [`TcpTransport`] (feature `tls`).
 #[cfg(feature = "tls")]

@@ -103,6 +103,8 @@ struct Inner<M: StateMachine> {
     /// wait for itself).
     hosted: Option<(Arc<Wake>, ThreadId)>,
     max_proposal_bytes: usize,
+    /// `Config::proposal_timing`: stamp each proposal with the time it was made.
+    proposal_timing: bool,
     logger: Logger,
 }
 
@@ -297,7 +299,8 @@ impl<M: StateMachine> Node<M> {
             });
         }
         let (handle, done) = slot();
-        self.submit(Request::Propose(command, done))?;
+        let at = self.inner.proposal_timing.then(crate::timing::Clock::now);
+        self.submit(Request::Propose(command, done, at))?;
         Ok(ProposalHandle::new(handle))
     }
 
@@ -945,6 +948,8 @@ pub(crate) struct NodeParts<M: StateMachine> {
     mailbox: Mailbox,
     pub(crate) shared: Arc<Shared>,
     max_proposal_bytes: usize,
+    /// `Config::proposal_timing`: stamp each proposal with the time it was made.
+    proposal_timing: bool,
     logger: Logger,
 }
 
@@ -966,6 +971,7 @@ impl<M: StateMachine> NodeParts<M> {
                 thread: Mutex::new(thread),
                 hosted,
                 max_proposal_bytes: self.max_proposal_bytes,
+                proposal_timing: self.proposal_timing,
                 logger: self.logger,
             }),
         }
@@ -1015,6 +1021,7 @@ pub(crate) fn prepare<S: LogStore, M: StateMachine, T: Transport>(
         mailbox,
         shared: shared.clone(),
         max_proposal_bytes: config.max_proposal_bytes,
+        proposal_timing: config.proposal_timing,
         logger: logger.clone(),
     };
     info!(logger, "node recovered"; "applied" => applied);

@@ -36,6 +36,7 @@ use crate::proposals::{self, AppliedAs, Outcome, Pending, Waiter, WriteToken};
 use crate::snapshot_codec::{self, MemberContexts};
 use crate::state_machine::StateMachine;
 use crate::status::{bump, Divergence, PeerProgress, Role, Status};
+use crate::timing::{Stamp, Timing};
 use crate::validate::Refusal;
 
 use checkpoint::{Checkpoints, Marker};
@@ -203,6 +204,9 @@ struct Book<M: StateMachine, H: Host<M>> {
     checkpoints: Option<Box<Checkpoints>>,
     /// `Config::stop_on_divergence`.
     stop_on_divergence: bool,
+    /// Per-proposal lifecycle timing (`Config::proposal_timing`): `None` until the
+    /// first timed proposal, and always when timing is off.
+    timing: Option<Box<Timing>>,
 }
 
 fn finish_waiter<M: StateMachine, H: Host<M>>(
@@ -281,6 +285,9 @@ impl<M: StateMachine, H: Host<M>> Book<M, H> {
         self.pending.unknown_all(|w, o: Outcome<'_, M::Response>| {
             finish_waiter::<M, H>(host, w, o, (0, 0))
         });
+        if let Some(timing) = &mut self.timing {
+            timing.forget_all();
+        }
     }
 }
 
@@ -314,10 +321,28 @@ impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
     fn applied(&mut self, index: u64, term: u64, applied: AppliedAs<'_, M::Response>) {
         self.host.applied_entry(index, term);
         if self.pending.wants(index) {
+            let timed = self
+                .timing
+                .as_deref_mut()
+                .and_then(|t| t.is_timed(index, term).then_some(t));
+            let applied_at = timed.is_some().then(crate::timing::Clock::now);
             let host = &mut self.host;
             self.pending.resolve(index, term, applied, |w, o| {
                 finish_waiter::<M, H>(host, w, o, (index, term))
             });
+            if let (Some(timing), Some(applied_at)) = (timed, applied_at) {
+                timing.finished(index, applied_at, crate::timing::Clock::now(), &self.logger);
+            }
+        }
+    }
+
+    fn timing(&self) -> bool {
+        self.timing.as_ref().is_some_and(|t| t.wanted())
+    }
+
+    fn stamp(&mut self, stamp: Stamp, up_to: u64) {
+        if let Some(timing) = &mut self.timing {
+            timing.stamp(stamp, up_to, crate::timing::Clock::now());
         }
     }
 
@@ -367,6 +392,9 @@ impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
             .unknown_up_to(index, |w, o: Outcome<'_, M::Response>| {
                 finish_waiter::<M, H>(host, w, o, (0, 0))
             });
+        if let Some(timing) = &mut self.timing {
+            timing.forget_up_to(index);
+        }
         // The snapshot replaces the log, membership changes included: take the members'
         // contexts from it.
         match snapshot_codec::decode_members(&snapshot.data) {
@@ -639,6 +667,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 peers: PeerWatch::default(),
                 checkpoints: None,
                 stop_on_divergence: config.stop_on_divergence,
+                timing: None,
             },
             raw,
             sm,
@@ -1255,8 +1284,14 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         }
     }
 
-    /// Queues a command for the next batch, or refuses it at once.
-    pub(crate) fn propose(&mut self, data: Bytes, token: H::Propose) {
+    /// Queues a command for the next batch, or refuses it at once. `proposed_at` is
+    /// when the caller proposed it, for the lifecycle timing (`None`: not timed).
+    pub(crate) fn propose(
+        &mut self,
+        data: Bytes,
+        token: H::Propose,
+        proposed_at: Option<crate::timing::Clock>,
+    ) {
         // Also on a follower: a client's request is what lets a quiet group notice a
         // dead leader (its election timer runs again).
         self.wake_for_request();
@@ -1264,6 +1299,12 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             let err = self.refusal();
             bump(&self.book.shared.metrics.proposals_failed);
             return self.book.host.proposed(token, Err(err));
+        }
+        if proposed_at.is_some() && self.config.proposal_timing && self.book.timing.is_none() {
+            self.book.timing = Some(Timing::new(self.config.slow_proposal, self.batch.len()));
+        }
+        if let Some(timing) = &mut self.book.timing {
+            timing.queued(proposed_at);
         }
         let mut entry = Entry::default();
         entry.data = data;
@@ -1291,6 +1332,9 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         let tokens = std::mem::take(&mut self.batch_tokens);
         let metrics = &self.book.shared.metrics;
         if !self.is_leader() || self.phase != Phase::Running {
+            if let Some(timing) = &mut self.book.timing {
+                timing.batch_refused();
+            }
             let err = self.refusal();
             metrics
                 .proposals_failed
@@ -1314,8 +1358,14 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 for (i, t) in (last + 1 - n..).zip(tokens) {
                     self.book.pending.push(i, term, Waiter::Command(t));
                 }
+                if let Some(timing) = &mut self.book.timing {
+                    timing.proposed(last + 1 - n, term);
+                }
             }
             Err(e) => {
+                if let Some(timing) = &mut self.book.timing {
+                    timing.batch_refused();
+                }
                 debug!(self.book.logger, "proposals dropped by raft"; "count" => n, "error" => %e);
                 metrics.proposals_failed.fetch_add(n, Ordering::Relaxed);
                 for t in tokens {
@@ -2298,6 +2348,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             reads: Vec::new(),
         };
         self.batch.clear();
+        self.book.timing = None;
         tokens
             .conf_changes
             .extend(self.growth.take().map(|g| g.token));
@@ -2397,6 +2448,12 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             metrics: self.book.shared.metrics.snapshot(&self.stats),
             findings,
             divergence,
+            proposal_timing: self
+                .book
+                .timing
+                .as_ref()
+                .map(|t| t.summary())
+                .unwrap_or_default(),
         }
     }
 }
@@ -2684,7 +2741,7 @@ mod tests {
         let (mut core, now) = leader();
         let before = core.raw().raft.raft_log.last_index();
         for token in 0..10 {
-            core.propose(Bytes::from_static(b"x"), token);
+            core.propose(Bytes::from_static(b"x"), token, None);
         }
         core.flush_proposals();
         core.drive(now).unwrap();
@@ -2710,7 +2767,7 @@ mod tests {
     #[test]
     fn deposed_leader_reports_outcome_unknown() {
         let (mut core, now) = leader();
-        core.propose(Bytes::from_static(b"x"), 1);
+        core.propose(Bytes::from_static(b"x"), 1, None);
         core.flush_proposals();
         core.drive(now).unwrap();
         let term = core.raw().raft.term;
@@ -2733,7 +2790,7 @@ mod tests {
     fn overwritten_entry_reports_dropped() {
         let (mut core, now) = leader();
         let (index, term) = (core.raw().raft.raft_log.last_index(), core.raw().raft.term);
-        core.propose(Bytes::from_static(b"doomed"), 1);
+        core.propose(Bytes::from_static(b"doomed"), 1, None);
         core.flush_proposals();
         core.drive(now).unwrap();
         // Node 3, leader of the next term, replaces the entry at index + 1 with its
@@ -2806,7 +2863,7 @@ mod tests {
         let (mut core, now) = leader();
         core.config.checkpoint_every = 10;
         for i in 0..10 {
-            core.propose(Bytes::from_static(b"x"), i);
+            core.propose(Bytes::from_static(b"x"), i, None);
         }
         core.drive(now).unwrap();
         apply_all(&mut core, now);

@@ -32,7 +32,12 @@ pub(crate) type Query<M> = Box<dyn FnOnce(Result<&M, ReadError>) + Send>;
 pub(crate) enum Request<M: StateMachine> {
     /// From the transport, through the `Mailbox`.
     Peer(PeerInput),
-    Propose(Bytes, Completer<(M::Response, WriteToken), ProposeError>),
+    /// A command, and when `Node::propose` was called (`None` with timing off).
+    Propose(
+        Bytes,
+        Completer<(M::Response, WriteToken), ProposeError>,
+        Option<crate::timing::Clock>,
+    ),
     /// A membership change; the voters it adds in `joining` catch up first, before
     /// `deadline`.
     ConfChange {
@@ -304,7 +309,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         self.shared.requests_queued.fetch_sub(1, Ordering::AcqRel);
         match request {
             Request::Peer(_) => unreachable!("handled above"),
-            Request::Propose(data, done) => self.replica.propose(data, done),
+            Request::Propose(data, done, at) => self.replica.propose(data, done, at),
             Request::ConfChange {
                 change,
                 joining,

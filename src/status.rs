@@ -125,6 +125,10 @@ pub struct Status {
     /// docs/operations.md, "Divergence"). `None` when none was found; it stays set
     /// until the node restarts.
     pub divergence: Option<Divergence>,
+    /// How long this node's proposals took to reach each stage of their life, while it
+    /// led (`Config::proposal_timing`; docs/operations.md, "Proposal timing"). Empty
+    /// stages until it timed one.
+    pub proposal_timing: crate::timing::ProposalTiming,
 }
 
 /// This replica's state machine disagrees with the leader's at a checkpoint: after

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::slow::SlowSyncStore;
 use common::*;
-use raftnode::raft_types::{ConfState, Entry, HardState, Message, MessageType, Snapshot};
+use raftnode::raft_types::{Message, MessageType};
 use raftnode::{
     ChannelNetwork, ChannelTransport, Config, Finding, FindingKind, LogStore, Mailbox, MemLogStore,
-    Node, Role, StateMachine, StateMachineError, StorageError, Transport, TransportError,
+    Node, Role, StateMachine, StateMachineError, Transport, TransportError,
 };
 
 const VOTERS: [u64; 3] = [1, 2, 3];
@@ -151,68 +152,6 @@ fn start<M: StateMachine, S: LogStore, T: Transport>(
 }
 
 // ---- a log store whose sync can be made slow ---------------------------------------------
-
-/// A [`MemLogStore`] whose `sync` first sleeps for `delay_ms` (a slow disk).
-struct SlowSyncStore {
-    inner: MemLogStore,
-    delay_ms: Arc<AtomicU64>,
-}
-
-impl raft::Storage for SlowSyncStore {
-    fn initial_state(&self) -> raft::Result<raft::RaftState> {
-        self.inner.initial_state()
-    }
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max: impl Into<Option<u64>>,
-        ctx: raft::GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        self.inner.entries(low, high, max, ctx)
-    }
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.inner.term(idx)
-    }
-    fn first_index(&self) -> raft::Result<u64> {
-        self.inner.first_index()
-    }
-    fn last_index(&self) -> raft::Result<u64> {
-        self.inner.last_index()
-    }
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        self.inner.snapshot(request_index, to)
-    }
-}
-
-impl LogStore for SlowSyncStore {
-    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        self.inner.append(entries)
-    }
-    fn set_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError> {
-        self.inner.set_hard_state(hs)
-    }
-    fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError> {
-        self.inner.set_conf_state(cs)
-    }
-    fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        self.inner.apply_snapshot(snapshot)
-    }
-    fn store_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        self.inner.store_snapshot(snapshot)
-    }
-    fn compact(&mut self, index: u64) -> Result<(), StorageError> {
-        self.inner.compact(index)
-    }
-    fn sync(&mut self) -> Result<(), StorageError> {
-        let delay = self.delay_ms.load(Ordering::Relaxed);
-        if delay > 0 {
-            // The injected fault itself: a disk that takes this long to sync.
-            std::thread::sleep(Duration::from_millis(delay));
-        }
-        self.inner.sync()
-    }
-}
 
 #[test]
 fn slow_disk_is_reported_on_the_slow_node_and_clears() {

@@ -3,6 +3,7 @@
 //! and hopes.
 #![allow(dead_code)]
 
+pub mod slow;
 pub mod tcp;
 
 use std::collections::BTreeMap;

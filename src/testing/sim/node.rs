@@ -417,7 +417,8 @@ impl<W: Workload> SimNode<W> {
 
     /// Queues a command for the next batch. Refused unless this node leads.
     pub(crate) fn propose(&mut self, op: OpId, command: Bytes) -> Result<(), Refused> {
-        self.core.propose(command, op);
+        // Untimed: the stamps would read the wall clock, not the simulated one.
+        self.core.propose(command, op, None);
         self.take_refusal(op)
     }
 
