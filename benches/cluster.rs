@@ -739,16 +739,21 @@ fn print_summary(
     }
 }
 
-/// Proposal timing's cost: the library with `Config::proposal_timing` on (the default)
-/// and off, paired round by round at each proposer count; `ops` per round.
+/// Proposal timing's cost: one library cluster, with `Node::set_proposal_timing` on
+/// and off in alternate rounds (which goes first alternates too), so both sides run on
+/// the same threads and the same leader; `ops` per round. Two clusters side by side
+/// differ by more than timing costs (an A/A run of two untimed clusters measured
+/// 0.67 / 1.89 / 0.96), which is why it is one cluster.
 fn timing_cost(pool: &mut LocalPool, settings: &Settings, ops: u64) {
-    let on = LibCluster::start_timed(true);
-    let off = LibCluster::start_timed(false);
-    closed_loop(pool, &on, 64, WARM_UP_OPS);
-    closed_loop(pool, &off, 64, WARM_UP_OPS);
+    let lib = LibCluster::start();
+    let leader = lib.nodes[lib.leader].clone();
+    closed_loop(pool, &lib, 64, WARM_UP_OPS);
+    // `RAFTNODE_BENCH_TIMING_AA=1`: both sides untimed, to see the pairing's own noise.
+    let aa = std::env::var_os("RAFTNODE_BENCH_TIMING_AA").is_some();
     println!();
     println!(
-        "proposal timing on against off: {} paired rounds of {ops} operations, median ops/s",
+        "proposal timing on against off{}: {} alternating rounds of {ops} operations, median ops/s",
+        if aa { " (A/A: both off)" } else { "" },
         settings.rounds
     );
     println!(
@@ -757,17 +762,30 @@ fn timing_cost(pool: &mut LocalPool, settings: &Settings, ops: u64) {
     );
     for proposers in std::iter::once(1).chain(PROPOSERS) {
         // A round of one proposer runs a tenth of the operations (it is slower).
-        let n = if proposers == 1 { ops / 10 } else { ops };
-        let p = Paired::run(pool, &on, &off, proposers, settings.rounds, n.max(1));
+        let n = if proposers == 1 { ops / 10 } else { ops }.max(1);
+        let rate = |pool: &mut LocalPool, on: bool| {
+            leader.set_proposal_timing(on && !aa);
+            n as f64 / closed_loop(pool, &lib, proposers, n).as_secs_f64()
+        };
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for round in 0..settings.rounds.max(1) {
+            if round % 2 == 0 {
+                on.push(rate(pool, true));
+                off.push(rate(pool, false));
+            } else {
+                off.push(rate(pool, false));
+                on.push(rate(pool, true));
+            }
+        }
+        let ratio = median(on.iter().zip(&off).map(|(a, b)| a / b).collect());
         println!(
-            "{proposers:>9} | {:>13.0} | {:>13.0} | {:>8.3}",
-            median(p.library.clone()),
-            median(p.raw.clone()),
-            p.ratio()
+            "{proposers:>9} | {:>13.0} | {:>13.0} | {ratio:>8.3}",
+            median(on),
+            median(off)
         );
     }
-    on.stop();
-    off.stop();
+    leader.set_proposal_timing(true);
+    lib.stop();
 }
 
 fn main() {

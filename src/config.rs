@@ -137,11 +137,12 @@ pub struct Config {
     /// stops and the group loses its majority: it stops serving rather than serve
     /// diverged state.
     pub stop_on_divergence: bool,
-    /// Time every proposal from `propose` to queued, appended, synced, committed,
-    /// applied and returned, kept as histograms in [`Status::proposal_timing`](crate::Status::proposal_timing)
-    /// (docs/operations.md, "Proposal timing"). On by default: it reads the clock about
-    /// four times per proposal and a few times per Ready (docs/benchmarks.md measures
-    /// what that costs). A replica keeps about 3 KiB of histograms once it has timed a
+    /// Time every proposal through queued, appended, synced, committed, applied and
+    /// returned, kept as histograms in [`Status::proposal_timing`](crate::Status::proposal_timing)
+    /// (docs/operations.md, "Proposal timing"). On by default: it reads the clock once
+    /// per proposal and a few times per Ready (docs/benchmarks.md measures what that
+    /// costs); [`Node::set_proposal_timing`](crate::Node::set_proposal_timing) switches
+    /// it at run time. A replica keeps about 3.5 KiB of histograms once it has timed a
     /// proposal.
     pub proposal_timing: bool,
     /// With `proposal_timing`, a proposal that takes longer than this from `propose` to

@@ -55,10 +55,9 @@ pub(crate) trait Outbox<R> {
     fn timing(&self) -> bool {
         false
     }
-    /// The driver appended (or synced, or saw committed) the entries up to `up_to`
-    /// just now. Observers only.
-    fn stamp(&mut self, stamp: Stamp, up_to: u64) {
-        let _ = (stamp, up_to);
+    /// What the driver did just now, for the timing of proposals. Observers only.
+    fn stamp(&mut self, stamp: Stamp) {
+        let _ = stamp;
     }
     /// The empty entry at `index` carried a `context`: a checkpoint marker (or
     /// something posing as one). Called right after the state machine applied it, so
@@ -309,7 +308,7 @@ where
         raw.mut_store().append(rd.entries())?;
         if out.timing() {
             let last = rd.entries().last().map_or(0, |e| e.index);
-            out.stamp(Stamp::Appended, last);
+            out.stamp(Stamp::Appended { last });
         }
     }
 
@@ -326,7 +325,7 @@ where
         stats.slowest_sync = stats.slowest_sync.max(started.elapsed());
         stats.syncs += 1;
         if out.timing() {
-            out.stamp(Stamp::Synced, 0);
+            out.stamp(Stamp::Synced);
         }
     }
     if faults.apply_before_commit() && raw.raft.state == raft::StateRole::Leader {
@@ -405,12 +404,16 @@ where
         return Ok(());
     }
     let started = std::time::Instant::now();
-    if out.timing() {
-        let last = entries.last().map_or(0, |e| e.index);
-        out.stamp(Stamp::Committed, last);
+    let timed = out.timing();
+    if timed {
+        let (first, last) = (entries[0].index, entries[entries.len() - 1].index);
+        out.stamp(Stamp::Applying { first, last });
     }
     let result = apply_each(raw, sm, out, entries, applied, stats, faults);
     stats.applying += started.elapsed();
+    if timed {
+        out.stamp(Stamp::Applied);
+    }
     result
 }
 

@@ -236,9 +236,13 @@ const REFUSED: &str = "raftnode_refused_messages_total";
 const REFUSED_HELP: &str = "Peer messages refused before raft, by reason.";
 const STAGES: &str = "raftnode_proposal_stage_seconds";
 const STAGES_HELP: &str =
-    "Time from propose to each stage of a proposal's life, by stage (p50, p90, p99).";
+    "Time proposals spent in each stage of their life, from the stage before, by stage.";
 const STAGES_MAX: &str = "raftnode_proposal_stage_max_seconds";
-const STAGES_MAX_HELP: &str = "The longest time from propose to each stage, by stage.";
+const STAGES_MAX_HELP: &str = "The longest time a proposal spent in each stage, by stage.";
+const TOTAL: &str = "raftnode_proposal_seconds";
+const TOTAL_HELP: &str = "Time from propose to the response handed over, per proposal.";
+const TOTAL_MAX: &str = "raftnode_proposal_max_seconds";
+const TOTAL_MAX_HELP: &str = "The longest time from propose to the response handed over.";
 const FINDINGS: &str = "raftnode_findings";
 const FINDINGS_HELP: &str =
     "What Node::diagnose reports now, by kind (the number of findings of that kind).";
@@ -298,11 +302,16 @@ impl<M: StateMachine> NodeCollector<M> {
             vec!["reason".into()],
             constant.clone(),
         )?);
-        for (name, help) in [(STAGES, STAGES_HELP), (STAGES_MAX, STAGES_MAX_HELP)] {
+        for (name, help, labels) in [
+            (STAGES, STAGES_HELP, vec!["stage".into()]),
+            (STAGES_MAX, STAGES_MAX_HELP, vec!["stage".into()]),
+            (TOTAL, TOTAL_HELP, Vec::new()),
+            (TOTAL_MAX, TOTAL_MAX_HELP, Vec::new()),
+        ] {
             descs.push(Desc::new(
                 name.into(),
                 help.into(),
-                vec!["stage".into()],
+                labels,
                 constant.clone(),
             )?);
         }
@@ -336,35 +345,47 @@ impl<M: StateMachine> NodeCollector<M> {
     }
 }
 
-/// The proposal timing as a summary (quantiles, count, sum) and a max gauge per
-/// stage; nothing until the node timed a proposal.
+/// The proposal timing: per stage a summary (quantiles, count, sum) and a max gauge,
+/// and the same for the whole time from propose to returned; nothing until the node
+/// timed a proposal.
 fn stage_families<M: StateMachine>(c: &NodeCollector<M>, status: &Status) -> Vec<MetricFamily> {
-    let stages = &status.proposal_timing.stages;
-    if stages.is_empty() {
+    let timing = &status.proposal_timing;
+    if timing.stages.is_empty() {
         return Vec::new();
     }
-    let mut summary = family(STAGES, STAGES_HELP, MetricType::SUMMARY);
-    let mut max = family(STAGES_MAX, STAGES_MAX_HELP, MetricType::GAUGE);
-    for s in stages {
-        let mut m = c.metric(Some(("stage", s.stage.name().to_string())));
+    let mut families = vec![
+        family(STAGES, STAGES_HELP, MetricType::SUMMARY),
+        family(STAGES_MAX, STAGES_MAX_HELP, MetricType::GAUGE),
+        family(TOTAL, TOTAL_HELP, MetricType::SUMMARY),
+        family(TOTAL_MAX, TOTAL_MAX_HELP, MetricType::GAUGE),
+    ];
+    let rows = timing
+        .stages
+        .iter()
+        .map(|(s, l)| (Some(s.name()), l))
+        .chain(std::iter::once((None, &timing.total)));
+    for (stage, l) in rows {
+        let label = || stage.map(|s| ("stage", s.to_string()));
+        let mut m = c.metric(label());
         let mut sum = Summary::default();
-        sum.set_sample_count(s.count);
-        sum.set_sample_sum(s.sum.as_secs_f64());
-        for (q, value) in [(0.5, s.p50), (0.9, s.p90), (0.99, s.p99)] {
+        sum.set_sample_count(l.count);
+        sum.set_sample_sum(l.sum.as_secs_f64());
+        for (q, value) in [(0.5, l.p50), (0.9, l.p90), (0.99, l.p99)] {
             let mut quantile = Quantile::default();
             quantile.set_quantile(q);
             quantile.set_value(value.as_secs_f64());
             sum.mut_quantile().push(quantile);
         }
         m.set_summary(sum);
-        summary.mut_metric().push(m);
-        let mut m = c.metric(Some(("stage", s.stage.name().to_string())));
+        let mut max = c.metric(label());
         let mut g = Gauge::default();
-        g.set_value(s.max.as_secs_f64());
-        m.set_gauge(g);
-        max.mut_metric().push(m);
+        g.set_value(l.max.as_secs_f64());
+        max.set_gauge(g);
+        let at = if stage.is_some() { 0 } else { 2 };
+        families[at].mut_metric().push(m);
+        families[at + 1].mut_metric().push(max);
     }
-    vec![summary, max]
+    families
 }
 
 fn counter(value: f64) -> Counter {

@@ -128,7 +128,7 @@ pub use state_machine::StateMachine;
 pub use status::{Divergence, MetricsSnapshot, PeerProgress, ProgressState, Role, Status};
 pub use storage::MemLogStore;
 pub use storage::{EngineLogStore, EngineOptions, LogEngine};
-pub use timing::{ProposalTiming, Stage, StageTiming};
+pub use timing::{Latency, ProposalTiming, Stage};
 pub use transport::Transport;
 /// Mutual TLS for [`TcpTransport`] (feature `tls`).
 #[cfg(feature = "tls")]

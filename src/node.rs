@@ -103,8 +103,9 @@ struct Inner<M: StateMachine> {
     /// wait for itself).
     hosted: Option<(Arc<Wake>, ThreadId)>,
     max_proposal_bytes: usize,
-    /// `Config::proposal_timing`: stamp each proposal with the time it was made.
-    proposal_timing: bool,
+    /// Stamp each proposal with the time it was made (`Config::proposal_timing`, then
+    /// `Node::set_proposal_timing`).
+    proposal_timing: AtomicBool,
     logger: Logger,
 }
 
@@ -299,7 +300,11 @@ impl<M: StateMachine> Node<M> {
             });
         }
         let (handle, done) = slot();
-        let at = self.inner.proposal_timing.then(crate::timing::Clock::now);
+        let at = self
+            .inner
+            .proposal_timing
+            .load(Ordering::Relaxed)
+            .then(crate::timing::tick);
         self.submit(Request::Propose(command, done, at))?;
         Ok(ProposalHandle::new(handle))
     }
@@ -536,6 +541,17 @@ impl<M: StateMachine> Node<M> {
     /// ```
     pub fn set_message_log(&self, log: crate::MessageLog) {
         self.inner.shared.message_log.set(log);
+    }
+
+    /// Turns the per-proposal lifecycle timing on or off from now on (it starts as
+    /// `Config::proposal_timing` says): proposals made while it is off are not timed,
+    /// and what was timed before stays in `Status::proposal_timing` (docs/operations.md,
+    /// "Proposal timing").
+    pub fn set_proposal_timing(&self, on: bool) {
+        if on {
+            crate::timing::warm_up();
+        }
+        self.inner.proposal_timing.store(on, Ordering::Relaxed);
     }
 
     /// The message types this node logs now ([`Node::set_message_log`]).
@@ -971,7 +987,7 @@ impl<M: StateMachine> NodeParts<M> {
                 thread: Mutex::new(thread),
                 hosted,
                 max_proposal_bytes: self.max_proposal_bytes,
-                proposal_timing: self.proposal_timing,
+                proposal_timing: AtomicBool::new(self.proposal_timing),
                 logger: self.logger,
             }),
         }
@@ -995,6 +1011,9 @@ pub(crate) fn prepare<S: LogStore, M: StateMachine, T: Transport>(
     wake: Option<Arc<Wake>>,
 ) -> Result<(Runtime<S, M>, NodeParts<M>), StartError> {
     config.validate()?;
+    if config.proposal_timing {
+        crate::timing::warm_up();
+    }
     // `parent` goes to the runtime, which hands it to raft-rs: raft-rs adds `raft_id`
     // itself, so it is added once per line.
     let parent = logger;

@@ -205,7 +205,7 @@ struct Book<M: StateMachine, H: Host<M>> {
     /// `Config::stop_on_divergence`.
     stop_on_divergence: bool,
     /// Per-proposal lifecycle timing (`Config::proposal_timing`): `None` until the
-    /// first timed proposal, and always when timing is off.
+    /// first timed proposal (one the handle stamped), and always when timing is off.
     timing: Option<Box<Timing>>,
 }
 
@@ -321,17 +321,16 @@ impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
     fn applied(&mut self, index: u64, term: u64, applied: AppliedAs<'_, M::Response>) {
         self.host.applied_entry(index, term);
         if self.pending.wants(index) {
-            let timed = self
+            let stamped = self
                 .timing
                 .as_deref_mut()
-                .and_then(|t| t.is_timed(index, term).then_some(t));
-            let applied_at = timed.is_some().then(crate::timing::Clock::now);
+                .and_then(|t| t.applied(index, term));
             let host = &mut self.host;
             self.pending.resolve(index, term, applied, |w, o| {
                 finish_waiter::<M, H>(host, w, o, (index, term))
             });
-            if let (Some(timing), Some(applied_at)) = (timed, applied_at) {
-                timing.finished(index, applied_at, crate::timing::Clock::now(), &self.logger);
+            if let (Some(timing), Some(at)) = (self.timing.as_deref_mut(), stamped) {
+                timing.returned(at, &self.logger);
             }
         }
     }
@@ -340,9 +339,9 @@ impl<M: StateMachine, H: Host<M>> Outbox<M::Response> for Book<M, H> {
         self.timing.as_ref().is_some_and(|t| t.wanted())
     }
 
-    fn stamp(&mut self, stamp: Stamp, up_to: u64) {
+    fn stamp(&mut self, stamp: Stamp) {
         if let Some(timing) = &mut self.timing {
-            timing.stamp(stamp, up_to, crate::timing::Clock::now());
+            timing.stamp(stamp, &self.logger);
         }
     }
 
@@ -1290,7 +1289,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         &mut self,
         data: Bytes,
         token: H::Propose,
-        proposed_at: Option<crate::timing::Clock>,
+        proposed_at: Option<crate::timing::Tick>,
     ) {
         // Also on a follower: a client's request is what lets a quiet group notice a
         // dead leader (its election timer runs again).
@@ -1300,7 +1299,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
             bump(&self.book.shared.metrics.proposals_failed);
             return self.book.host.proposed(token, Err(err));
         }
-        if proposed_at.is_some() && self.config.proposal_timing && self.book.timing.is_none() {
+        if proposed_at.is_some() && self.book.timing.is_none() {
             self.book.timing = Some(Timing::new(self.config.slow_proposal, self.batch.len()));
         }
         if let Some(timing) = &mut self.book.timing {

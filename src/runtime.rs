@@ -36,7 +36,7 @@ pub(crate) enum Request<M: StateMachine> {
     Propose(
         Bytes,
         Completer<(M::Response, WriteToken), ProposeError>,
-        Option<crate::timing::Clock>,
+        Option<crate::timing::Tick>,
     ),
     /// A membership change; the voters it adds in `joining` catch up first, before
     /// `deadline`.

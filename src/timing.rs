@@ -1,12 +1,18 @@
-//! Per-proposal lifecycle timing: how long each proposal took to reach each stage of
-//! its life, kept as histograms (docs/operations.md, "Proposal timing").
+//! Per-proposal lifecycle timing: how long each proposal spent in each stage of its
+//! life, kept as histograms (docs/operations.md, "Proposal timing").
 //!
 //! A proposal is stamped when `Node::propose` is called, when the driver takes it off
 //! the request queue, when its entry is written to the log store, when that write is
 //! synced, when the leader sees it committed, when the state machine has applied it and
 //! when its response is handed to the caller. Only proposals that are applied are timed
-//! (a refused, dropped or unknown one is not). The stamps read the machine's clock
-//! ([`Clock`]); they are observations, never inputs to a decision, and a host without a
+//! (a refused, dropped or unknown one is not).
+//!
+//! The stamps are cheap because most are shared: one per driver turn (queued), one per
+//! Ready (appended, synced), one per batch of committed entries (committed), and the
+//! proposals that share them are recorded in one weighted step. Applied and returned
+//! are stamped per entry while the state machine is slow enough for it to matter (2 µs
+//! an entry or more); below that, per batch, interpolated by the entry's place in it. The stamps read the machine's clock
+//! ([`Tick`]); they are observations, never inputs to a decision, and a host without a
 //! wall clock (the simulator) proposes without a start stamp, which leaves the proposal
 //! untimed.
 
@@ -62,24 +68,22 @@ impl std::fmt::Display for Stage {
     }
 }
 
-/// The distribution of the time from `propose` to one [`Stage`], over the proposals
-/// this node timed since it started.
+/// The distribution of one duration over the proposals this node timed since it
+/// started: the time spent in one [`Stage`], or in all of them.
 ///
 /// Percentiles come from a histogram whose buckets are a quarter of an octave wide
 /// (each about 19 % wider than the one below), interpolated within the bucket: a
 /// percentile is within that width of the true value; `max` and `sum` are exact to the
 /// microsecond.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StageTiming {
-    /// Which stage.
-    pub stage: Stage,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
     /// Proposals timed.
     pub count: u64,
-    /// Median time from `propose` to this stage.
+    /// The median.
     pub p50: Duration,
-    /// 90th percentile.
+    /// The 90th percentile.
     pub p90: Duration,
-    /// 99th percentile.
+    /// The 99th percentile.
     pub p99: Duration,
     /// The longest.
     pub max: Duration,
@@ -90,18 +94,24 @@ pub struct StageTiming {
 /// Per-proposal lifecycle timing of one node ([`crate::Status::proposal_timing`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProposalTiming {
-    /// One entry per [`Stage`], in [`Stage::ALL`] order; empty until this node timed a
+    /// The time proposals spent in each stage, from the stage before (from `propose`
+    /// for [`Stage::Queued`]), in [`Stage::ALL`] order; empty until this node timed a
     /// proposal (it leads and `Config::proposal_timing` is on).
-    pub stages: Vec<StageTiming>,
+    pub stages: Vec<(Stage, Latency)>,
+    /// The time from `propose` to returned.
+    pub total: Latency,
     /// Proposals that took longer than `Config::slow_proposal` from `propose` to
     /// returned (0 when that is `None`).
     pub slow_proposals: u64,
 }
 
 impl ProposalTiming {
-    /// The timing of `stage`, if any proposal was timed.
-    pub fn stage(&self, stage: Stage) -> Option<&StageTiming> {
-        self.stages.iter().find(|s| s.stage == stage)
+    /// The time spent in `stage`, if any proposal was timed.
+    pub fn stage(&self, stage: Stage) -> Option<&Latency> {
+        self.stages
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map(|(_, l)| l)
     }
 }
 
@@ -160,10 +170,15 @@ fn bucket_range(bucket: usize) -> (u64, u64) {
 
 impl Histogram {
     fn record(&mut self, us: u64) {
+        self.record_n(us, 1);
+    }
+
+    /// Records `n` proposals that spent the same time.
+    fn record_n(&mut self, us: u64, n: u32) {
         let slot = &mut self.buckets[bucket_of(us)];
-        *slot = slot.saturating_add(1);
-        self.count += 1;
-        self.sum_us = self.sum_us.saturating_add(us);
+        *slot = slot.saturating_add(n);
+        self.count += u64::from(n);
+        self.sum_us = self.sum_us.saturating_add(us.saturating_mul(u64::from(n)));
         self.max_us = self.max_us.max(us);
     }
 
@@ -192,10 +207,9 @@ impl Histogram {
         self.max_us
     }
 
-    fn summary(&self, stage: Stage) -> StageTiming {
+    fn summary(&self) -> Latency {
         let us = Duration::from_micros;
-        StageTiming {
-            stage,
+        Latency {
             count: self.count,
             p50: us(self.quantile(0.50)),
             p90: us(self.quantile(0.90)),
@@ -206,82 +220,146 @@ impl Histogram {
     }
 }
 
-/// The clock of the stamps: `quanta`'s, which reads the TSC where it can (a third of
-/// the cost of `std::time::Instant::now` on the machines we measured) and whose
-/// `Instant` is a `u64` of nanoseconds.
-pub(crate) type Clock = quanta::Instant;
+/// A raw reading of the stamps' clock: `quanta`'s, which reads the TSC where it can
+/// (a few nanoseconds, against 23 for `std::time::Instant::now` on the machine of
+/// docs/benchmarks.md) and the OS clock elsewhere. Only differences mean anything;
+/// they are scaled to nanoseconds when recorded.
+pub(crate) type Tick = u64;
 
-/// A write the driver reports while timed proposals are in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stamp {
-    /// Entries up to the index were written to the log store.
-    Appended,
-    /// Everything written so far was synced.
-    Synced,
-    /// Entries up to the index are committed.
-    Committed,
+static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
+
+fn clock() -> &'static quanta::Clock {
+    CLOCK.get_or_init(quanta::Clock::new)
 }
 
-/// One timed proposal whose entry is in the log, not yet applied.
+/// The clock now (never 0, which the stamps use for "not yet").
+pub(crate) fn tick() -> Tick {
+    clock().raw().max(1)
+}
+
+/// Reads the clock once, so that the first timed proposal does not pay for its
+/// calibration (about a millisecond, at most 200 ms by quanta's documentation).
+pub(crate) fn warm_up() {
+    let _ = clock();
+}
+
+/// What the driver reports while timed proposals are in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stamp {
+    /// Entries up to `last` were written to the log store.
+    Appended { last: u64 },
+    /// Everything written so far was synced.
+    Synced,
+    /// Committed entries `first..=last` are about to be applied.
+    Applying { first: u64, last: u64 },
+    /// Those entries were applied and their responses handed over.
+    Applied,
+}
+
+/// Below this average time per entry (apply and hand-over), applied and returned are
+/// stamped per batch rather than per entry: two clock reads would cost more than the
+/// error they remove.
+const PER_ENTRY_FROM_NS: u64 = 2_000;
+
+/// One timed proposal whose entry is in the log, not yet applied. Stamps are
+/// [`Tick`]s; 0 is "not stamped".
 struct InFlight {
     index: u64,
     term: u64,
-    proposed: Clock,
-    queued: Clock,
-    appended: Option<Clock>,
-    synced: Option<Clock>,
-    committed: Option<Clock>,
+    proposed: u64,
+    queued: u64,
+    appended: u64,
+    synced: u64,
+    committed: u64,
+}
+
+/// The batch of committed entries being applied.
+struct ApplyBatch {
+    first: u64,
+    last: u64,
+    started: u64,
+    /// How many entries at the front of `in_flight` were applied in this batch and
+    /// wait for its end to be stamped (the batch is stamped as a whole).
+    waiting: usize,
 }
 
 /// A replica's timing: the stamps of proposals in flight and the histograms. Boxed and
 /// created on the first timed proposal, so followers and untimed replicas carry a
 /// pointer only.
 pub(crate) struct Timing {
+    clock: &'static quanta::Clock,
     /// Start stamps of the proposals in the current batch, in the batch's order
     /// (`None` for one proposed without a start stamp).
-    batch: Vec<Option<(Clock, Clock)>>,
+    batch: Vec<Option<Tick>>,
     /// Timed proposals in the log, in index order.
     in_flight: VecDeque<InFlight>,
-    histograms: [Histogram; 6],
-    slow_after: Option<Duration>,
+    /// The apply batch under way, if timed entries are in flight.
+    applying: Option<ApplyBatch>,
+    /// Stamp applied and returned per entry (the state machine is slow).
+    per_entry: bool,
+    stages: [Histogram; 6],
+    total: Histogram,
+    slow_after_ns: Option<u64>,
     slow: u64,
     /// When the last slow-proposal line was logged: at most one a second.
-    slow_logged: Option<Clock>,
+    slow_logged: Option<Tick>,
 }
 
 impl Timing {
     pub(crate) fn new(slow_after: Option<Duration>, batched: usize) -> Box<Timing> {
         Box::new(Timing {
+            clock: clock(),
             batch: vec![None; batched],
             in_flight: VecDeque::new(),
-            histograms: Default::default(),
-            slow_after,
+            applying: None,
+            per_entry: false,
+            stages: Default::default(),
+            total: Histogram::default(),
+            slow_after_ns: slow_after.map(nanos),
             slow: 0,
             slow_logged: None,
         })
     }
 
-    /// A proposal joined the batch (`proposed_at` from `Node::propose`, if stamped).
-    pub(crate) fn queued(&mut self, proposed_at: Option<Clock>) {
-        self.batch
-            .push(proposed_at.map(|proposed| (proposed, Clock::now())));
+    /// Nanoseconds from `start` to `end` (0 if `end` is not later).
+    fn ns(&self, start: Tick, end: Tick) -> u64 {
+        self.clock.delta_as_nanos(start, end)
     }
 
-    /// The batch was proposed to raft as entries `first..` of `term`.
+    /// Whole microseconds from `start` to `end`, for a histogram.
+    fn us(&self, start: Tick, end: Tick) -> u64 {
+        self.ns(start, end) / 1_000
+    }
+
+    /// A proposal joined the batch (`proposed_at` from `Node::propose`, if stamped).
+    pub(crate) fn queued(&mut self, proposed_at: Option<Tick>) {
+        self.batch.push(proposed_at);
+    }
+
+    /// The batch was proposed to raft as entries `first..` of `term`: the driver took
+    /// them off its queue in this turn.
     pub(crate) fn proposed(&mut self, first: u64, term: u64) {
-        for (index, stamps) in (first..).zip(self.batch.drain(..)) {
-            if let Some((proposed, queued)) = stamps {
-                self.in_flight.push_back(InFlight {
-                    index,
-                    term,
-                    proposed,
-                    queued,
-                    appended: None,
-                    synced: None,
-                    committed: None,
-                });
-            }
+        let queued = tick();
+        let batch = std::mem::take(&mut self.batch);
+        for (index, proposed) in (first..).zip(&batch) {
+            let Some(proposed) = *proposed else {
+                continue;
+            };
+            let proposed = proposed.min(queued);
+            self.stages[0].record(self.us(proposed, queued));
+            self.in_flight.push_back(InFlight {
+                index,
+                term,
+                proposed,
+                queued,
+                appended: 0,
+                synced: 0,
+                committed: 0,
+            });
         }
+        // Keep the allocation for the next batch.
+        self.batch = batch;
+        self.batch.clear();
     }
 
     /// The batch was refused as a whole.
@@ -289,111 +367,234 @@ impl Timing {
         self.batch.clear();
     }
 
-    /// Whether the driver should stamp its writes: a timed proposal is in flight.
+    /// Whether the driver should report its writes: a timed proposal is in flight.
     pub(crate) fn wanted(&self) -> bool {
-        !self.in_flight.is_empty()
+        !self.in_flight.is_empty() || self.applying.is_some()
     }
 
-    /// The driver wrote (`Appended`), synced (`Synced`, `up_to` unused) or saw
-    /// committed (`Committed`) the entries up to `up_to`, at `at`.
-    pub(crate) fn stamp(&mut self, stamp: Stamp, up_to: u64, at: Clock) {
-        let end = match stamp {
-            Stamp::Synced => self.in_flight.len(),
-            _ => self.in_flight.partition_point(|p| p.index <= up_to),
-        };
-        // Newest first: stamps are taken in log order, so the first entry found
-        // stamped has every older one stamped too.
+    pub(crate) fn stamp(&mut self, stamp: Stamp, logger: &Logger) {
+        match stamp {
+            Stamp::Appended { last } => {
+                let at = tick();
+                self.stamp_back(last, at, |p| &mut p.appended, |_| true);
+            }
+            Stamp::Synced => {
+                let at = tick();
+                self.stamp_back(u64::MAX, at, |p| &mut p.synced, |p| p.appended != 0);
+            }
+            Stamp::Applying { first, last } => {
+                let at = tick();
+                let from = self.in_flight.partition_point(|p| p.committed != 0);
+                let to = self
+                    .in_flight
+                    .partition_point(|p| p.index <= last)
+                    .max(from);
+                for p in self.in_flight.range_mut(from..to) {
+                    p.committed = at;
+                }
+                self.record_shared(from, to);
+                self.applying = Some(ApplyBatch {
+                    first,
+                    last,
+                    started: at,
+                    waiting: 0,
+                });
+            }
+            Stamp::Applied => self.batch_applied(logger),
+        }
+    }
+
+    /// Sets a stamp on the newest entries up to `up_to` that lack it (and are `due`):
+    /// stamps come in log order, so the first one found set has every older one set.
+    fn stamp_back(
+        &mut self,
+        up_to: u64,
+        at: u64,
+        slot: impl Fn(&mut InFlight) -> &mut u64,
+        due: impl Fn(&InFlight) -> bool,
+    ) {
+        let end = self.in_flight.partition_point(|p| p.index <= up_to);
         for p in self.in_flight.range_mut(..end).rev() {
-            let (slot, due) = match stamp {
-                Stamp::Appended => (&mut p.appended, true),
-                Stamp::Synced => (&mut p.synced, p.appended.is_some()),
-                Stamp::Committed => (&mut p.committed, true),
-            };
-            if !due {
+            if !due(p) {
                 continue;
             }
-            if slot.is_some() {
+            let s = slot(p);
+            if *s != 0 {
                 break;
             }
-            *slot = Some(at);
+            *s = at;
         }
     }
 
-    /// Whether the entry at `index` of `term` is a timed proposal; drops the stamps of
-    /// entries before it (their waiters were dropped).
-    pub(crate) fn is_timed(&mut self, index: u64, term: u64) -> bool {
-        while self.in_flight.front().is_some_and(|p| p.index < index) {
-            self.in_flight.pop_front();
+    /// Records appended, synced and committed for the entries `from..to` that were
+    /// just committed: runs of entries with the same stamps are one weighted record.
+    fn record_shared(&mut self, from: usize, to: usize) {
+        // (first entry of the run, its length): entries of one run share their stamps.
+        let mut run: Option<(usize, u32)> = None;
+        for i in from..to {
+            run = match run {
+                Some((r, n))
+                    if self.in_flight[r].same_stamps(&self.in_flight[i]) && n < u32::MAX =>
+                {
+                    Some((r, n + 1))
+                }
+                Some((r, n)) => {
+                    self.record_run(r, n);
+                    Some((i, 1))
+                }
+                None => Some((i, 1)),
+            };
         }
-        match self.in_flight.front() {
-            Some(p) if p.index == index && p.term == term => true,
-            Some(p) if p.index == index => {
-                self.in_flight.pop_front();
-                false
+        if let Some((r, n)) = run {
+            self.record_run(r, n);
+        }
+    }
+
+    /// Records the shared stages of the entry at `at` in `in_flight`, `n` times.
+    fn record_run(&mut self, at: usize, n: u32) {
+        let spent_ns = self.in_flight[at].shared_stages(self);
+        for (h, ns) in self.stages[1..4].iter_mut().zip(spent_ns) {
+            h.record_n(ns / 1_000, n);
+        }
+    }
+
+    /// The entry at `index` of `term` was applied. `Some` asks the caller to stamp it
+    /// per entry: call [`Timing::returned`] once its response is handed over.
+    pub(crate) fn applied(&mut self, index: u64, term: u64) -> Option<u64> {
+        let waiting = self.applying.as_ref().map_or(0, |b| b.waiting);
+        while self.in_flight.get(waiting).is_some_and(|p| p.index < index) {
+            // Its waiter was dropped: another entry took its place.
+            self.in_flight.remove(waiting);
+        }
+        let p = self.in_flight.get(waiting)?;
+        if p.index != index {
+            return None;
+        }
+        if p.term != term {
+            self.in_flight.remove(waiting);
+            return None;
+        }
+        match &mut self.applying {
+            Some(batch) if !self.per_entry => {
+                batch.waiting += 1;
+                None
             }
-            _ => false,
+            _ => Some(tick()),
         }
     }
 
-    /// The timed entry at `index` (checked with [`Timing::is_timed`]) was applied at
-    /// `applied` and its response handed over at `returned`: records it.
-    pub(crate) fn finished(
-        &mut self,
-        index: u64,
-        applied: Clock,
-        returned: Clock,
-        logger: &Logger,
-    ) {
-        let Some(p) = self.in_flight.pop_front() else {
+    /// The response of the entry stamped applied at `applied` (by [`Timing::applied`])
+    /// was handed over just now.
+    pub(crate) fn returned(&mut self, applied: Tick, logger: &Logger) {
+        let returned = tick();
+        let waiting = self.applying.as_ref().map_or(0, |b| b.waiting);
+        if let Some(p) = self.in_flight.remove(waiting) {
+            self.finish(&p, applied, returned, logger);
+        }
+    }
+
+    /// The apply batch ended: stamps its waiting entries by their place in it, and
+    /// chooses how to stamp the next one.
+    fn batch_applied(&mut self, logger: &Logger) {
+        let Some(batch) = self.applying.take() else {
             return;
         };
-        debug_assert_eq!(p.index, index);
-        // A stamp the driver did not take (none should be missing) counts as the next.
-        let committed = p.committed.unwrap_or(applied);
-        let synced = p.synced.unwrap_or(committed);
-        let appended = p.appended.unwrap_or(synced);
-        let at = [p.queued, appended, synced, committed, applied, returned];
-        for (h, t) in self.histograms.iter_mut().zip(at) {
-            h.record(micros(t.saturating_duration_since(p.proposed)));
+        let ended = tick().max(batch.started);
+        let n = (batch.last + 1).saturating_sub(batch.first).max(1);
+        let step = (ended - batch.started) / n;
+        for i in 0..batch.waiting {
+            let p = &self.in_flight[i];
+            let place = (p.index + 1).saturating_sub(batch.first).min(n);
+            let at = if place == n {
+                ended
+            } else {
+                batch.started + step * place
+            };
+            let (committed, proposed) = (p.committed, p.proposed);
+            self.stages[4].record(self.us(committed, at));
+            self.record_total(i, proposed, at, logger);
         }
-        let total = returned.saturating_duration_since(p.proposed);
-        if self.slow_after.is_none_or(|limit| total <= limit) {
-            return;
+        // In a batch stamped as a whole, applied and returned are one stamp.
+        self.stages[5].record_n(0, u32::try_from(batch.waiting).unwrap_or(u32::MAX));
+        self.in_flight.drain(..batch.waiting);
+        self.per_entry = self.ns(0, step) >= PER_ENTRY_FROM_NS;
+    }
+
+    fn finish(&mut self, p: &InFlight, applied: Tick, returned: Tick, logger: &Logger) {
+        let committed = if p.committed == 0 {
+            applied
+        } else {
+            p.committed
+        };
+        self.stages[4].record(self.us(committed, applied));
+        self.stages[5].record(self.us(applied, returned));
+        self.total.record(self.us(p.proposed, returned));
+        if self.is_slow(p.proposed, returned) {
+            self.log_slow(p, applied, returned, logger);
         }
-        self.slow += 1;
+    }
+
+    /// Records the total of the waiting entry at `i` of the batch.
+    fn record_total(&mut self, i: usize, proposed: Tick, returned: Tick, logger: &Logger) {
+        self.total.record(self.us(proposed, returned));
+        if self.is_slow(proposed, returned) {
+            let p = &self.in_flight[i];
+            let p = InFlight { ..*p };
+            self.log_slow(&p, returned, returned, logger);
+        }
+    }
+
+    fn is_slow(&mut self, proposed: Tick, returned: Tick) -> bool {
+        let slow = self
+            .slow_after_ns
+            .is_some_and(|limit| self.ns(proposed, returned) > limit);
+        self.slow += u64::from(slow);
+        slow
+    }
+
+    /// Logs a slow proposal, at most once a second.
+    fn log_slow(&mut self, p: &InFlight, applied: Tick, returned: Tick, logger: &Logger) {
         if self
             .slow_logged
-            .is_none_or(|last| returned.saturating_duration_since(last) >= Duration::from_secs(1))
+            .is_some_and(|last| self.ns(last, returned) < 1_000_000_000)
         {
-            self.slow_logged = Some(returned);
-            let mut from = p.proposed;
-            let spent: Vec<(Stage, Duration)> = Stage::ALL
-                .iter()
-                .zip(at)
-                .map(|(s, t)| {
-                    let d = t.saturating_duration_since(from);
-                    from = from.max(t);
-                    (*s, d)
-                })
-                .collect();
-            let (slowest, _) = spent
-                .iter()
-                .copied()
-                .max_by_key(|(_, d)| *d)
-                .expect("six stages");
-            let ms = |d: Duration| d.as_secs_f64() * 1e3;
-            warn!(logger, "slow proposal"; "index" => index, "total_ms" => ms(total),
-                "slow_stage" => slowest.name(),
-                "queued_ms" => ms(spent[0].1), "appended_ms" => ms(spent[1].1),
-                "synced_ms" => ms(spent[2].1), "committed_ms" => ms(spent[3].1),
-                "applied_ms" => ms(spent[4].1), "returned_ms" => ms(spent[5].1),
-                "slow_so_far" => self.slow);
+            return;
         }
+        self.slow_logged = Some(returned);
+        let [appended, synced, committed_in] = p.shared_stages(self);
+        let committed = if p.committed == 0 {
+            applied
+        } else {
+            p.committed
+        };
+        let spent = [
+            self.ns(p.proposed, p.queued),
+            appended,
+            synced,
+            committed_in,
+            self.ns(committed, applied),
+            self.ns(applied, returned),
+        ];
+        let slowest = Stage::ALL
+            .iter()
+            .zip(spent)
+            .max_by_key(|(_, ns)| *ns)
+            .map(|(s, _)| *s)
+            .expect("six stages");
+        let ms = |ns: u64| (ns / 1_000) as f64 / 1e3;
+        warn!(logger, "slow proposal"; "index" => p.index,
+            "total_ms" => ms(self.ns(p.proposed, returned)),
+            "slow_stage" => slowest.name(),
+            "queued_ms" => ms(spent[0]), "appended_ms" => ms(spent[1]),
+            "synced_ms" => ms(spent[2]), "committed_ms" => ms(spent[3]),
+            "applied_ms" => ms(spent[4]), "returned_ms" => ms(spent[5]),
+            "slow_so_far" => self.slow);
     }
 
     /// Every proposal in flight ended without being applied (leadership lost).
     pub(crate) fn forget_all(&mut self) {
         self.in_flight.clear();
+        self.applying = None;
     }
 
     /// Proposals at or below `index` ended unknown (a snapshot covered them).
@@ -407,16 +608,54 @@ impl Timing {
         ProposalTiming {
             stages: Stage::ALL
                 .iter()
-                .zip(&self.histograms)
-                .map(|(s, h)| h.summary(*s))
+                .zip(&self.stages)
+                .map(|(s, h)| (*s, h.summary()))
                 .collect(),
+            total: self.total.summary(),
             slow_proposals: self.slow,
         }
     }
 }
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+impl InFlight {
+    /// Whether `other` was queued, appended, synced and committed with this one.
+    fn same_stamps(&self, other: &InFlight) -> bool {
+        (self.queued, self.appended, self.synced, self.committed)
+            == (other.queued, other.appended, other.synced, other.committed)
+    }
+
+    /// Nanoseconds spent reaching appended, synced and committed, each from the stage
+    /// before; a stamp the driver did not take (none should be missing) counts as the
+    /// next one's.
+    fn shared_stages(&self, t: &Timing) -> [u64; 3] {
+        let committed = if self.committed == 0 {
+            self.queued
+        } else {
+            self.committed
+        };
+        let synced = if self.synced == 0 {
+            committed
+        } else {
+            self.synced
+        };
+        let appended = if self.appended == 0 {
+            synced
+        } else {
+            self.appended
+        };
+        [
+            t.ns(self.queued, appended),
+            t.ns(appended, synced),
+            t.ns(synced, committed),
+        ]
+    }
+}
+
+/// Whole nanoseconds of `d` (saturating), without `as_nanos`'s 128-bit arithmetic.
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 #[cfg(test)]
@@ -475,40 +714,86 @@ mod tests {
         assert_eq!(Histogram::default().quantile(0.5), 0);
     }
 
+    fn logger() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
     #[test]
     fn a_proposal_is_timed_through_every_stage_and_a_slow_one_is_counted() {
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
         let mut t = Timing::new(Some(Duration::from_millis(1)), 0);
-        let start = Clock::now();
-        t.queued(Some(start));
+        t.queued(Some(tick()));
         t.queued(None);
         t.proposed(7, 2);
         assert!(t.wanted());
-        let at = |ms| start + Duration::from_millis(ms);
-        t.stamp(Stamp::Appended, 8, at(2));
-        t.stamp(Stamp::Synced, 0, at(5));
-        t.stamp(Stamp::Committed, 8, at(6));
-        assert!(t.is_timed(7, 2));
-        t.finished(7, at(7), at(8), &logger);
-        assert!(!t.wanted(), "the untimed proposal at 8 has no stamps");
+        t.stamp(Stamp::Appended { last: 8 }, &logger());
+        // The disk, the followers and the state machine, each taking its time.
+        std::thread::sleep(Duration::from_millis(3));
+        t.stamp(Stamp::Synced, &logger());
+        std::thread::sleep(Duration::from_millis(2));
+        t.stamp(Stamp::Applying { first: 7, last: 8 }, &logger());
+        t.per_entry = true;
+        let applied = t.applied(7, 2).expect("stamped per entry");
+        t.returned(applied, &logger());
+        assert!(t.applied(8, 2).is_none(), "8 is not timed");
+        t.stamp(Stamp::Applied, &logger());
+        assert!(!t.wanted());
         let s = t.summary();
         assert_eq!(s.slow_proposals, 1);
         let synced = s.stage(Stage::Synced).expect("timed");
-        assert_eq!((synced.count, synced.max), (1, Duration::from_millis(5)));
-        assert_eq!(
-            s.stage(Stage::Returned).unwrap().max,
-            Duration::from_millis(8)
+        assert_eq!(synced.count, 1);
+        assert!(synced.max >= Duration::from_millis(3), "{synced:?}");
+        assert!(s.stage(Stage::Committed).unwrap().max >= Duration::from_millis(2));
+        assert!(s.total.max >= Duration::from_millis(5));
+        assert_eq!(s.total.count, 1);
+    }
+
+    #[test]
+    fn entries_of_a_fast_batch_are_stamped_by_their_place_in_it() {
+        let mut t = Timing::new(None, 0);
+        for _ in 0..4 {
+            t.queued(Some(tick()));
+        }
+        t.proposed(1, 1);
+        t.stamp(Stamp::Appended { last: 4 }, &logger());
+        t.stamp(Stamp::Synced, &logger());
+        t.stamp(Stamp::Applying { first: 1, last: 4 }, &logger());
+        for i in 1..=4 {
+            assert!(t.applied(i, 1).is_none(), "stamped with the batch");
+        }
+        // The batch's apply, long enough that its four quarters differ.
+        std::thread::sleep(Duration::from_millis(8));
+        t.stamp(Stamp::Applied, &logger());
+        let s = t.summary();
+        let applied = s.stage(Stage::Applied).unwrap();
+        assert_eq!(applied.count, 4);
+        assert!(
+            applied.max >= Duration::from_millis(8),
+            "the last entry ends the batch"
+        );
+        assert!(
+            applied.p50 < applied.max,
+            "the first ones are stamped earlier: {applied:?}"
+        );
+        assert_eq!(s.stage(Stage::Returned).unwrap().max, Duration::ZERO);
+        assert!(
+            t.per_entry,
+            "2 ms an entry: the next batch is stamped per entry"
         );
     }
 
     #[test]
     fn an_entry_replaced_by_another_term_is_not_timed() {
         let mut t = Timing::new(None, 0);
-        t.queued(Some(Clock::now()));
-        t.queued(Some(Clock::now()));
+        t.queued(Some(tick()));
+        t.queued(Some(tick()));
         t.proposed(3, 1);
-        assert!(!t.is_timed(3, 2), "another leader's entry took index 3");
-        assert!(!t.is_timed(5, 2), "and 4");
+        t.per_entry = true;
+        assert!(
+            t.applied(3, 2).is_none(),
+            "another leader's entry took index 3"
+        );
+        assert!(t.applied(5, 2).is_none(), "and 4");
         assert!(!t.wanted());
+        assert_eq!(t.summary().total.count, 0);
     }
 }

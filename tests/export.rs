@@ -116,47 +116,52 @@ fn collectors_report_each_nodes_status_in_prometheus_text() {
         Some("Current term.")
     );
     // The leader's proposal timing: a summary per stage (three quantiles, count, sum)
-    // and a max gauge; the followers proposed nothing and export none.
+    // and a max gauge, the same for the whole; the followers proposed nothing and
+    // export none.
     let timing = c.status(leader).proposal_timing;
-    for stage in raftnode::Stage::ALL {
-        let want = timing.stage(stage).expect("timed");
-        let summary = scrape
-            .samples
-            .iter()
-            .find(|s| {
-                s.metric == "raftnode_proposal_stage_seconds"
+    let rows = timing
+        .stages
+        .iter()
+        .map(|(s, l)| (Some(s.name()), *l))
+        .chain([(None, timing.total)]);
+    for (stage, want) in rows {
+        let (name, max_name) = match stage {
+            Some(_) => (
+                "raftnode_proposal_stage_seconds",
+                "raftnode_proposal_stage_max_seconds",
+            ),
+            None => ("raftnode_proposal_seconds", "raftnode_proposal_max_seconds"),
+        };
+        let find = |metric: &str| {
+            scrape.samples.iter().find(|s| {
+                s.metric == metric
                     && s.labels.get("node") == Some(leader.to_string().as_str())
-                    && s.labels.get("stage") == Some(stage.name())
+                    && s.labels.get("stage") == stage
             })
-            .unwrap_or_else(|| panic!("no summary for {stage}"));
+        };
+        let summary = find(name).unwrap_or_else(|| panic!("no {name} for {stage:?}"));
         match &summary.value {
             prometheus_parse::Value::Summary(quantiles) => {
                 let qs: Vec<f64> = quantiles.iter().map(|q| q.quantile).collect();
-                assert_eq!(qs, [0.5, 0.9, 0.99], "{stage}");
+                assert_eq!(qs, [0.5, 0.9, 0.99], "{stage:?}");
                 let p99 = quantiles[2].count;
                 assert!(
                     (p99 - want.p99.as_secs_f64()).abs() < 1e-9,
-                    "{stage}: p99 {p99}"
+                    "{stage:?}: p99 {p99}"
                 );
             }
-            other => panic!("{stage}: not a summary: {other:?}"),
+            other => panic!("{stage:?}: not a summary: {other:?}"),
         }
-        let max = scrape
-            .samples
-            .iter()
-            .find(|s| {
-                s.metric == "raftnode_proposal_stage_max_seconds"
-                    && s.labels.get("node") == Some(leader.to_string().as_str())
-                    && s.labels.get("stage") == Some(stage.name())
-            })
-            .map(|s| match s.value {
-                prometheus_parse::Value::Gauge(v) => v,
-                ref other => panic!("not a gauge: {other:?}"),
-            });
-        assert_eq!(max, Some(want.max.as_secs_f64()), "{stage}");
+        let max = find(max_name).map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) => v,
+            ref other => panic!("not a gauge: {other:?}"),
+        });
+        assert_eq!(max, Some(want.max.as_secs_f64()), "{stage:?}");
     }
     assert!(!scrape.samples.iter().any(|s| {
-        s.metric.starts_with("raftnode_proposal_stage")
+        (s.metric.starts_with("raftnode_proposal_stage")
+            || s.metric.starts_with("raftnode_proposal_seconds")
+            || s.metric == "raftnode_proposal_max_seconds")
             && s.labels.get("node") == Some(follower.to_string().as_str())
     }));
     // A second collector for the same node and labels is refused by the registry.

@@ -15,10 +15,11 @@ use raftnode::{ChannelNetwork, Config, MemLogStore, Node, Role, Stage, StartErro
 use slog::{Drain, Key, OwnedKVList, Record, Serializer, KV};
 
 /// Proves every proposal that returned `Ok` was timed once per stage on the leader,
-/// that no stage is reached before the one before it (percentiles and maxima never go
-/// down along the stages), and that followers, which proposed nothing, time nothing.
+/// that the stages add up to the whole (each proposal's six stage times sum to its
+/// time from propose to returned, to the microsecond each stage is rounded to), and
+/// that followers, which proposed nothing, time nothing.
 #[test]
-fn every_stage_is_timed_in_order_on_the_leader_only() {
+fn every_stage_is_timed_once_and_they_add_up_on_the_leader_only() {
     let c = Cluster::new(3);
     let leader = c.wait_leader();
     // 200 proposals, 50 in flight at a time, so batches hold many entries.
@@ -26,26 +27,28 @@ fn every_stage_is_timed_in_order_on_the_leader_only() {
     let s = c.status(leader);
     assert_eq!(s.role, Role::Leader, "the leader changed during the test");
     let timing = &s.proposal_timing;
-    assert_eq!(timing.stages.len(), Stage::ALL.len());
-    for (stage, want) in timing.stages.iter().zip(Stage::ALL) {
-        assert_eq!(stage.stage, want);
-        assert_eq!(stage.count, 200, "{want}: every proposal timed once");
-        assert!(stage.p50 <= stage.p90 && stage.p90 <= stage.p99 && stage.p99 <= stage.max);
-        assert!(stage.sum >= stage.max);
-    }
-    for pair in timing.stages.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
+    let stages: Vec<Stage> = timing.stages.iter().map(|(s, _)| *s).collect();
+    assert_eq!(stages, Stage::ALL);
+    for (stage, l) in timing
+        .stages
+        .iter()
+        .chain([(Stage::Returned, timing.total)].iter())
+    {
+        assert_eq!(l.count, 200, "{stage}: every proposal timed once");
         assert!(
-            a.max <= b.max,
-            "{} max {:?} after {} max {:?}",
-            a.stage,
-            a.max,
-            b.stage,
-            b.max
+            l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.max,
+            "{stage}: {l:?}"
         );
-        assert!(a.sum <= b.sum, "{} sum after {}", a.stage, b.stage);
+        assert!(l.sum >= l.max);
     }
-    assert!(timing.stage(Stage::Returned).unwrap().max > Duration::ZERO);
+    let parts: Duration = timing.stages.iter().map(|(_, l)| l.sum).sum();
+    let whole = timing.total.sum;
+    let rounding = Duration::from_micros(6 * 200);
+    assert!(
+        parts <= whole + rounding && whole <= parts + rounding,
+        "stages add up to {parts:?}, the proposals took {whole:?}"
+    );
+    assert!(timing.total.max > Duration::ZERO);
     assert_eq!(timing.slow_proposals, 0, "slow_proposal is off by default");
     for id in (1..=3).filter(|id| *id != leader) {
         assert!(
@@ -116,8 +119,7 @@ fn a_slow_disk_shows_in_the_synced_stage_and_the_slow_proposal_log() {
             .expect("applied");
     }
     let timing = node.status().expect("status").proposal_timing;
-    let at = |stage| timing.stage(stage).expect("timed").p50;
-    let in_sync = at(Stage::Synced).saturating_sub(at(Stage::Appended));
+    let in_sync = timing.stage(Stage::Synced).expect("timed").p50;
     assert!(
         in_sync >= Duration::from_millis(40),
         "appended to synced took {in_sync:?} at the median, the disk 60 ms"
