@@ -137,6 +137,10 @@ pub struct Config {
     /// stops and the group loses its majority: it stops serving rather than serve
     /// diverged state.
     pub stop_on_divergence: bool,
+    /// Record every input the core receives to a file, for an offline
+    /// [`replay`](crate::replay) (docs/operations.md, "Record and replay"). `None` (the
+    /// default) records nothing.
+    pub record: Option<crate::RecordTo>,
 }
 
 /// The smallest non-zero [`Config::checkpoint_every`]: each checkpoint adds two
@@ -164,6 +168,7 @@ impl Config {
     /// | `quiesce_after_timeouts` | 0 (never) |
     /// | `catch_up_lag` | 1 000 entries |
     /// | `checkpoint_every` / `stop_on_divergence` | 0 (off) / off |
+    /// | `record` | `None` (off) |
     pub fn new(id: u64) -> Self {
         Config {
             id,
@@ -192,6 +197,7 @@ impl Config {
             catch_up_lag: 1_000,
             checkpoint_every: 0,
             stop_on_divergence: false,
+            record: None,
         }
     }
 
@@ -340,6 +346,18 @@ impl Config {
                     self.checkpoint_every
                 ),
             ));
+        }
+        if let Some(record) = &self.record {
+            if record.max_bytes < crate::record::MIN_RECORD_BYTES {
+                return Err(ConfigError::new(
+                    "record.max_bytes",
+                    format!(
+                        "({}) must be at least {}",
+                        record.max_bytes,
+                        crate::record::MIN_RECORD_BYTES
+                    ),
+                ));
+            }
         }
         if let Some((min, max)) = self.election_tick_range {
             if min < self.election_ticks || max <= min {

@@ -84,6 +84,7 @@ mod node;
 mod notice;
 mod peer_watch;
 mod proposals;
+mod record;
 mod replica;
 mod runtime;
 pub mod sessions;
@@ -106,7 +107,7 @@ pub use bytes;
 pub use config::{Config, SnapshotPolicy};
 pub use diagnose::{Finding, FindingKind, DIAGNOSE_AFTER_TIMEOUTS};
 pub use error::{
-    ConfigError, MembershipError, NodeError, ProposeError, ReadError, StartError,
+    ConfigError, MembershipError, NodeError, ProposeError, ReadError, ReplayError, StartError,
     StateMachineError, StopReason, StorageError, TransportError,
 };
 pub use host::{GroupHost, HostConfig};
@@ -123,6 +124,7 @@ pub use sessions::{
     RetryError, RetryPolicy, Session, SessionLimits, SessionMachine, SessionReply, Sessions,
 };
 pub use slog;
+pub use record::{replay, Mismatch, RecordTo, ReplayReport, MIN_RECORD_BYTES};
 pub use state_machine::StateMachine;
 pub use status::{Divergence, MetricsSnapshot, PeerProgress, ProgressState, Role, Status};
 pub use storage::MemLogStore;
