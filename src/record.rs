@@ -305,8 +305,10 @@ impl<M: StateMachine> Segment<M> {
     ) -> Result<usize, ReplayError> {
         let (offset, payload) = frames[0];
         let mut d = Dec::new(&payload[1..]);
+        // The core's construction writes nothing, so no write can have failed in it.
         let (start, built) = StartState::decode(&mut d)
-            .and_then(|s| Ok((s, Effects::decode(&mut d)?)))
+            .and_then(|s| Ok((s, recorder::decode_failure(&mut d)?)))
+            .and_then(|(s, _)| Ok((s, Effects::decode(&mut d)?)))
             .and_then(|r| d.finish("the start record").map(|()| r))
             .map_err(|e| format_error(offset, e))?;
         let (mut segment, got) = Segment::start(start, index, make_sm)?;

@@ -3,7 +3,7 @@
 //! them, framed, to the file within its byte bound.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -301,12 +301,12 @@ impl Recorder {
     pub(crate) fn open(to: &RecordTo, start: Instant, logger: &Logger) -> Option<Recorder> {
         let path = to.path.display().to_string();
         match Self::open_file(to) {
-            Ok((_, len)) if len + MARKER_BYTES > to.max_bytes => {
-                warn!(logger, "not recording: the recording file is at its size bound";
+            Ok((_, len, truncated)) if truncated || len + MARKER_BYTES > to.max_bytes => {
+                warn!(logger, "not recording: the recording file reached its size bound";
                     "path" => path, "bytes" => len, "max_bytes" => to.max_bytes);
                 None
             }
-            Ok((file, len)) => Some(Recorder {
+            Ok((file, len, _)) => Some(Recorder {
                 out: Some(BufWriter::with_capacity(BUFFER_BYTES, file)),
                 budget: to.max_bytes.saturating_sub(len).saturating_sub(MARKER_BYTES),
                 start,
@@ -324,8 +324,9 @@ impl Recorder {
         }
     }
 
-    /// The file, positioned at its end, and its length (a new file gets the header).
-    fn open_file(to: &RecordTo) -> Result<(File, u64), String> {
+    /// The file, positioned at its end, its length (a new file gets the header), and
+    /// whether it ends with the truncation marker (then it takes no more segments).
+    fn open_file(to: &RecordTo) -> Result<(File, u64, bool), String> {
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -336,13 +337,18 @@ impl Recorder {
         if len == 0 {
             let header = codec::header();
             file.write_all(&header).map_err(|e| e.to_string())?;
-            return Ok((file, header.len() as u64));
+            return Ok((file, header.len() as u64, false));
         }
         let mut head = [0; codec::HEADER_LEN];
         file.read_exact(&mut head)
             .map_err(|e| format!("reading its header: {e}"))?;
         codec::check_header(&head)?;
-        Ok((file, len))
+        let mut tail = [0; MARKER_BYTES as usize];
+        let truncated = len >= (codec::HEADER_LEN as u64) + MARKER_BYTES
+            && file.seek(SeekFrom::Start(len - MARKER_BYTES)).is_ok()
+            && file.read_exact(&mut tail).is_ok()
+            && tail[..] == codec::frame(&[codec::KIND_TRUNCATED])[..];
+        Ok((file, len, truncated))
     }
 
     /// The tap the recorded store reports failed writes to.
