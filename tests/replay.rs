@@ -16,7 +16,7 @@ use protobuf::Message as _;
 use raftnode::raft_types::{Message, MessageType};
 use raftnode::{
     replay, ChannelNetwork, Config, MemLogStore, Node, RecordTo, ReplayError, ReplayReport,
-    StateMachine, StateMachineError,
+    StateMachine, StateMachineError, StorageError,
 };
 
 use common::{logger, test_config, wait_until};
@@ -438,4 +438,108 @@ fn the_size_bound_truncates_and_the_prefix_replays() {
     assert!(report.truncated);
     assert_eq!(report.inputs, input_records(&file));
     assert_eq!(report.segments, 1);
+}
+
+/// A `MemLogStore` whose `sync` fails once `fail` is set: a disk that broke.
+#[derive(Clone, Default)]
+struct BreakingStore {
+    inner: MemLogStore,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl raft::Storage for BreakingStore {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.inner.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<raftnode::raft_types::Entry>> {
+        self.inner.entries(low, high, max_size, context)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.inner.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.inner.last_index()
+    }
+    fn snapshot(
+        &self,
+        request_index: u64,
+        to: u64,
+    ) -> raft::Result<raftnode::raft_types::Snapshot> {
+        self.inner.snapshot(request_index, to)
+    }
+}
+
+impl raftnode::LogStore for BreakingStore {
+    fn append(&mut self, entries: &[raftnode::raft_types::Entry]) -> Result<(), StorageError> {
+        self.inner.append(entries)
+    }
+    fn set_hard_state(&mut self, hs: &raftnode::raft_types::HardState) -> Result<(), StorageError> {
+        self.inner.set_hard_state(hs)
+    }
+    fn set_conf_state(&mut self, cs: &raftnode::raft_types::ConfState) -> Result<(), StorageError> {
+        self.inner.set_conf_state(cs)
+    }
+    fn apply_snapshot(&mut self, s: raftnode::raft_types::Snapshot) -> Result<(), StorageError> {
+        self.inner.apply_snapshot(s)
+    }
+    fn store_snapshot(&mut self, s: raftnode::raft_types::Snapshot) -> Result<(), StorageError> {
+        self.inner.store_snapshot(s)
+    }
+    fn compact(&mut self, index: u64) -> Result<(), StorageError> {
+        self.inner.compact(index)
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StorageError::Io {
+                op: "sync".to_owned(),
+                source: std::io::Error::other("the disk is gone"),
+            });
+        }
+        self.inner.sync()
+    }
+}
+
+/// Proves a failed write is part of the recording: the node stops on its broken disk,
+/// and the replay fails the same write of the same input (the replay's store is in
+/// memory and never fails on its own) and ends where the node ended.
+#[test]
+fn a_failed_write_fails_again_in_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node-1.rec");
+    let mut config = test_config(1, &[1]);
+    config.record = Some(RecordTo::new(&path, 64 << 20));
+    let store = BreakingStore::default();
+    let node = Node::start(
+        config,
+        store.clone(),
+        Map::default(),
+        ChannelNetwork::new().transport(1),
+        &logger(),
+    )
+    .expect("node starts");
+    wait_until("node 1 leads", || node.leader() == Some(1));
+    for i in 0..3 {
+        let mut h = node.propose(format!("k{i}=v").into_bytes()).unwrap();
+        h.wait_timeout(PROPOSE_TIMEOUT).unwrap();
+    }
+    store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = node.propose(b"doomed=v".to_vec());
+    let reason = node.wait_stopped(Duration::from_secs(10));
+    assert!(
+        matches!(reason, Some(raftnode::StopReason::Storage(_))),
+        "{reason:?}"
+    );
+    let report = replay_ok(&path);
+    assert_eq!((report.segments, report.unfinished), (1, 0));
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(report.inputs, input_records(&file));
 }
