@@ -119,12 +119,12 @@ pub use message_log::MessageLog;
 pub use node::terminal_logger;
 pub use node::{discard_logger, Node, ReadConsistency};
 pub use proposals::{Applied, ProposalHandle, WriteToken};
+pub use record::{replay, Mismatch, RecordTo, ReplayReport, MIN_RECORD_BYTES};
 /// The `slog` crate, whose [`Logger`](slog::Logger) [`Node::start`] takes.
 pub use sessions::{
     RetryError, RetryPolicy, Session, SessionLimits, SessionMachine, SessionReply, Sessions,
 };
 pub use slog;
-pub use record::{replay, Mismatch, RecordTo, ReplayReport, MIN_RECORD_BYTES};
 pub use state_machine::StateMachine;
 pub use status::{Divergence, MetricsSnapshot, PeerProgress, ProgressState, Role, Status};
 pub use storage::MemLogStore;

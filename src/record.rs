@@ -122,7 +122,9 @@ pub struct Mismatch {
 
 impl std::fmt::Display for Mismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let at = self.input.map_or("its end".to_owned(), |i| format!("input {i}"));
+        let at = self
+            .input
+            .map_or("its end".to_owned(), |i| format!("input {i}"));
         write!(
             f,
             "segment {} at {at} ({}): expected {}, got {}",
@@ -194,12 +196,10 @@ pub fn replay<M: StateMachine>(
         path: path.display().to_string(),
         source,
     })?;
-    let body = codec::check_header(&file).map_err(|detail| ReplayError::Format {
-        offset: 0,
-        detail,
-    })?;
-    let frames = codec::frames(body)
-        .map_err(|(offset, detail)| ReplayError::Format { offset, detail })?;
+    let body =
+        codec::check_header(&file).map_err(|detail| ReplayError::Format { offset: 0, detail })?;
+    let frames =
+        codec::frames(body).map_err(|(offset, detail)| ReplayError::Format { offset, detail })?;
     let mut report = ReplayReport::default();
     let mut rest = &frames[..];
     while let Some(&(offset, payload)) = rest.first() {
@@ -345,9 +345,7 @@ impl<M: StateMachine> Segment<M> {
                     report.final_digest = segment.core.state_machine().digest();
                     return Ok(used + 1);
                 }
-                kind => {
-                    return Err(format_error(offset, format!("unknown record kind {kind}")))
-                }
+                kind => return Err(format_error(offset, format!("unknown record kind {kind}"))),
             }
         }
         report.unfinished += 1;

@@ -2485,7 +2485,10 @@ pub(crate) fn fresh_incarnation() -> u64 {
 /// `incarnation`: derived from it, so a recording that keeps the incarnation replays the
 /// same draws (src/record.rs). Never zero (xorshift stays at zero).
 fn election_seed(incarnation: u64) -> u64 {
-    incarnation.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31) | 1
+    incarnation
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .rotate_left(31)
+        | 1
 }
 
 /// The members' contexts a restarting node knows: the stored snapshot's member table,

@@ -286,8 +286,15 @@ fn a_partition_and_a_restart_replay_exactly() {
         let segments = if id == victim { 2 } else { 1 };
         assert_eq!(report.segments, segments, "node {id}");
         assert_eq!(report.inputs, input_records(&file), "node {id}");
-        assert_eq!((report.truncated, report.unfinished), (false, 0), "node {id}");
-        assert!(report.messages > 0 && report.entries_applied >= 20, "{report:?}");
+        assert_eq!(
+            (report.truncated, report.unfinished),
+            (false, 0),
+            "node {id}"
+        );
+        assert!(
+            report.messages > 0 && report.entries_applied >= 20,
+            "{report:?}"
+        );
         assert_eq!(report.final_digest, c.sms[&id].digest(), "node {id}");
     }
 }
@@ -335,7 +342,10 @@ fn an_altered_input_is_a_mismatch_at_that_input() {
     let mismatch = report.mismatch.expect("the altered message is caught");
     // The segment starts at frame 0, so a frame's index is its input number.
     let at = mismatch.input.expect("at an input") as usize;
-    assert!(at >= k && at <= next_drive, "{mismatch} (altered {k}, drive {next_drive})");
+    assert!(
+        at >= k && at <= next_drive,
+        "{mismatch} (altered {k}, drive {next_drive})"
+    );
     assert_eq!(mismatch.segment, 0);
 
     // The digest of a later input changed: caught exactly there.
@@ -345,8 +355,15 @@ fn an_altered_input_is_a_mismatch_at_that_input() {
     let digest_at = p.len() - 16;
     p[digest_at] ^= 0x01;
     std::fs::write(&path, with_payload(&file, j, &p)).unwrap();
-    let mismatch = replay(&path, Map::default).unwrap().mismatch.expect("caught");
-    assert_eq!((mismatch.segment, mismatch.input), (0, Some(j as u64)), "{mismatch}");
+    let mismatch = replay(&path, Map::default)
+        .unwrap()
+        .mismatch
+        .expect("caught");
+    assert_eq!(
+        (mismatch.segment, mismatch.input),
+        (0, Some(j as u64)),
+        "{mismatch}"
+    );
 }
 
 /// Proves a state machine that does not apply deterministically in the replay is caught
@@ -394,7 +411,9 @@ fn corrupt_or_cut_files_are_errors() {
     flipped[all[3].0 + 9] ^= 0x10;
     assert!(format_error(&flipped).1.contains("CRC"));
     assert!(format_error(b"").1.contains("not a raftnode recording"));
-    assert!(format_error(b"GIF89a and then some").1.contains("not a raftnode recording"));
+    assert!(format_error(b"GIF89a and then some")
+        .1
+        .contains("not a raftnode recording"));
     let mut version = file.clone();
     version[12] = 9;
     assert!(format_error(&version).1.contains("version 9"));
@@ -402,7 +421,10 @@ fn corrupt_or_cut_files_are_errors() {
     let report = replay(&path, Map::default).unwrap();
     assert_eq!((report.mismatch, report.unfinished), (None, 1));
     let missing = dir.path().join("missing.rec");
-    assert!(matches!(replay(&missing, Map::default), Err(ReplayError::Io { .. })));
+    assert!(matches!(
+        replay(&missing, Map::default),
+        Err(ReplayError::Io { .. })
+    ));
 }
 
 /// Proves the size bound: the file stops growing at `max_bytes` and says it was
@@ -432,7 +454,11 @@ fn the_size_bound_truncates_and_the_prefix_replays() {
     assert!(file.len() as u64 <= max_bytes, "{} bytes", file.len());
     assert_eq!(file.len() as u64, len, "a full file gets no new segment");
     let all = frames(&file);
-    assert_eq!(all.last().unwrap().1, [4], "the file ends with the truncation marker");
+    assert_eq!(
+        all.last().unwrap().1,
+        [4],
+        "the file ends with the truncation marker"
+    );
     assert_eq!(all[0].1[0], START);
     let report = replay_ok(&c.file(1));
     assert!(report.truncated);

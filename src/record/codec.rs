@@ -506,7 +506,10 @@ mod tests {
         let back = decode_config(&mut Dec::new(&e.0)).unwrap();
         assert_eq!(format!("{back:?}"), format!("{config:?}"));
         for cut in 0..e.0.len() {
-            assert!(decode_config(&mut Dec::new(&e.0[..cut])).is_err(), "cut at {cut}");
+            assert!(
+                decode_config(&mut Dec::new(&e.0[..cut])).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -516,10 +519,16 @@ mod tests {
         let mut body = frame(b"one");
         body.extend(frame(b"two"));
         let got = frames(&body).unwrap();
-        assert_eq!(got.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [b"one", b"two"]);
+        assert_eq!(
+            got.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+            [b"one", b"two"]
+        );
         let mut flipped = body.clone();
         flipped[9] ^= 1;
         assert!(frames(&flipped).unwrap_err().1.contains("CRC"));
-        assert!(frames(&body[..body.len() - 1]).unwrap_err().1.contains("ends inside"));
+        assert!(frames(&body[..body.len() - 1])
+            .unwrap_err()
+            .1
+            .contains("ends inside"));
     }
 }

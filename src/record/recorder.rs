@@ -90,16 +90,30 @@ impl Effects {
     }
 
     pub(crate) fn conf_change_done(&mut self, result: &Result<ConfState, MembershipError>) {
-        let cs = result.as_ref().map(|cs| cs.write_to_bytes().unwrap_or_default());
+        let cs = result
+            .as_ref()
+            .map(|cs| cs.write_to_bytes().unwrap_or_default());
         self.outcome(5, cs.as_deref().map_err(ToString::to_string));
     }
 
     pub(crate) fn read_done<M>(&mut self, result: &Result<&M, ReadError>) {
-        self.outcome(6, result.as_ref().map(|_| &[][..]).map_err(ToString::to_string));
+        self.outcome(
+            6,
+            result
+                .as_ref()
+                .map(|_| &[][..])
+                .map_err(ToString::to_string),
+        );
     }
 
     pub(crate) fn transfer_done(&mut self, result: &Result<(), MembershipError>) {
-        self.outcome(7, result.as_ref().map(|_| &[][..]).map_err(ToString::to_string));
+        self.outcome(
+            7,
+            result
+                .as_ref()
+                .map(|_| &[][..])
+                .map_err(ToString::to_string),
+        );
     }
 
     pub(crate) fn applied_entry(&mut self, index: u64, term: u64) {
@@ -160,8 +174,12 @@ impl StartState {
         sm: &M,
     ) -> Result<StartState, String> {
         let raft_err = |what: &str, e: raft::Error| format!("reading the store's {what}: {e}");
-        let state = store.initial_state().map_err(|e| raft_err("initial state", e))?;
-        let first = store.first_index().map_err(|e| raft_err("first index", e))?;
+        let state = store
+            .initial_state()
+            .map_err(|e| raft_err("initial state", e))?;
+        let first = store
+            .first_index()
+            .map_err(|e| raft_err("first index", e))?;
         let last = store.last_index().map_err(|e| raft_err("last index", e))?;
         let truncated_term = store
             .term(first - 1)
@@ -211,7 +229,10 @@ impl StartState {
         let hard_state = d.proto("the HardState")?;
         let conf_state = d.proto("the ConfState")?;
         let snapshot = d.proto("the stored snapshot")?;
-        let truncated = (d.u64("the compaction index")?, d.u64("the compaction term")?);
+        let truncated = (
+            d.u64("the compaction index")?,
+            d.u64("the compaction term")?,
+        );
         let n = d.u32("the entry count")?;
         let entries = (0..n)
             .map(|_| d.proto("an entry"))
@@ -308,7 +329,10 @@ impl Recorder {
             }
             Ok((file, len, _)) => Some(Recorder {
                 out: Some(BufWriter::with_capacity(BUFFER_BYTES, file)),
-                budget: to.max_bytes.saturating_sub(len).saturating_sub(MARKER_BYTES),
+                budget: to
+                    .max_bytes
+                    .saturating_sub(len)
+                    .saturating_sub(MARKER_BYTES),
                 start,
                 record: Enc::default(),
                 open: false,
@@ -370,7 +394,8 @@ impl Recorder {
     pub(crate) fn begin_input(&mut self, now: Instant, input: &Input<'_>) {
         self.record = Enc::default();
         self.record.u8(codec::KIND_INPUT);
-        self.record.duration(now.saturating_duration_since(self.start));
+        self.record
+            .duration(now.saturating_duration_since(self.start));
         input.encode(&mut self.record, self.start);
         self.tap.lock().begin(None);
         self.open = true;
