@@ -298,7 +298,7 @@ fn format_error(offset: usize, detail: String) -> ReplayError {
 impl<M: StateMachine> Segment<M> {
     /// Replays the segment that starts `frames`; returns how many frames it spans.
     fn replay(
-        frames: &[(usize, &[u8])],
+        frames: &[codec::Frame<'_>],
         index: usize,
         make_sm: &mut impl FnMut() -> M,
         report: &mut ReplayReport,
@@ -395,7 +395,7 @@ impl<M: StateMachine> Segment<M> {
             ReplayHost::default(),
             Arc::new(Shared::new()),
             logger,
-            Faults::default(),
+            Faults::none(),
             start.incarnation,
             base,
         )

@@ -46,7 +46,7 @@ impl StateMachine for Map {
         let mut s = self.state.lock();
         let (k, v) = command.split_at(command.iter().position(|b| *b == b'=').unwrap_or(0));
         s.map.insert(k.to_vec(), v.to_vec());
-        if self.skew && index % 7 == 0 {
+        if self.skew && index.is_multiple_of(7) {
             s.map.insert(b"skew".to_vec(), index.to_le_bytes().to_vec());
         }
         s.applied = index;

@@ -58,13 +58,16 @@ pub(crate) fn check_header(file: &[u8]) -> Result<&[u8], String> {
     Ok(&file[HEADER_LEN..])
 }
 
+/// A frame's payload and the offset of its frame in the file.
+pub(crate) type Frame<'a> = (usize, &'a [u8]);
+
 /// Splits the frames after the header into payloads, each with its offset in the file.
 ///
 /// # Errors
 ///
 /// The offset and what is wrong with the first frame that is cut short or fails its
 /// CRC.
-pub(crate) fn frames(body: &[u8]) -> Result<Vec<(usize, &[u8])>, (usize, String)> {
+pub(crate) fn frames(body: &[u8]) -> Result<Vec<Frame<'_>>, (usize, String)> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < body.len() {
