@@ -473,36 +473,7 @@ struct BreakingStore {
     fail: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl raft::Storage for BreakingStore {
-    fn initial_state(&self) -> raft::Result<raft::RaftState> {
-        self.inner.initial_state()
-    }
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        context: raft::GetEntriesContext,
-    ) -> raft::Result<Vec<raftnode::raft_types::Entry>> {
-        self.inner.entries(low, high, max_size, context)
-    }
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.inner.term(idx)
-    }
-    fn first_index(&self) -> raft::Result<u64> {
-        self.inner.first_index()
-    }
-    fn last_index(&self) -> raft::Result<u64> {
-        self.inner.last_index()
-    }
-    fn snapshot(
-        &self,
-        request_index: u64,
-        to: u64,
-    ) -> raft::Result<raftnode::raft_types::Snapshot> {
-        self.inner.snapshot(request_index, to)
-    }
-}
+common::forward_storage!(BreakingStore, inner);
 
 impl raftnode::LogStore for BreakingStore {
     fn append(&mut self, entries: &[raftnode::raft_types::Entry]) -> Result<(), StorageError> {
