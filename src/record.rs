@@ -317,8 +317,11 @@ impl<M: StateMachine> Segment<M> {
             return Ok(1);
         }
         for (used, &(offset, payload)) in frames.iter().enumerate().skip(1) {
-            let mut d = Dec::new(&payload[1..]);
-            match payload[0] {
+            let Some((&kind, body)) = payload.split_first() else {
+                return Err(format_error(offset, "an empty record".to_owned()));
+            };
+            let mut d = Dec::new(body);
+            match kind {
                 codec::KIND_INPUT => {
                     let n = used as u64;
                     let mismatch = segment
@@ -417,7 +420,7 @@ impl<M: StateMachine> Segment<M> {
         n: u64,
         report: &mut ReplayReport,
     ) -> Result<Option<Mismatch>, String> {
-        let now = self.base + d.duration("the input's time")?;
+        let now = codec::after(self.base, d.duration("the input's time")?)?;
         let input = Input::decode(d, self.base)?;
         let failure = recorder::decode_failure(d)?;
         let expected = Effects::decode(d)?;

@@ -452,7 +452,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
     /// While recording: starts the record of `input`, made at `now` (when the call
     /// takes one), and collects its effects from here on.
     fn begin<'a>(&mut self, now: Option<Instant>, input: impl FnOnce() -> Input<'a>) {
-        if let Some(r) = &mut self.recorder {
+        if let Some(r) = self.recorder.as_mut().filter(|r| r.is_recording()) {
             r.begin_input(now.unwrap_or_else(Instant::now), &input());
             self.replica.host_mut().effects = Some(Effects::default());
         }

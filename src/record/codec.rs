@@ -425,7 +425,7 @@ impl Input<'_> {
 
     /// Reads what [`Input::encode`] wrote; offsets become instants after `base`.
     pub(crate) fn decode(d: &mut Dec<'_>, base: Instant) -> Result<Input<'static>, String> {
-        let at = |d: &mut Dec<'_>, what: &str| Ok::<_, String>(base + d.duration(what)?);
+        let at = |d: &mut Dec<'_>, what: &str| after(base, d.duration(what)?);
         Ok(match d.u8("the input's kind")? {
             1 => Input::Step(Cow::Owned(d.proto("step's message")?)),
             2 => Input::Unreachable(d.u64("report_unreachable's peer")?),
@@ -463,6 +463,12 @@ impl Input<'_> {
             kind => return Err(format!("unknown input kind {kind}")),
         })
     }
+}
+
+/// `base + offset`, or an error where `Instant` cannot go that far.
+pub(crate) fn after(base: Instant, offset: Duration) -> Result<Instant, String> {
+    base.checked_add(offset)
+        .ok_or_else(|| format!("a time {offset:?} after the start is out of range"))
 }
 
 fn encode_consistency(e: &mut Enc, consistency: ReadConsistency) {

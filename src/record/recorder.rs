@@ -375,6 +375,11 @@ impl Recorder {
         Ok((file, len, truncated))
     }
 
+    /// Whether records are still written (not past the bound, no I/O error).
+    pub(crate) fn is_recording(&self) -> bool {
+        self.out.is_some()
+    }
+
     /// The tap the recorded store reports failed writes to.
     pub(crate) fn tap(&self) -> Arc<Mutex<StoreTap>> {
         self.tap.clone()
