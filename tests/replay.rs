@@ -561,3 +561,57 @@ fn a_failed_write_fails_again_in_the_replay() {
     let file = std::fs::read(&path).unwrap();
     assert_eq!(report.inputs, input_records(&file));
 }
+
+/// Proves groups on a `GroupHost` record too: one group of three members on three
+/// hosts, each member recording to its own file, replays exactly.
+#[test]
+fn a_group_on_a_group_host_records_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host_config = raftnode::HostConfig::default();
+    host_config.threads = 1;
+    let network = ChannelNetwork::new();
+    let mut nodes = BTreeMap::new();
+    let mut hosts = Vec::new();
+    for id in 1..=3 {
+        let host = raftnode::GroupHost::start(host_config.clone(), &logger()).unwrap();
+        let mut config = test_config(id, &[1, 2, 3]);
+        let path = dir.path().join(format!("group-5-node-{id}.rec"));
+        config.record = Some(RecordTo::new(&path, 64 << 20));
+        let sm = Map::default();
+        let node = host
+            .start_group(
+                5,
+                config,
+                MemLogStore::new(),
+                sm.clone(),
+                network.transport(id),
+            )
+            .expect("group starts");
+        nodes.insert(id, (node, sm, path));
+        hosts.push(host);
+    }
+    let c = Recorded {
+        network,
+        nodes: nodes.iter().map(|(id, (n, ..))| (*id, n.clone())).collect(),
+        stores: BTreeMap::new(),
+        sms: BTreeMap::new(),
+        voters: vec![1, 2, 3],
+        dir: dir.path().to_path_buf(),
+        max_bytes: 64 << 20,
+    };
+    for i in 0..10 {
+        c.put(&[1, 2, 3], &format!("g{i}"));
+    }
+    c.wait_converged(&[1, 2, 3]);
+    for (node, ..) in nodes.values() {
+        node.shutdown();
+    }
+    for (id, (_, sm, path)) in &nodes {
+        let report = replay_ok(path);
+        assert_eq!((report.segments, report.unfinished), (1, 0), "node {id}");
+        assert_eq!(report.final_digest, sm.digest(), "node {id}");
+    }
+    for host in hosts {
+        host.shutdown();
+    }
+}
