@@ -1,7 +1,9 @@
 //! The driver thread: a thin loop around the per-group core. It waits for input or the
 //! next tick, hands what is queued (bounded) to the [`Replica`], ticks it on time, and
 //! lets it handle every Ready. Every decision is the replica's; this file owns only the
-//! queue, the wall clock and the transport.
+//! queue, the wall clock and the transport. With `Config::record` it also hands every
+//! call it makes into the replica, and what the replica emitted for it, to a
+//! [`Recorder`] (src/record.rs), so that `replay` can re-drive a core from the file.
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;

@@ -615,3 +615,14 @@ fn a_group_on_a_group_host_records_and_replays() {
         host.shutdown();
     }
 }
+
+/// Proves the bound is validated: below `MIN_RECORD_BYTES` the config names the field.
+#[test]
+fn a_bound_below_the_minimum_is_refused() {
+    let mut config = Config::new(1);
+    config.record = Some(RecordTo::new("unused.rec", raftnode::MIN_RECORD_BYTES - 1));
+    let e = config.validate().unwrap_err().to_string();
+    assert!(e.contains("record.max_bytes") && e.contains("4096"), "{e}");
+    config.record = Some(RecordTo::new("unused.rec", raftnode::MIN_RECORD_BYTES));
+    config.validate().unwrap();
+}
