@@ -114,10 +114,16 @@ struct Recorded {
     voters: Vec<u64>,
     dir: PathBuf,
     max_bytes: u64,
+    /// Applied to every node's config after the test defaults.
+    configure: fn(&mut Config),
 }
 
 impl Recorded {
     fn start(n: u64, dir: &Path, max_bytes: u64) -> Recorded {
+        Recorded::start_with(n, dir, max_bytes, |_| {})
+    }
+
+    fn start_with(n: u64, dir: &Path, max_bytes: u64, configure: fn(&mut Config)) -> Recorded {
         let mut c = Recorded {
             network: ChannelNetwork::new(),
             nodes: BTreeMap::new(),
@@ -126,6 +132,7 @@ impl Recorded {
             voters: (1..=n).collect(),
             dir: dir.to_path_buf(),
             max_bytes,
+            configure,
         };
         for id in 1..=n {
             c.start_node(id);
@@ -141,6 +148,7 @@ impl Recorded {
     fn start_node(&mut self, id: u64) {
         let mut config: Config = test_config(id, &self.voters);
         config.record = Some(RecordTo::new(self.file(id), self.max_bytes));
+        (self.configure)(&mut config);
         let store = self.stores.entry(id).or_default().clone();
         let sm = self.sms.entry(id).or_default().clone();
         let node = Node::start(config, store, sm, self.network.transport(id), &logger())
@@ -233,6 +241,18 @@ fn input_kind(payload: &[u8]) -> Option<u8> {
     (payload[0] == INPUT).then(|| payload[9])
 }
 
+/// The messages of the file's step records.
+fn steps(file: &[u8]) -> Vec<Message> {
+    frames(file)
+        .iter()
+        .filter(|(_, p)| input_kind(p) == Some(STEP))
+        .map(|(_, p)| {
+            let len = u32::from_le_bytes(p[10..14].try_into().unwrap()) as usize;
+            Message::parse_from_bytes(&p[14..14 + len]).unwrap()
+        })
+        .collect()
+}
+
 fn input_records(file: &[u8]) -> u64 {
     frames(file).iter().filter(|(_, p)| p[0] == INPUT).count() as u64
 }
@@ -247,8 +267,12 @@ fn replay_ok(path: &Path) -> ReplayReport {
 /// restart of that node on its retained store, more writes. Returns the cluster
 /// (stopped), the restarted node's id, and the temporary directory.
 fn record_run() -> (Recorded, u64, tempfile::TempDir) {
+    record_run_with(|_| {})
+}
+
+fn record_run_with(configure: fn(&mut Config)) -> (Recorded, u64, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Recorded::start(3, dir.path(), 64 << 20);
+    let mut c = Recorded::start_with(3, dir.path(), 64 << 20, configure);
     let all = [1, 2, 3];
     for i in 0..10 {
         c.put(&all, &format!("a{i}"));
@@ -279,6 +303,26 @@ fn record_run() -> (Recorded, u64, tempfile::TempDir) {
 #[test]
 fn a_partition_and_a_restart_replay_exactly() {
     let (c, victim, _dir) = record_run();
+    assert_replays_exactly(&c, victim);
+}
+
+/// Proves the same with snapshots every few entries: compactions, the cut-off node
+/// catching up from a `MsgSnapshot` and the snapshot reports replay exactly too.
+#[test]
+fn snapshots_and_compaction_replay_exactly() {
+    let (c, victim, _dir) = record_run_with(|config| {
+        config.snapshot.every_applied = 4;
+        config.snapshot.trailing_entries = 1;
+    });
+    let file = std::fs::read(c.file(victim)).unwrap();
+    let received = steps(&file)
+        .iter()
+        .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+    assert!(received, "node {victim} caught up from a snapshot");
+    assert_replays_exactly(&c, victim);
+}
+
+fn assert_replays_exactly(c: &Recorded, victim: u64) {
     for id in [1, 2, 3] {
         let path = c.file(id);
         let file = std::fs::read(&path).unwrap();
@@ -598,6 +642,7 @@ fn a_group_on_a_group_host_records_and_replays() {
         voters: vec![1, 2, 3],
         dir: dir.path().to_path_buf(),
         max_bytes: 64 << 20,
+        configure: |_| {},
     };
     for i in 0..10 {
         c.put(&[1, 2, 3], &format!("g{i}"));
