@@ -344,16 +344,25 @@ impl<M: StateMachine> Segment<M> {
                 }
                 codec::KIND_TRUNCATED => {
                     report.truncated = true;
-                    report.unfinished += 1;
-                    report.final_digest = segment.core.state_machine().digest();
+                    segment.unfinished(report);
                     return Ok(used + 1);
+                }
+                // The next start: this segment's end was never written (a crash).
+                codec::KIND_START => {
+                    segment.unfinished(report);
+                    return Ok(used);
                 }
                 kind => return Err(format_error(offset, format!("unknown record kind {kind}"))),
             }
         }
-        report.unfinished += 1;
-        report.final_digest = segment.core.state_machine().digest();
+        segment.unfinished(report);
         Ok(frames.len())
+    }
+
+    /// The segment ends without its end record: nothing to compare the state with.
+    fn unfinished(&self, report: &mut ReplayReport) {
+        report.unfinished += 1;
+        report.final_digest = self.core.state_machine().digest();
     }
 
     /// A fresh core on the recorded starting state, and the effects of building it.

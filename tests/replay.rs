@@ -427,7 +427,8 @@ fn a_non_deterministic_state_machine_is_caught_at_the_segment_end() {
 
 /// Proves bad files are errors, never panics: a cut frame, a flipped bit (its CRC), a
 /// foreign or empty file, another version, a missing file; a cut at a frame boundary is
-/// a shorter recording whose last segment is unfinished.
+/// a shorter recording whose last segment is unfinished; a node restarted on a file
+/// whose last frame a crash cut cuts it off and appends a segment that replays.
 #[test]
 fn corrupt_or_cut_files_are_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -485,6 +486,15 @@ fn corrupt_or_cut_files_are_errors() {
             "seed {seed}: {outcome:?}"
         );
     }
+    // A crash cut the last frame; the next start cuts it off and appends a segment.
+    let end = all.last().unwrap().0;
+    std::fs::write(c.file(1), &file[..end + 5]).unwrap();
+    c.start_node(1);
+    c.put(&[1], "after-the-crash");
+    c.shutdown();
+    let report = replay_ok(&c.file(1));
+    assert_eq!((report.segments, report.unfinished), (2, 1));
+    assert_eq!(report.final_digest, c.sms[&1].digest());
     let missing = dir.path().join("missing.rec");
     assert!(matches!(
         replay(&missing, Map::default),

@@ -3,7 +3,7 @@
 //! them, framed, to the file within its byte bound.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -321,7 +321,7 @@ impl Recorder {
     /// warning, when the file cannot be used: the node runs unrecorded.
     pub(crate) fn open(to: &RecordTo, start: Instant, logger: &Logger) -> Option<Recorder> {
         let path = to.path.display().to_string();
-        match Self::open_file(to) {
+        match Self::open_file(to, logger) {
             Ok((_, len, truncated)) if truncated || len + MARKER_BYTES > to.max_bytes => {
                 warn!(logger, "not recording: the recording file reached its size bound";
                     "path" => path, "bytes" => len, "max_bytes" => to.max_bytes);
@@ -349,8 +349,10 @@ impl Recorder {
     }
 
     /// The file, positioned at its end, its length (a new file gets the header), and
-    /// whether it ends with the truncation marker (then it takes no more segments).
-    fn open_file(to: &RecordTo) -> Result<(File, u64, bool), String> {
+    /// whether it ends with the truncation marker (then it takes no more segments). A
+    /// tail cut inside a frame (a process that crashed while writing) is cut off, with a
+    /// warning, so the new segment follows whole frames.
+    fn open_file(to: &RecordTo, logger: &Logger) -> Result<(File, u64, bool), String> {
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -367,12 +369,20 @@ impl Recorder {
         file.read_exact(&mut head)
             .map_err(|e| format!("reading its header: {e}"))?;
         codec::check_header(&head)?;
+        let whole = whole_frames_end(&file, len).map_err(|e| format!("reading it: {e}"))?;
+        if whole < len {
+            warn!(logger, "the recording ends inside a frame (a crash while writing?); \
+                cutting it off before this segment"; "path" => to.path.display().to_string(),
+                "bytes" => len, "cut_at" => whole);
+            file.set_len(whole)
+                .map_err(|e| format!("cutting the cut frame off: {e}"))?;
+        }
         let mut tail = [0; MARKER_BYTES as usize];
-        let truncated = len >= (codec::HEADER_LEN as u64) + MARKER_BYTES
-            && file.seek(SeekFrom::Start(len - MARKER_BYTES)).is_ok()
+        let truncated = whole >= (codec::HEADER_LEN as u64) + MARKER_BYTES
+            && file.seek(SeekFrom::Start(whole - MARKER_BYTES)).is_ok()
             && file.read_exact(&mut tail).is_ok()
             && tail[..] == codec::frame(&[codec::KIND_TRUNCATED])[..];
-        Ok((file, len, truncated))
+        Ok((file, whole, truncated))
     }
 
     /// Whether records are still written (not past the bound, no I/O error).
@@ -467,6 +477,26 @@ impl Recorder {
         info!(self.logger, "recording the core's inputs"; "path" => &self.path,
             "bytes_left" => self.budget);
     }
+}
+
+/// Where the last whole frame of a file of `len` bytes ends (frame lengths only; the
+/// replay checks the CRCs).
+fn whole_frames_end(file: &File, len: u64) -> std::io::Result<u64> {
+    let mut reader = BufReader::new(file);
+    let mut at = codec::HEADER_LEN as u64;
+    reader.seek(SeekFrom::Start(at))?;
+    let mut head = [0; codec::FRAME_HEADER_LEN];
+    while at + codec::FRAME_HEADER_LEN as u64 <= len {
+        reader.read_exact(&mut head)?;
+        let payload = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+        let next = at + codec::FRAME_HEADER_LEN as u64 + payload;
+        if next > len {
+            break;
+        }
+        reader.seek_relative(payload as i64)?;
+        at = next;
+    }
+    Ok(at)
 }
 
 pub(crate) fn encode_failure(e: &mut Enc, failure: Option<&StoreFailure>) {
