@@ -181,6 +181,9 @@ impl StartState {
             .first_index()
             .map_err(|e| raft_err("first index", e))?;
         let last = store.last_index().map_err(|e| raft_err("last index", e))?;
+        if first == 0 {
+            return Err("the store's first index is 0 (raft-rs logs start at 1)".to_owned());
+        }
         let truncated_term = store
             .term(first - 1)
             .map_err(|e| raft_err("compaction point", e))?;
