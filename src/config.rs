@@ -150,6 +150,10 @@ pub struct Config {
     /// and logged at warn with the time it spent in each stage and the slowest stage
     /// named (at most one line a second). `None` (the default) turns it off.
     pub slow_proposal: Option<Duration>,
+    /// Record every input the core receives to a file, for an offline
+    /// [`replay`](crate::replay) (docs/operations.md, "Record and replay"). `None` (the
+    /// default) records nothing.
+    pub record: Option<crate::RecordTo>,
 }
 
 /// The smallest non-zero [`Config::checkpoint_every`]: each checkpoint adds two
@@ -178,6 +182,7 @@ impl Config {
     /// | `catch_up_lag` | 1 000 entries |
     /// | `checkpoint_every` / `stop_on_divergence` | 0 (off) / off |
     /// | `proposal_timing` / `slow_proposal` | on / `None` (no log) |
+    /// | `record` | `None` (off) |
     pub fn new(id: u64) -> Self {
         Config {
             id,
@@ -208,6 +213,7 @@ impl Config {
             stop_on_divergence: false,
             proposal_timing: true,
             slow_proposal: None,
+            record: None,
         }
     }
 
@@ -362,6 +368,18 @@ impl Config {
                     self.checkpoint_every
                 ),
             ));
+        }
+        if let Some(record) = &self.record {
+            if record.max_bytes < crate::record::MIN_RECORD_BYTES {
+                return Err(ConfigError::new(
+                    "record.max_bytes",
+                    format!(
+                        "({}) must be at least {}",
+                        record.max_bytes,
+                        crate::record::MIN_RECORD_BYTES
+                    ),
+                ));
+            }
         }
         if let Some((min, max)) = self.election_tick_range {
             if min < self.election_ticks || max <= min {

@@ -331,3 +331,41 @@ pub enum TransportError {
     #[error("{0}")]
     Config(String),
 }
+
+/// A recording could not be replayed ([`crate::replay`]). A replay that runs but
+/// differs from its recording is not an error: it reports a
+/// [`Mismatch`](crate::Mismatch).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The recording's path.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a recording of this version, is cut short, or is corrupt: a
+    /// frame's CRC fails or a record does not decode.
+    #[error("bad recording at byte {offset}: {detail}")]
+    Format {
+        /// Where in the file the bad header, frame or record starts.
+        offset: usize,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The state machine could not be restored from the recorded snapshot.
+    #[error("state machine: {0}")]
+    StateMachine(#[from] StateMachineError),
+    /// The recorded starting state was refused (by raft-rs, the store, or the state
+    /// machine), or the core panicked on it.
+    #[error("segment {segment}: {detail}")]
+    Refused {
+        /// The segment, from 0.
+        segment: usize,
+        /// What refused it, and why.
+        detail: String,
+    },
+}

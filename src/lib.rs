@@ -84,6 +84,7 @@ mod node;
 mod notice;
 mod peer_watch;
 mod proposals;
+mod record;
 mod replica;
 mod runtime;
 pub mod sessions;
@@ -107,7 +108,7 @@ pub use bytes;
 pub use config::{Config, SnapshotPolicy};
 pub use diagnose::{Finding, FindingKind, DIAGNOSE_AFTER_TIMEOUTS};
 pub use error::{
-    ConfigError, MembershipError, NodeError, ProposeError, ReadError, StartError,
+    ConfigError, MembershipError, NodeError, ProposeError, ReadError, ReplayError, StartError,
     StateMachineError, StopReason, StorageError, TransportError,
 };
 pub use host::{GroupHost, HostConfig};
@@ -119,6 +120,7 @@ pub use message_log::MessageLog;
 pub use node::terminal_logger;
 pub use node::{discard_logger, Node, ReadConsistency};
 pub use proposals::{Applied, ProposalHandle, WriteToken};
+pub use record::{replay, Mismatch, RecordTo, ReplayReport, MIN_RECORD_BYTES};
 /// The `slog` crate, whose [`Logger`](slog::Logger) [`Node::start`] takes.
 pub use sessions::{
     RetryError, RetryPolicy, Session, SessionLimits, SessionMachine, SessionReply, Sessions,

@@ -696,7 +696,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
                 leader_ticks: 0,
                 leaderless_since: None,
                 backoff: 1,
-                rng: fresh_incarnation() | 1,
+                rng: election_seed(incarnation),
             },
             last_snapshot_index,
             ticks: 0,
@@ -719,8 +719,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         &mut self.book.host
     }
 
-    /// The state machine.
-    #[cfg(feature = "testing")]
+    /// The state machine (the simulator's checks, the recorder's end-of-segment digest).
     pub(crate) fn state_machine(&self) -> &M {
         &self.sm
     }
@@ -731,8 +730,7 @@ impl<S: LogStore, M: StateMachine, H: Host<M>> Replica<S, M, H> {
         &mut self.sm
     }
 
-    /// raft-rs's node, read-only.
-    #[cfg(feature = "testing")]
+    /// raft-rs's node, read-only (the simulator's checks, the recorder's end state).
     pub(crate) fn raw(&self) -> &RawNode<S> {
         &self.raw
     }
@@ -2537,6 +2535,16 @@ pub(crate) fn fresh_incarnation() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish()
+}
+
+/// The seed of the election timeout draw (`Elections::rng`) for a start with
+/// `incarnation`: derived from it, so a recording that keeps the incarnation replays the
+/// same draws (src/record.rs). Never zero (xorshift stays at zero).
+fn election_seed(incarnation: u64) -> u64 {
+    incarnation
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .rotate_left(31)
+        | 1
 }
 
 /// The members' contexts a restarting node knows: the stored snapshot's member table,

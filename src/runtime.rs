@@ -1,8 +1,11 @@
 //! The driver thread: a thin loop around the per-group core. It waits for input or the
 //! next tick, hands what is queued (bounded) to the [`Replica`], ticks it on time, and
 //! lets it handle every Ready. Every decision is the replica's; this file owns only the
-//! queue, the wall clock and the transport.
+//! queue, the wall clock and the transport. With `Config::record` it also hands every
+//! call it makes into the replica, and what the replica emitted for it, to a
+//! [`Recorder`] (src/record.rs), so that `replay` can re-drive a core from the file.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +22,7 @@ use crate::log_store::LogStore;
 use crate::mailbox::PeerInput;
 use crate::node::{ReadConsistency, Shared};
 use crate::proposals::{Completer, WriteToken};
+use crate::record::{self, Effects, EndState, Input, Recorder, StartState, TappedStore};
 use crate::replica::{Host, Phase, Replica};
 use crate::state_machine::StateMachine;
 use crate::status::Status;
@@ -68,6 +72,8 @@ pub(crate) enum Request<M: StateMachine> {
 /// callers.
 pub(crate) struct RuntimeHost {
     transport: Box<dyn Transport>,
+    /// While recording: the digest of the current input's effects (src/record.rs).
+    effects: Option<Effects>,
 }
 
 impl<M: StateMachine> Host<M> for RuntimeHost {
@@ -77,14 +83,23 @@ impl<M: StateMachine> Host<M> for RuntimeHost {
     type Transfer = Completer<(), MembershipError>;
 
     fn send(&mut self, messages: Vec<Message>) {
+        if let Some(e) = &mut self.effects {
+            e.sent(&messages);
+        }
         self.transport.send(messages);
     }
 
     fn add_peer(&mut self, id: u64, context: &[u8]) {
+        if let Some(e) = &mut self.effects {
+            e.peer_added(id, context);
+        }
         self.transport.add_peer(id, context);
     }
 
     fn remove_peer(&mut self, id: u64) {
+        if let Some(e) = &mut self.effects {
+            e.peer_removed(id);
+        }
         self.transport.remove_peer(id);
     }
 
@@ -93,6 +108,9 @@ impl<M: StateMachine> Host<M> for RuntimeHost {
         token: Self::Propose,
         result: Result<(M::Response, WriteToken), ProposeError>,
     ) {
+        if let Some(e) = &mut self.effects {
+            e.proposed(&result);
+        }
         token.complete(result);
     }
 
@@ -101,20 +119,38 @@ impl<M: StateMachine> Host<M> for RuntimeHost {
         token: Self::ConfChange,
         result: Result<ConfState, MembershipError>,
     ) {
+        if let Some(e) = &mut self.effects {
+            e.conf_change_done(&result);
+        }
         token.complete(result);
     }
 
     fn read_done(&mut self, token: Self::Read, result: Result<&M, ReadError>) {
+        if let Some(e) = &mut self.effects {
+            e.read_done(&result);
+        }
         token(result);
     }
 
     fn transfer_done(&mut self, token: Self::Transfer, result: Result<(), MembershipError>) {
+        if let Some(e) = &mut self.effects {
+            e.transfer_done(&result);
+        }
         token.complete(result);
+    }
+
+    fn applied_entry(&mut self, index: u64, term: u64) {
+        if let Some(e) = &mut self.effects {
+            e.applied_entry(index, term);
+        }
     }
 }
 
 pub(crate) struct Runtime<S: LogStore, M: StateMachine> {
-    replica: Replica<S, M, RuntimeHost>,
+    /// The store is tapped so a recording can note the write that failed.
+    replica: Replica<TappedStore<S>, M, RuntimeHost>,
+    /// `Config::record`: every call into the replica, written to a file.
+    recorder: Option<Recorder>,
     req_rx: Receiver<Request<M>>,
     shared: Arc<Shared>,
     logger: Logger,
@@ -147,20 +183,47 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         let now = Instant::now();
         let parent = logger;
         let logger = parent.new(slog::o!("raft_id" => config.id));
-        let replica = Replica::new(
+        let incarnation = crate::replica::fresh_incarnation();
+        let mut recorder = config
+            .record
+            .as_ref()
+            .and_then(|to| Recorder::open(to, now, &logger));
+        if let Some(r) = &mut recorder {
+            match StartState::capture(&config, incarnation, applied, &store, &sm) {
+                Ok(state) => {
+                    r.begin_start(&state);
+                    r.announce();
+                }
+                Err(e) => {
+                    slog::warn!(logger, "not recording: the starting state cannot be read";
+                        "error" => e);
+                    recorder = None;
+                }
+            }
+        }
+        let store = TappedStore::new(store, recorder.as_ref().map(Recorder::tap));
+        let host = RuntimeHost {
+            transport,
+            effects: recorder.as_ref().map(|_| Effects::default()),
+        };
+        let mut replica = Replica::new(
             config.clone(),
             store,
             sm,
             applied,
-            RuntimeHost { transport },
+            host,
             shared.clone(),
             parent,
             faults,
-            crate::replica::fresh_incarnation(),
+            incarnation,
             now,
         )?;
+        if let Some(r) = &mut recorder {
+            r.end_input(replica.host_mut().effects.take().unwrap_or_default());
+        }
         Ok(Runtime {
             replica,
+            recorder,
             req_rx,
             shared,
             logger,
@@ -178,7 +241,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
                 Err(RecvTimeoutError::Timeout) => None,
                 // Every handle is gone: nobody can wait on us any more.
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.replica.exit();
+                    self.exit();
                     None
                 }
             };
@@ -197,7 +260,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             Ok(request) => Some(request),
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => {
-                self.replica.exit();
+                self.exit();
                 None
             }
         };
@@ -274,7 +337,9 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
                 Err(_) => break,
             }
         }
+        self.begin(None, || Input::FlushProposals);
         self.replica.flush_proposals();
+        self.end(None);
 
         let now = Instant::now();
         if was_quiet && !self.replica.is_quiet() {
@@ -284,10 +349,14 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         if now >= self.next_tick {
             // Missed ticks are not caught up: a slow fsync delays ticks, it never fires a
             // burst of them (docs/architecture.md, "Ticks").
+            self.begin(Some(now), || Input::Tick);
             self.replica.tick(now);
+            self.end(None);
             self.next_tick = now + self.config.tick_interval;
         }
+        self.begin(Some(now), || Input::Drive);
         let driven = self.replica.drive(now);
+        self.end(Some(driven.as_ref().map(|()| None)));
         if self.replica.is_quiet() {
             // Quiet: no timer turn until an input wakes the group (its wake-up path, the
             // request queue, is the only way in).
@@ -300,45 +369,116 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         let now = Instant::now();
         if let Request::Peer(input) = request {
             self.shared.peers_queued.fetch_sub(1, Ordering::AcqRel);
-            return match input {
-                PeerInput::Message(m) => self.replica.step(m, now),
-                PeerInput::Unreachable(peer) => self.replica.report_unreachable(peer),
-                PeerInput::Snapshot(peer, status) => self.replica.report_snapshot(peer, status),
-            };
+            match input {
+                PeerInput::Message(m) => {
+                    self.begin(Some(now), || Input::Step(Cow::Borrowed(&m)));
+                    self.replica.step(m, now);
+                }
+                PeerInput::Unreachable(peer) => {
+                    self.begin(Some(now), || Input::Unreachable(peer));
+                    self.replica.report_unreachable(peer);
+                }
+                PeerInput::Snapshot(peer, status) => {
+                    self.begin(Some(now), || Input::ReportSnapshot(peer, status));
+                    self.replica.report_snapshot(peer, status);
+                }
+            }
+            return self.end(None);
         }
         self.shared.requests_queued.fetch_sub(1, Ordering::AcqRel);
         match request {
             Request::Peer(_) => unreachable!("handled above"),
-            Request::Propose(data, done, at) => self.replica.propose(data, done, at),
+            Request::Propose(data, done, at) => {
+                self.begin(Some(now), || Input::Propose(data.clone()));
+                self.replica.propose(data, done, at);
+            }
             Request::ConfChange {
                 change,
                 joining,
                 deadline,
                 done,
-            } => self
-                .replica
-                .propose_conf_change(change, joining, deadline, done),
+            } => {
+                self.begin(Some(now), || Input::ConfChange {
+                    change: Cow::Borrowed(&change),
+                    joining: Cow::Borrowed(&joining),
+                    deadline,
+                });
+                self.replica
+                    .propose_conf_change(change, joining, deadline, done);
+            }
             Request::Read {
                 consistency,
                 deadline,
                 query,
-            } => self.replica.read(consistency, deadline, query, now),
-            Request::TransferLeader { to, deadline, done } => {
-                self.replica.transfer_leader(to, deadline, done)
+            } => {
+                self.begin(Some(now), || Input::Read {
+                    consistency,
+                    deadline,
+                });
+                self.replica.read(consistency, deadline, query, now);
             }
-            Request::Status(done) => done.complete(Ok(self.replica.status())),
-            Request::SnapshotNow(done) => match self.replica.snapshot_now() {
-                Ok(index) => done.complete(Ok(index)),
-                Err(e) => {
-                    // The node stops on the next turn; the caller sees Stopped.
-                    slog::error!(self.logger, "snapshot failed"; "error" => %e);
-                    *self.shared.stop_reason.lock() = Some(e.stop_reason());
-                    self.replica.exit();
-                }
-            },
-            Request::Campaign => self.replica.campaign(),
-            Request::Shutdown { graceful } => self.replica.begin_shutdown(graceful, now),
+            Request::TransferLeader { to, deadline, done } => {
+                self.begin(Some(now), || Input::TransferLeader { to, deadline });
+                self.replica.transfer_leader(to, deadline, done);
+            }
+            // A status request changes nothing: it is not recorded.
+            Request::Status(done) => return done.complete(Ok(self.replica.status())),
+            Request::SnapshotNow(done) => {
+                self.begin(Some(now), || Input::SnapshotNow);
+                let result = self.replica.snapshot_now();
+                self.end(Some(result.as_ref().map(|index| *index)));
+                return match result {
+                    Ok(index) => done.complete(Ok(index)),
+                    Err(e) => {
+                        // The node stops on the next turn; the caller sees Stopped.
+                        slog::error!(self.logger, "snapshot failed"; "error" => %e);
+                        *self.shared.stop_reason.lock() = Some(e.stop_reason());
+                        self.exit();
+                    }
+                };
+            }
+            Request::Campaign => {
+                self.begin(Some(now), || Input::Campaign);
+                self.replica.campaign();
+            }
+            Request::Shutdown { graceful } => {
+                self.begin(Some(now), || Input::BeginShutdown { graceful });
+                self.replica.begin_shutdown(graceful, now);
+            }
         }
+        self.end(None);
+    }
+
+    /// Stops the replica on its next phase check (recorded).
+    fn exit(&mut self) {
+        self.begin(None, || Input::Exit);
+        self.replica.exit();
+        self.end(None);
+    }
+
+    /// While recording: starts the record of `input`, made at `now` (when the call
+    /// takes one), and collects its effects from here on.
+    fn begin<'a>(&mut self, now: Option<Instant>, input: impl FnOnce() -> Input<'a>) {
+        if let Some(r) = self.recorder.as_mut().filter(|r| r.is_recording()) {
+            r.begin_input(now.unwrap_or_else(Instant::now), &input());
+            self.replica.host_mut().effects = Some(Effects::default());
+        }
+    }
+
+    /// While recording: ends the input begun last, with what the call `returned` (for
+    /// the calls that return something). A drive cut short by `Node::kill` is left
+    /// open: it did not finish, and the segment ends unfinished.
+    fn end(&mut self, returned: Option<Result<Option<u64>, &DriverError>>) {
+        let Some(r) = &mut self.recorder else {
+            return;
+        };
+        let mut effects = self.replica.host_mut().effects.take().unwrap_or_default();
+        match returned {
+            Some(Err(DriverError::Killed)) => return,
+            Some(result) => effects.returned(result.map_err(record::error_kind)),
+            None => {}
+        }
+        r.end_input(effects);
     }
 }
 
@@ -347,6 +487,10 @@ impl<S: LogStore, M: StateMachine> Drop for Runtime<S, M> {
     /// closes the queue and drops what is in it, so every caller waiting on a queued
     /// request gets `Stopped` (the replica's waiters drop with it right after).
     fn drop(&mut self) {
+        let finished = !std::thread::panicking() && !self.killed();
+        if let Some(r) = &mut self.recorder {
+            r.end_segment(finished.then(|| EndState::of(&self.replica)).as_ref());
+        }
         self.shared
             .stop_reason
             .lock()

@@ -88,6 +88,44 @@ impl MemLogStore {
         self.core.lock().window.snapshot().get_metadata().clone()
     }
 
+    /// A store holding exactly this state (a recording's starting state, src/record.rs):
+    /// the log after the compaction point `truncated` (index, term) is `entries`.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Invalid`] when `entries` do not follow the compaction point one
+    /// index after another.
+    pub(crate) fn restored(
+        hard_state: HardState,
+        conf_state: ConfState,
+        snapshot: Snapshot,
+        truncated: (u64, u64),
+        entries: Vec<Entry>,
+    ) -> Result<Self, StorageError> {
+        let (index, term) = truncated;
+        if let Some((k, e)) = (1..)
+            .zip(&entries)
+            .find(|(k, e)| index.checked_add(*k) != Some(e.index))
+        {
+            return Err(StorageError::Invalid {
+                op: "restore",
+                detail: format!(
+                    "entry {k} after the compaction point {index} has index {}",
+                    e.index
+                ),
+            });
+        }
+        let window = LogWindow::restored(snapshot, index, term, entries.into());
+        let core = Core {
+            hard_state,
+            conf_state,
+            window,
+        };
+        Ok(MemLogStore {
+            core: Arc::new(Mutex::new(core)),
+        })
+    }
+
     /// Returns how many entries the log holds (`last_index() + 1 - first_index()`).
     pub fn entry_count(&self) -> usize {
         self.core.lock().window.len()

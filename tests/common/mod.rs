@@ -601,3 +601,43 @@ pub fn blob_config(id: u64, voters: &[u64]) -> Config {
     config.snapshot.trailing_entries = 0;
     config
 }
+
+/// Implements `raft::Storage` for a test's `LogStore` wrapper by forwarding every read
+/// to the wrapped store in its field `$inner` (the wrappers differ only in their writes).
+#[allow(unused_macros)]
+macro_rules! forward_storage {
+    ($store:ty, $inner:ident) => {
+        impl raft::Storage for $store {
+            fn initial_state(&self) -> raft::Result<raft::RaftState> {
+                self.$inner.initial_state()
+            }
+            fn entries(
+                &self,
+                low: u64,
+                high: u64,
+                max: impl Into<Option<u64>>,
+                ctx: raft::GetEntriesContext,
+            ) -> raft::Result<Vec<raftnode::raft_types::Entry>> {
+                self.$inner.entries(low, high, max, ctx)
+            }
+            fn term(&self, idx: u64) -> raft::Result<u64> {
+                self.$inner.term(idx)
+            }
+            fn first_index(&self) -> raft::Result<u64> {
+                self.$inner.first_index()
+            }
+            fn last_index(&self) -> raft::Result<u64> {
+                self.$inner.last_index()
+            }
+            fn snapshot(
+                &self,
+                request_index: u64,
+                to: u64,
+            ) -> raft::Result<raftnode::raft_types::Snapshot> {
+                self.$inner.snapshot(request_index, to)
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use forward_storage;

@@ -14,32 +14,7 @@ pub struct SlowSyncStore {
     pub delay_ms: Arc<AtomicU64>,
 }
 
-impl raft::Storage for SlowSyncStore {
-    fn initial_state(&self) -> raft::Result<raft::RaftState> {
-        self.inner.initial_state()
-    }
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max: impl Into<Option<u64>>,
-        ctx: raft::GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        self.inner.entries(low, high, max, ctx)
-    }
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.inner.term(idx)
-    }
-    fn first_index(&self) -> raft::Result<u64> {
-        self.inner.first_index()
-    }
-    fn last_index(&self) -> raft::Result<u64> {
-        self.inner.last_index()
-    }
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        self.inner.snapshot(request_index, to)
-    }
-}
+super::forward_storage!(SlowSyncStore, inner);
 
 impl LogStore for SlowSyncStore {
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
