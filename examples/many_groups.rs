@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Arguments: groups (default 1000), threads per host (default 2), and
-//! `Config::quiesce_after_timeouts` (default 2; 0 keeps every group ticking). With
+//! `Config::quiesce_after_timeouts` (default 2; 0 keeps every group ticking), and
+//! `Config::proposal_timing` (`true`, the default, or `false`). With
 //! quiescence on, the idle window starts once every replica reports `quiet`. Linux only
 //! for the CPU and memory figures (read from `/proc/self`).
 
@@ -74,6 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let groups: u64 = args.next().map_or(Ok(1000), |a| a.parse())?;
     let threads: usize = args.next().map_or(Ok(2), |a| a.parse())?;
     let quiesce: usize = args.next().map_or(Ok(2), |a| a.parse())?;
+    let timing: bool = args.next().map_or(Ok(true), |a| a.parse())?;
     let logger = raftnode::discard_logger();
     let mut host_config = HostConfig::default();
     host_config.threads = threads;
@@ -92,6 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut config = Config::new(id);
             config.initial_voters = vec![1, 2, 3];
             config.quiesce_after_timeouts = quiesce;
+            config.proposal_timing = timing;
             let node = host.start_group(
                 group,
                 config,

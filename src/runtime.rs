@@ -150,7 +150,7 @@ pub(crate) struct Runtime<S: LogStore, M: StateMachine> {
     /// The store is tapped so a recording can note the write that failed.
     replica: Replica<TappedStore<S>, M, RuntimeHost>,
     /// `Config::record`: every call into the replica, written to a file.
-    recorder: Option<Recorder>,
+    recorder: Option<Box<Recorder>>,
     req_rx: Receiver<Request<M>>,
     shared: Arc<Shared>,
     logger: Logger,
@@ -223,7 +223,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         }
         Ok(Runtime {
             replica,
-            recorder,
+            recorder: recorder.map(Box::new),
             req_rx,
             shared,
             logger,
