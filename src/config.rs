@@ -142,7 +142,7 @@ pub struct Config {
     /// (docs/operations.md, "Proposal timing"). On by default: it reads the clock once
     /// per proposal and a few times per Ready (docs/benchmarks.md measures what that
     /// costs); [`Node::set_proposal_timing`](crate::Node::set_proposal_timing) switches
-    /// it at run time. A replica keeps about 2 KiB of histograms once it has timed a
+    /// it at run time. A replica keeps about 3.6 KiB of histograms once it has timed a
     /// proposal.
     pub proposal_timing: bool,
     /// With `proposal_timing`, a proposal that takes longer than this from `propose` to
