@@ -309,8 +309,18 @@ pub(crate) struct Timing {
 
 impl Timing {
     pub(crate) fn new(slow_after: Option<Duration>, batched: usize) -> Box<Timing> {
+        Timing::with_clock(clock(), slow_after, batched)
+    }
+
+    /// As [`Timing::new`], on `clock` (the unit tests' mock clock). The stamps the
+    /// handles take (`tick`) must come from the same clock.
+    fn with_clock(
+        clock: &'static quanta::Clock,
+        slow_after: Option<Duration>,
+        batched: usize,
+    ) -> Box<Timing> {
         Box::new(Timing {
-            clock: clock(),
+            clock,
             batch: vec![None; batched],
             in_flight: VecDeque::new(),
             applying: None,
@@ -321,6 +331,11 @@ impl Timing {
             slow: 0,
             slow_logged: None,
         })
+    }
+
+    /// This timing's clock now (never 0).
+    fn now(&self) -> Tick {
+        self.clock.raw().max(1)
     }
 
     /// Nanoseconds from `start` to `end` (0 if `end` is not later).
@@ -341,7 +356,7 @@ impl Timing {
     /// The batch was proposed to raft as entries `first..` of `term`: the driver took
     /// them off its queue in this turn.
     pub(crate) fn proposed(&mut self, first: u64, term: u64) {
-        let queued = tick();
+        let queued = self.now();
         let batch = std::mem::take(&mut self.batch);
         for (index, proposed) in (first..).zip(&batch) {
             let Some(proposed) = *proposed else {
@@ -377,15 +392,15 @@ impl Timing {
     pub(crate) fn stamp(&mut self, stamp: Stamp, logger: &Logger) {
         match stamp {
             Stamp::Appended { last } => {
-                let at = tick();
+                let at = self.now();
                 self.stamp_back(last, at, |p| &mut p.appended, |_| true);
             }
             Stamp::Synced => {
-                let at = tick();
+                let at = self.now();
                 self.stamp_back(u64::MAX, at, |p| &mut p.synced, |p| p.appended != 0);
             }
             Stamp::Applying { first, last } => {
-                let at = tick();
+                let at = self.now();
                 let from = self.in_flight.partition_point(|p| p.committed != 0);
                 let to = self
                     .in_flight
@@ -481,14 +496,14 @@ impl Timing {
                 batch.waiting += 1;
                 None
             }
-            _ => Some(tick()),
+            _ => Some(self.now()),
         }
     }
 
     /// The response of the entry stamped applied at `applied` (by [`Timing::applied`])
     /// was handed over just now.
     pub(crate) fn returned(&mut self, applied: Tick, logger: &Logger) {
-        let returned = tick();
+        let returned = self.now();
         let waiting = self.applying.as_ref().map_or(0, |b| b.waiting);
         if let Some(p) = self.in_flight.remove(waiting) {
             self.finish(&p, applied, returned, logger);
@@ -501,7 +516,7 @@ impl Timing {
         let Some(batch) = self.applying.take() else {
             return;
         };
-        let ended = tick().max(batch.started);
+        let ended = self.now().max(batch.started);
         let n = (batch.last + 1).saturating_sub(batch.first).max(1);
         let step = (ended - batch.started) / n;
         for i in 0..batch.waiting {
@@ -720,18 +735,30 @@ mod tests {
         Logger::root(slog::Discard, slog::o!())
     }
 
+    /// A timing on a mock clock (its raw readings are nanoseconds), and the clock's
+    /// handle to move time on: no test sleeps.
+    fn mocked(slow_after: Option<Duration>) -> (Box<Timing>, std::sync::Arc<quanta::Mock>) {
+        let (clock, mock) = quanta::Clock::mock();
+        mock.increment(1_000_000);
+        (
+            Timing::with_clock(Box::leak(Box::new(clock)), slow_after, 0),
+            mock,
+        )
+    }
+
+    const MS: u64 = 1_000_000;
+
     #[test]
     fn a_proposal_is_timed_through_every_stage_and_a_slow_one_is_counted() {
-        let mut t = Timing::new(Some(Duration::from_millis(1)), 0);
-        t.queued(Some(tick()));
+        let (mut t, clock) = mocked(Some(Duration::from_millis(1)));
+        t.queued(Some(t.now()));
         t.queued(None);
         t.proposed(7, 2);
         assert!(t.wanted());
         t.stamp(Stamp::Appended { last: 8 }, &logger());
-        // The disk, the followers and the state machine, each taking its time.
-        std::thread::sleep(Duration::from_millis(3));
+        clock.increment(3 * MS); // the disk
         t.stamp(Stamp::Synced, &logger());
-        std::thread::sleep(Duration::from_millis(2));
+        clock.increment(2 * MS); // the followers
         t.stamp(Stamp::Applying { first: 7, last: 8 }, &logger());
         t.per_entry = true;
         let applied = t.applied(7, 2).expect("stamped per entry");
@@ -742,18 +769,20 @@ mod tests {
         let s = t.summary();
         assert_eq!(s.slow_proposals, 1);
         let synced = s.stage(Stage::Synced).expect("timed");
-        assert_eq!(synced.count, 1);
-        assert!(synced.max >= Duration::from_millis(3), "{synced:?}");
-        assert!(s.stage(Stage::Committed).unwrap().max >= Duration::from_millis(2));
-        assert!(s.total.max >= Duration::from_millis(5));
+        assert_eq!((synced.count, synced.max), (1, Duration::from_millis(3)));
+        assert_eq!(
+            s.stage(Stage::Committed).unwrap().max,
+            Duration::from_millis(2)
+        );
+        assert_eq!(s.total.max, Duration::from_millis(5));
         assert_eq!(s.total.count, 1);
     }
 
     #[test]
     fn entries_of_a_fast_batch_are_stamped_by_their_place_in_it() {
-        let mut t = Timing::new(None, 0);
+        let (mut t, clock) = mocked(None);
         for _ in 0..4 {
-            t.queued(Some(tick()));
+            t.queued(Some(t.now()));
         }
         t.proposed(1, 1);
         t.stamp(Stamp::Appended { last: 4 }, &logger());
@@ -762,19 +791,20 @@ mod tests {
         for i in 1..=4 {
             assert!(t.applied(i, 1).is_none(), "stamped with the batch");
         }
-        // The batch's apply, long enough that its four quarters differ.
-        std::thread::sleep(Duration::from_millis(8));
+        clock.increment(8 * MS); // the batch's apply: 2 ms an entry
         t.stamp(Stamp::Applied, &logger());
         let s = t.summary();
         let applied = s.stage(Stage::Applied).unwrap();
         assert_eq!(applied.count, 4);
-        assert!(
-            applied.max >= Duration::from_millis(8),
+        assert_eq!(
+            applied.max,
+            Duration::from_millis(8),
             "the last entry ends the batch"
         );
-        assert!(
-            applied.p50 < applied.max,
-            "the first ones are stamped earlier: {applied:?}"
+        assert_eq!(
+            applied.sum,
+            Duration::from_millis(2 + 4 + 6 + 8),
+            "each at its place"
         );
         assert_eq!(s.stage(Stage::Returned).unwrap().max, Duration::ZERO);
         assert!(
@@ -785,9 +815,9 @@ mod tests {
 
     #[test]
     fn an_entry_replaced_by_another_term_is_not_timed() {
-        let mut t = Timing::new(None, 0);
-        t.queued(Some(tick()));
-        t.queued(Some(tick()));
+        let (mut t, _clock) = mocked(None);
+        t.queued(Some(t.now()));
+        t.queued(Some(t.now()));
         t.proposed(3, 1);
         t.per_entry = true;
         assert!(
