@@ -27,6 +27,10 @@
 //! shared and noisy; back-to-back pairs see the same load); and 1-proposer round-trip
 //! percentiles from individually timed operations.
 
+mod common;
+
+use common::Counter;
+
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -44,7 +48,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
-use raftnode::{ChannelNetwork, Config, MemLogStore, Node, StateMachine, StateMachineError};
+use raftnode::{ChannelNetwork, Config, MemLogStore, Node};
 
 /// Every command is these 16 bytes; cloning a static `Bytes` allocates nothing.
 const COMMAND: Bytes = Bytes::from_static(b"0123456789abcdef");
@@ -115,42 +119,6 @@ fn round_trips<P: Proposer>(pool: &mut LocalPool, cluster: &P, ops: u64) -> Vec<
 // ---------------------------------------------------------------------------------------
 // Side 1: the library.
 // ---------------------------------------------------------------------------------------
-
-/// The trivial state machine: counts applied commands, answers with the index.
-#[derive(Default)]
-struct Counter {
-    commands: u64,
-    applied: u64,
-}
-
-impl StateMachine for Counter {
-    type Response = u64;
-
-    fn apply(&mut self, index: u64, _command: &[u8]) -> u64 {
-        self.commands += 1;
-        self.applied = index;
-        index
-    }
-
-    fn apply_noop(&mut self, index: u64) {
-        self.applied = index;
-    }
-
-    fn applied_index(&self) -> u64 {
-        self.applied
-    }
-
-    fn snapshot(&self) -> Result<Bytes, StateMachineError> {
-        Ok(Bytes::copy_from_slice(&self.commands.to_le_bytes()))
-    }
-
-    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
-        let raw: [u8; 8] = data.try_into().map_err(StateMachineError::new)?;
-        self.commands = u64::from_le_bytes(raw);
-        self.applied = index;
-        Ok(())
-    }
-}
 
 /// Three raftnode nodes on `MemLogStore` and one `ChannelNetwork`, default config but
 /// for the tick interval.

@@ -32,6 +32,10 @@
 //! probe), `RAFTNODE_DURABLE_PROPOSERS` (`1,64,256`) and `RAFTNODE_DURABLE_DIR` (where
 //! the temporary directories go; the system temporary directory by default).
 
+mod common;
+
+use common::Counter;
+
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -42,9 +46,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::executor::LocalPool;
 use futures::stream::{FuturesUnordered, StreamExt};
-use raftnode::{
-    ChannelNetwork, Config, EngineLogStore, MetricsSnapshot, Node, StateMachine, StateMachineError,
-};
+use raftnode::{ChannelNetwork, Config, EngineLogStore, MetricsSnapshot, Node};
 use tempfile::TempDir;
 
 /// Commands are 16 to 64 bytes: slices of this buffer; slicing a static `Bytes`
@@ -215,44 +217,6 @@ fn probe_fsync(dir: &Path, probe: Probe, duration: Duration) -> FsyncRate {
 // ---------------------------------------------------------------------------------------
 // Step 2: the durable cluster.
 // ---------------------------------------------------------------------------------------
-
-/// The trivial state machine: counts applied commands, answers with the index. The
-/// benchmark measures the log's durability, so the state machine keeps nothing on disk
-/// (the log is the redo log, `docs/durability.md`).
-#[derive(Default)]
-struct Counter {
-    commands: u64,
-    applied: u64,
-}
-
-impl StateMachine for Counter {
-    type Response = u64;
-
-    fn apply(&mut self, index: u64, _command: &[u8]) -> u64 {
-        self.commands += 1;
-        self.applied = index;
-        index
-    }
-
-    fn apply_noop(&mut self, index: u64) {
-        self.applied = index;
-    }
-
-    fn applied_index(&self) -> u64 {
-        self.applied
-    }
-
-    fn snapshot(&self) -> Result<Bytes, StateMachineError> {
-        Ok(Bytes::copy_from_slice(&self.commands.to_le_bytes()))
-    }
-
-    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
-        let raw: [u8; 8] = data.try_into().map_err(StateMachineError::new)?;
-        self.commands = u64::from_le_bytes(raw);
-        self.applied = index;
-        Ok(())
-    }
-}
 
 /// Three nodes on `EngineLogStore`, each in its own directory, on one `ChannelNetwork`.
 struct DurableCluster {

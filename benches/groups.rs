@@ -23,16 +23,17 @@
 //! all, shared evenly by A's groups), `RAFTNODE_GROUPS_ONLY=a|b|c` (run that side
 //! alone, for `perf record`).
 
+mod common;
+
+use common::Counter;
+
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::executor::LocalPool;
 use futures::stream::{FuturesUnordered, StreamExt};
-use raftnode::{
-    ChannelNetwork, Config, GroupHost, HostConfig, MemLogStore, Node, StateMachine,
-    StateMachineError,
-};
+use raftnode::{ChannelNetwork, Config, GroupHost, HostConfig, MemLogStore, Node};
 
 /// Every command is these 16 bytes; cloning a static `Bytes` allocates nothing.
 const COMMAND: Bytes = Bytes::from_static(b"0123456789abcdef");
@@ -42,36 +43,6 @@ const TICK: Duration = Duration::from_millis(100);
 const LEADER_DEADLINE: Duration = Duration::from_secs(30);
 /// Each side runs this long before the first measured round.
 const WARM_UP: Duration = Duration::from_millis(500);
-
-/// Counts applied commands, answers with the index.
-#[derive(Default)]
-struct Counter {
-    commands: u64,
-    applied: u64,
-}
-
-impl StateMachine for Counter {
-    type Response = u64;
-    fn apply(&mut self, index: u64, _command: &[u8]) -> u64 {
-        self.commands += 1;
-        self.applied = index;
-        index
-    }
-    fn apply_noop(&mut self, index: u64) {
-        self.applied = index;
-    }
-    fn applied_index(&self) -> u64 {
-        self.applied
-    }
-    fn snapshot(&self) -> Result<Bytes, StateMachineError> {
-        Ok(Bytes::copy_from_slice(&self.commands.to_le_bytes()))
-    }
-    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), StateMachineError> {
-        self.commands = u64::from_le_bytes(data.try_into().map_err(StateMachineError::new)?);
-        self.applied = index;
-        Ok(())
-    }
-}
 
 fn config(id: u64) -> Config {
     let mut config = Config::new(id);
