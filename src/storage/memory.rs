@@ -94,7 +94,9 @@ impl MemLogStore {
     /// # Errors
     ///
     /// [`StorageError::Invalid`] when `entries` do not follow the compaction point one
-    /// index after another.
+    /// index after another, or when raft-rs would refuse the state with a panic: a
+    /// commit index outside `[compaction point, last index]`, or a member listed twice
+    /// (twice in one list, or both voter and learner).
     pub(crate) fn restored(
         hard_state: HardState,
         conf_state: ConfState,
@@ -114,6 +116,33 @@ impl MemLogStore {
                     e.index
                 ),
             });
+        }
+        let last = index + entries.len() as u64;
+        let invalid = |detail: String| StorageError::Invalid {
+            op: "restore",
+            detail,
+        };
+        if hard_state.commit < index || hard_state.commit > last {
+            return Err(invalid(format!(
+                "commit index {} outside [{index}, {last}] (raft-rs refuses it)",
+                hard_state.commit
+            )));
+        }
+        let mut ids: Vec<u64> = conf_state
+            .voters
+            .iter()
+            .chain(&conf_state.learners)
+            .copied()
+            .collect();
+        let mut outgoing = conf_state.voters_outgoing.clone();
+        for list in [&mut ids, &mut outgoing] {
+            list.sort_unstable();
+            if let Some(w) = list.windows(2).find(|w| w[0] == w[1]) {
+                return Err(invalid(format!(
+                    "member {} is listed twice in the configuration",
+                    w[0]
+                )));
+            }
         }
         let window = LogWindow::restored(snapshot, index, term, entries.into());
         let core = Core {
@@ -470,5 +499,41 @@ mod tests {
         assert_eq!(kept.last_index().unwrap(), 3);
         assert_eq!(kept.initial_state().unwrap().conf_state.voters, vec![1]);
         assert!(format!("{kept:?}").contains("last_index: 3"));
+    }
+
+    /// A recording's starting state that raft-rs would panic on is refused first.
+    #[test]
+    fn restored_refuses_what_raft_rs_would_panic_on() {
+        let entry = |index| {
+            let mut e = Entry::default();
+            e.index = index;
+            e.term = 1;
+            e
+        };
+        let restore = |commit, voters: Vec<u64>, learners: Vec<u64>| {
+            let mut hs = HardState::default();
+            hs.commit = commit;
+            hs.term = 1;
+            let mut cs = ConfState::default();
+            cs.voters = voters;
+            cs.learners = learners;
+            MemLogStore::restored(
+                hs,
+                cs,
+                Snapshot::default(),
+                (0, 0),
+                vec![entry(1), entry(2)],
+            )
+        };
+        assert!(restore(2, vec![1, 2, 3], vec![]).is_ok());
+        assert!(
+            restore(3, vec![1, 2, 3], vec![]).is_err(),
+            "commit past the log"
+        );
+        assert!(restore(1, vec![1, 2, 2], vec![]).is_err(), "a voter twice");
+        assert!(
+            restore(1, vec![1, 2], vec![2]).is_err(),
+            "voter and learner"
+        );
     }
 }
