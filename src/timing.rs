@@ -8,13 +8,14 @@
 //! (a refused, dropped or unknown one is not).
 //!
 //! The stamps are cheap because most are shared: one per driver turn (queued), one per
-//! Ready (appended, synced), one per batch of committed entries (committed), and the
-//! proposals that share them are recorded in one weighted step. Applied and returned
-//! are stamped per entry while the state machine is slow enough for it to matter (2 µs
-//! an entry or more); below that, per batch, interpolated by the entry's place in it. The stamps read the machine's clock
-//! ([`Tick`]); they are observations, never inputs to a decision, and a host without a
-//! wall clock (the simulator) proposes without a start stamp, which leaves the proposal
-//! untimed.
+//! Ready (appended, synced), one per batch of committed entries (committed). They are
+//! kept once per run of entries that share them, not per entry, and the proposals of a
+//! run are recorded in one weighted step. Applied and returned are stamped per entry
+//! while the state machine is slow enough for it to matter (2 µs an entry or more);
+//! below that, per batch, interpolated by the entry's place in it. The stamps read the
+//! machine's clock ([`Tick`]); they are observations, never inputs to a decision, and a
+//! host without a wall clock (the simulator) proposes without a start stamp, which
+//! leaves the proposal untimed.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -263,16 +264,27 @@ pub(crate) enum Stamp {
 /// error they remove.
 const PER_ENTRY_FROM_NS: u64 = 2_000;
 
-/// One timed proposal whose entry is in the log, not yet applied. Stamps are
-/// [`Tick`]s; 0 is "not stamped".
+/// One timed proposal whose entry is in the log, not yet applied: its index and its
+/// `propose` stamp. The stamps it shares with the rest of its batch are in its [`Run`].
+#[derive(Clone, Copy)]
 struct InFlight {
     index: u64,
+    proposed: Tick,
+}
+
+/// Log entries `first..=last` of one term that share their stamps: a batch the driver
+/// proposed in one turn, split where a later stamp covered only part of it. Keeping
+/// the shared stamps once per run rather than once per entry is what makes timing
+/// cheap at hundreds of proposals a batch. [`Tick`]s; 0 is "not stamped".
+#[derive(Clone, Copy)]
+struct Run {
+    first: u64,
+    last: u64,
     term: u64,
-    proposed: u64,
-    queued: u64,
-    appended: u64,
-    synced: u64,
-    committed: u64,
+    queued: Tick,
+    appended: Tick,
+    synced: Tick,
+    committed: Tick,
 }
 
 /// The batch of committed entries being applied.
@@ -290,11 +302,17 @@ struct ApplyBatch {
 /// pointer only.
 pub(crate) struct Timing {
     clock: &'static quanta::Clock,
+    /// Microseconds per 2^32 ticks of `clock`, rounded up: a tick difference becomes
+    /// microseconds in one multiplication.
+    us_per_2_32_ticks: u64,
     /// Start stamps of the proposals in the current batch, in the batch's order
     /// (`None` for one proposed without a start stamp).
     batch: Vec<Option<Tick>>,
     /// Timed proposals in the log, in index order.
     in_flight: VecDeque<InFlight>,
+    /// The runs the entries of `in_flight` belong to, in index order, disjoint; each
+    /// entry of `in_flight` is in one (a run may have none left).
+    runs: VecDeque<Run>,
     /// The apply batch under way, if timed entries are in flight.
     applying: Option<ApplyBatch>,
     /// Stamp applied and returned per entry (the state machine is slow).
@@ -321,8 +339,10 @@ impl Timing {
     ) -> Box<Timing> {
         Box::new(Timing {
             clock,
+            us_per_2_32_ticks: clock.delta_as_nanos(0, 1 << 32).div_ceil(1_000),
             batch: vec![None; batched],
             in_flight: VecDeque::new(),
+            runs: VecDeque::new(),
             applying: None,
             per_entry: false,
             stages: Default::default(),
@@ -343,9 +363,11 @@ impl Timing {
         self.clock.delta_as_nanos(start, end)
     }
 
-    /// Whole microseconds from `start` to `end`, for a histogram.
+    /// Whole microseconds from `start` to `end` (0 if `end` is not later), for a
+    /// histogram.
     fn us(&self, start: Tick, end: Tick) -> u64 {
-        self.ns(start, end) / 1_000
+        let ticks = u128::from(end.saturating_sub(start));
+        ((ticks * u128::from(self.us_per_2_32_ticks)) >> 32) as u64
     }
 
     /// A proposal joined the batch (`proposed_at` from `Node::propose`, if stamped).
@@ -358,16 +380,22 @@ impl Timing {
     pub(crate) fn proposed(&mut self, first: u64, term: u64) {
         let queued = self.now();
         let batch = std::mem::take(&mut self.batch);
+        // A leader's indexes only grow: anything from `first` on was overwritten.
+        self.truncate_from(first);
+        let before = self.in_flight.len();
         for (index, proposed) in (first..).zip(&batch) {
             let Some(proposed) = *proposed else {
                 continue;
             };
             let proposed = proposed.min(queued);
             self.stages[0].record(self.us(proposed, queued));
-            self.in_flight.push_back(InFlight {
-                index,
+            self.in_flight.push_back(InFlight { index, proposed });
+        }
+        if self.in_flight.len() > before {
+            self.runs.push_back(Run {
+                first,
+                last: first + batch.len() as u64 - 1,
                 term,
-                proposed,
                 queued,
                 appended: 0,
                 synced: 0,
@@ -393,23 +421,36 @@ impl Timing {
         match stamp {
             Stamp::Appended { last } => {
                 let at = self.now();
-                self.stamp_back(last, at, |p| &mut p.appended, |_| true);
+                // Stamps come in log order: the first run found stamped has every
+                // older one stamped.
+                let end = self.split_after(last);
+                for r in self.runs.range_mut(..end).rev() {
+                    if r.appended != 0 {
+                        break;
+                    }
+                    r.appended = at;
+                }
             }
             Stamp::Synced => {
                 let at = self.now();
-                self.stamp_back(u64::MAX, at, |p| &mut p.synced, |p| p.appended != 0);
+                for r in self.runs.iter_mut().rev() {
+                    if r.appended == 0 {
+                        continue;
+                    }
+                    if r.synced != 0 {
+                        break;
+                    }
+                    r.synced = at;
+                }
             }
             Stamp::Applying { first, last } => {
                 let at = self.now();
-                let from = self.in_flight.partition_point(|p| p.committed != 0);
-                let to = self
-                    .in_flight
-                    .partition_point(|p| p.index <= last)
-                    .max(from);
-                for p in self.in_flight.range_mut(from..to) {
-                    p.committed = at;
+                let from = self.runs.partition_point(|r| r.committed != 0);
+                let to = self.split_after(last).max(from);
+                for k in from..to {
+                    self.runs[k].committed = at;
+                    self.record_shared(k);
                 }
-                self.record_shared(from, to);
                 self.applying = Some(ApplyBatch {
                     first,
                     last,
@@ -421,57 +462,70 @@ impl Timing {
         }
     }
 
-    /// Sets a stamp on the newest entries up to `up_to` that lack it (and are `due`):
-    /// stamps come in log order, so the first one found set has every older one set.
-    fn stamp_back(
-        &mut self,
-        up_to: u64,
-        at: u64,
-        slot: impl Fn(&mut InFlight) -> &mut u64,
-        due: impl Fn(&InFlight) -> bool,
-    ) {
-        let end = self.in_flight.partition_point(|p| p.index <= up_to);
-        for p in self.in_flight.range_mut(..end).rev() {
-            if !due(p) {
-                continue;
+    /// Splits the run holding both `last` and a later entry after `last`; returns how
+    /// many runs start at or before `last`.
+    fn split_after(&mut self, last: u64) -> usize {
+        let end = self.runs.partition_point(|r| r.first <= last);
+        if let Some(k) = end.checked_sub(1) {
+            let r = self.runs[k];
+            if r.last > last {
+                self.runs[k].last = last;
+                self.runs.insert(
+                    k + 1,
+                    Run {
+                        first: last + 1,
+                        ..r
+                    },
+                );
             }
-            let s = slot(p);
-            if *s != 0 {
-                break;
-            }
-            *s = at;
         }
+        end
     }
 
-    /// Records appended, synced and committed for the entries `from..to` that were
-    /// just committed: runs of entries with the same stamps are one weighted record.
-    fn record_shared(&mut self, from: usize, to: usize) {
-        // (first entry of the run, its length): entries of one run share their stamps.
-        let mut run: Option<(usize, u32)> = None;
-        for i in from..to {
-            run = match run {
-                Some((r, n))
-                    if self.in_flight[r].same_stamps(&self.in_flight[i]) && n < u32::MAX =>
-                {
-                    Some((r, n + 1))
-                }
-                Some((r, n)) => {
-                    self.record_run(r, n);
-                    Some((i, 1))
-                }
-                None => Some((i, 1)),
-            };
-        }
-        if let Some((r, n)) = run {
-            self.record_run(r, n);
-        }
-    }
-
-    /// Records the shared stages of the entry at `at` in `in_flight`, `n` times.
-    fn record_run(&mut self, at: usize, n: u32) {
-        let spent_ns = self.in_flight[at].shared_stages(self);
+    /// Records appended, synced and committed for the timed entries of the run at
+    /// `k`, just committed: one weighted record for all of them.
+    fn record_shared(&mut self, k: usize) {
+        let r = self.runs[k];
+        let from = self.in_flight.partition_point(|p| p.index < r.first);
+        let to = self.in_flight.partition_point(|p| p.index <= r.last);
+        let Ok(n @ 1..) = u32::try_from(to - from) else {
+            return;
+        };
+        let spent_ns = r.shared_stages(self);
         for (h, ns) in self.stages[1..4].iter_mut().zip(spent_ns) {
             h.record_n(ns / 1_000, n);
+        }
+    }
+
+    /// The run holding `index`, if any.
+    fn run_of(&self, index: u64) -> Option<Run> {
+        let k = self.runs.partition_point(|r| r.last < index);
+        self.runs.get(k).filter(|r| r.first <= index).copied()
+    }
+
+    /// Forgets entries from `index` on, and the runs holding only those.
+    fn truncate_from(&mut self, index: u64) {
+        while self.in_flight.back().is_some_and(|p| p.index >= index) {
+            self.in_flight.pop_back();
+        }
+        while let Some(r) = self.runs.back_mut() {
+            if r.first < index {
+                r.last = r.last.min(index - 1);
+                break;
+            }
+            self.runs.pop_back();
+        }
+    }
+
+    /// Drops the runs before the oldest entry in flight.
+    fn trim_runs(&mut self) {
+        match self.in_flight.front() {
+            None => self.runs.clear(),
+            Some(p) => {
+                while self.runs.front().is_some_and(|r| r.last < p.index) {
+                    self.runs.pop_front();
+                }
+            }
         }
     }
 
@@ -487,7 +541,12 @@ impl Timing {
         if p.index != index {
             return None;
         }
-        if p.term != term {
+        // The entry's run is nearly always the oldest.
+        let run_term = match self.runs.front() {
+            Some(r) if r.first <= index && index <= r.last => Some(r.term),
+            _ => self.run_of(index).map(|r| r.term),
+        };
+        if run_term != Some(term) {
             self.in_flight.remove(waiting);
             return None;
         }
@@ -506,8 +565,9 @@ impl Timing {
         let returned = self.now();
         let waiting = self.applying.as_ref().map_or(0, |b| b.waiting);
         if let Some(p) = self.in_flight.remove(waiting) {
-            self.finish(&p, applied, returned, logger);
+            self.finish(p, applied, returned, logger);
         }
+        self.trim_runs();
     }
 
     /// The apply batch ended: stamps its waiting entries by their place in it, and
@@ -519,45 +579,62 @@ impl Timing {
         let ended = self.now().max(batch.started);
         let n = (batch.last + 1).saturating_sub(batch.first).max(1);
         let step = (ended - batch.started) / n;
+        // Entries next to each other mostly spent the same whole microseconds applying:
+        // (microseconds, entries) is recorded once per change.
+        let mut same: Option<(u64, u32)> = None;
+        let mut k = 0;
         for i in 0..batch.waiting {
-            let p = &self.in_flight[i];
+            let p = self.in_flight[i];
+            while self.runs.get(k).is_some_and(|r| r.last < p.index) {
+                k += 1;
+            }
+            let run = self.runs.get(k).copied();
+            let committed = run.map_or(batch.started, |r| r.committed);
             let place = (p.index + 1).saturating_sub(batch.first).min(n);
             let at = if place == n {
                 ended
             } else {
                 batch.started + step * place
             };
-            let (committed, proposed) = (p.committed, p.proposed);
-            self.stages[4].record(self.us(committed, at));
-            self.record_total(i, proposed, at, logger);
+            let us = self.us(committed, at);
+            same = match same {
+                Some((v, c)) if v == us && c < u32::MAX => Some((v, c + 1)),
+                Some((v, c)) => {
+                    self.stages[4].record_n(v, c);
+                    Some((us, 1))
+                }
+                None => Some((us, 1)),
+            };
+            self.total.record(self.us(p.proposed, at));
+            if self.is_slow(p.proposed, at) {
+                if let Some(run) = run {
+                    self.log_slow(p, run, at, at, logger);
+                }
+            }
+        }
+        if let Some((v, c)) = same {
+            self.stages[4].record_n(v, c);
         }
         // In a batch stamped as a whole, applied and returned are one stamp.
         self.stages[5].record_n(0, u32::try_from(batch.waiting).unwrap_or(u32::MAX));
         self.in_flight.drain(..batch.waiting);
+        self.trim_runs();
         self.per_entry = self.ns(0, step) >= PER_ENTRY_FROM_NS;
     }
 
-    fn finish(&mut self, p: &InFlight, applied: Tick, returned: Tick, logger: &Logger) {
-        let committed = if p.committed == 0 {
-            applied
-        } else {
-            p.committed
+    fn finish(&mut self, p: InFlight, applied: Tick, returned: Tick, logger: &Logger) {
+        let run = self.run_of(p.index);
+        let committed = match run {
+            Some(r) if r.committed != 0 => r.committed,
+            _ => applied,
         };
         self.stages[4].record(self.us(committed, applied));
         self.stages[5].record(self.us(applied, returned));
         self.total.record(self.us(p.proposed, returned));
         if self.is_slow(p.proposed, returned) {
-            self.log_slow(p, applied, returned, logger);
-        }
-    }
-
-    /// Records the total of the waiting entry at `i` of the batch.
-    fn record_total(&mut self, i: usize, proposed: Tick, returned: Tick, logger: &Logger) {
-        self.total.record(self.us(proposed, returned));
-        if self.is_slow(proposed, returned) {
-            let p = &self.in_flight[i];
-            let p = InFlight { ..*p };
-            self.log_slow(&p, returned, returned, logger);
+            if let Some(run) = run {
+                self.log_slow(p, run, applied, returned, logger);
+            }
         }
     }
 
@@ -570,7 +647,7 @@ impl Timing {
     }
 
     /// Logs a slow proposal, at most once a second.
-    fn log_slow(&mut self, p: &InFlight, applied: Tick, returned: Tick, logger: &Logger) {
+    fn log_slow(&mut self, p: InFlight, run: Run, applied: Tick, returned: Tick, logger: &Logger) {
         if self
             .slow_logged
             .is_some_and(|last| self.ns(last, returned) < 1_000_000_000)
@@ -578,14 +655,14 @@ impl Timing {
             return;
         }
         self.slow_logged = Some(returned);
-        let [appended, synced, committed_in] = p.shared_stages(self);
-        let committed = if p.committed == 0 {
+        let [appended, synced, committed_in] = run.shared_stages(self);
+        let committed = if run.committed == 0 {
             applied
         } else {
-            p.committed
+            run.committed
         };
         let spent = [
-            self.ns(p.proposed, p.queued),
+            self.ns(p.proposed, run.queued),
             appended,
             synced,
             committed_in,
@@ -611,6 +688,7 @@ impl Timing {
     /// Every proposal in flight ended without being applied (leadership lost).
     pub(crate) fn forget_all(&mut self) {
         self.in_flight.clear();
+        self.runs.clear();
         self.applying = None;
     }
 
@@ -619,6 +697,7 @@ impl Timing {
         while self.in_flight.front().is_some_and(|p| p.index <= index) {
             self.in_flight.pop_front();
         }
+        self.trim_runs();
     }
 
     pub(crate) fn summary(&self) -> ProposalTiming {
@@ -634,13 +713,7 @@ impl Timing {
     }
 }
 
-impl InFlight {
-    /// Whether `other` was queued, appended, synced and committed with this one.
-    fn same_stamps(&self, other: &InFlight) -> bool {
-        (self.queued, self.appended, self.synced, self.committed)
-            == (other.queued, other.appended, other.synced, other.committed)
-    }
-
+impl Run {
     /// Nanoseconds spent reaching appended, synced and committed, each from the stage
     /// before; a stamp the driver did not take (none should be missing) counts as the
     /// next one's.
@@ -811,6 +884,49 @@ mod tests {
             t.per_entry,
             "2 ms an entry: the next batch is stamped per entry"
         );
+    }
+
+    #[test]
+    fn a_batch_written_and_committed_in_parts_gets_each_part_its_own_stamps() {
+        let (mut t, clock) = mocked(None);
+        for _ in 0..4 {
+            t.queued(Some(t.now()));
+        }
+        t.proposed(1, 1);
+        t.stamp(Stamp::Appended { last: 2 }, &logger());
+        clock.increment(MS);
+        t.stamp(Stamp::Appended { last: 4 }, &logger());
+        t.stamp(Stamp::Synced, &logger());
+        clock.increment(MS);
+        t.stamp(Stamp::Applying { first: 1, last: 2 }, &logger());
+        for i in 1..=2 {
+            assert!(t.applied(i, 1).is_none(), "stamped with the batch");
+        }
+        t.stamp(Stamp::Applied, &logger());
+        assert!(t.wanted(), "3 and 4 are still in flight");
+        clock.increment(2 * MS);
+        t.stamp(Stamp::Applying { first: 3, last: 4 }, &logger());
+        for i in 3..=4 {
+            assert!(t.applied(i, 1).is_none(), "stamped with the batch");
+        }
+        t.stamp(Stamp::Applied, &logger());
+        assert!(!t.wanted());
+        let s = t.summary();
+        let sum = |stage| {
+            let l = s.stage(stage).copied().expect("timed");
+            assert_eq!(l.count, 4, "{stage}");
+            l.sum
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(
+            sum(Stage::Appended),
+            ms(1 + 1),
+            "3 and 4 written 1 ms later"
+        );
+        assert_eq!(sum(Stage::Synced), ms(1 + 1), "1 and 2 waited for the sync");
+        assert_eq!(sum(Stage::Committed), ms(1 + 1 + 3 + 3));
+        assert_eq!(s.total.sum, ms(2 + 2 + 4 + 4));
+        assert_eq!(s.total.max, ms(4));
     }
 
     #[test]
