@@ -123,28 +123,19 @@ const LINEAR: u64 = 4;
 const TOP_OCTAVE: u32 = 31;
 const BUCKETS: usize = (LINEAR + (TOP_OCTAVE as u64 - 1) * 4) as usize;
 
-/// A log-linear histogram of microseconds: 124 `u32` counts (496 bytes), small enough
-/// to keep seven per timed replica (a host may run thousands; docs/multi-raft.md).
-/// `hdrhistogram` would need about 25 KiB per histogram for this range. The counts are
-/// inline, not a `Vec` grown to the highest bucket used: that saved 1.6 KiB per timed
-/// replica but measured no cheaper in the core benchmark (docs/benchmarks.md).
-#[derive(Clone)]
+/// A log-linear histogram of microseconds over 124 buckets, holding counts only for the
+/// span of buckets it has used (`low..low + counts.len()`): a host may run thousands of
+/// timed replicas (docs/multi-raft.md), most of whose stages stay within a few buckets,
+/// so a histogram is 56 bytes and a `u32` per bucket of its span (at most 496 bytes).
+/// `hdrhistogram` would need about 25 KiB per histogram for this range.
+#[derive(Clone, Default)]
 struct Histogram {
-    buckets: [u32; BUCKETS],
+    counts: Vec<u32>,
+    /// The bucket `counts[0]` counts.
+    low: usize,
     count: u64,
     sum_us: u64,
     max_us: u64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            buckets: [0; BUCKETS],
-            count: 0,
-            sum_us: 0,
-            max_us: 0,
-        }
-    }
 }
 
 fn bucket_of(us: u64) -> usize {
@@ -178,23 +169,44 @@ impl Histogram {
 
     /// Records `n` proposals that spent the same time.
     fn record_n(&mut self, us: u64, n: u32) {
-        let slot = &mut self.buckets[bucket_of(us)];
-        *slot = slot.saturating_add(n);
+        let bucket = bucket_of(us);
+        match self.counts.get_mut(bucket.wrapping_sub(self.low)) {
+            Some(slot) => *slot = slot.saturating_add(n),
+            None => self.widen_to(bucket, n),
+        }
         self.count += u64::from(n);
         self.sum_us = self.sum_us.saturating_add(us.saturating_mul(u64::from(n)));
         self.max_us = self.max_us.max(us);
     }
 
+    /// Counts `n` in `bucket`, outside the span so far: the span grows to hold it.
+    #[cold]
+    fn widen_to(&mut self, bucket: usize, n: u32) {
+        debug_assert!(bucket < BUCKETS);
+        if self.counts.is_empty() {
+            self.low = bucket;
+            self.counts.push(n);
+        } else if bucket < self.low {
+            let below = self.low - bucket;
+            self.counts.splice(0..0, std::iter::repeat_n(0, below));
+            self.low = bucket;
+            self.counts[0] = n;
+        } else {
+            self.counts.resize(bucket - self.low + 1, 0);
+            self.counts[bucket - self.low] = n;
+        }
+    }
+
     /// The value below which a fraction `q` of the recorded ones fall, interpolated
     /// within its bucket and never above the maximum.
     fn quantile(&self, q: f64) -> u64 {
-        let total: u64 = self.buckets.iter().map(|&c| u64::from(c)).sum();
+        let total: u64 = self.counts.iter().map(|&c| u64::from(c)).sum();
         if total == 0 {
             return 0;
         }
         let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
         let mut seen = 0u64;
-        for (bucket, &c) in self.buckets.iter().enumerate() {
+        for (bucket, &c) in (self.low..).zip(&self.counts) {
             let c = u64::from(c);
             if c == 0 {
                 continue;
@@ -802,6 +814,27 @@ mod tests {
         assert_eq!(h.max_us, 10_000);
         assert_eq!(h.count, 10_000);
         assert_eq!(Histogram::default().quantile(0.5), 0);
+    }
+
+    #[test]
+    fn a_histogram_holds_only_the_span_it_used_and_widens_either_way() {
+        let mut h = Histogram::default();
+        assert!(h.counts.is_empty());
+        h.record_n(1_000, 3);
+        assert_eq!(h.counts.len(), 1, "one bucket used");
+        h.record(5);
+        h.record(100_000);
+        assert_eq!(h.low, bucket_of(5));
+        assert_eq!(h.counts.len(), bucket_of(100_000) - bucket_of(5) + 1);
+        assert_eq!(h.count, 5);
+        let p20 = h.quantile(0.2);
+        assert!(
+            (5..=6).contains(&p20),
+            "p20 {p20}: the lowest, below the first span"
+        );
+        let p60 = h.quantile(0.6);
+        assert!((896..=1_024).contains(&p60), "p60 {p60} in 1,000's bucket");
+        assert_eq!(h.quantile(1.0), 100_000);
     }
 
     fn logger() -> Logger {
