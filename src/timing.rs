@@ -601,7 +601,9 @@ impl Timing {
                 k += 1;
             }
             let run = self.runs.get(k).copied();
-            let committed = run.map_or(batch.started, |r| r.committed);
+            let committed = run
+                .filter(|r| r.committed != 0)
+                .map_or(batch.started, |r| r.committed);
             let place = (p.index + 1).saturating_sub(batch.first).min(n);
             let at = if place == n {
                 ended
