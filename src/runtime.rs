@@ -159,7 +159,10 @@ pub(crate) struct Runtime<S: LogStore, M: StateMachine> {
     req_rx: Receiver<Request<M>>,
     shared: Arc<Shared>,
     logger: Logger,
-    config: Config,
+    /// The two knobs of `Config` the loop reads (`Config::max_batch`,
+    /// `Config::tick_interval`); the replica holds the one full copy.
+    max_batch: usize,
+    tick_interval: Duration,
     next_tick: Instant,
 }
 
@@ -211,8 +214,9 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             transport,
             effects: recorder.as_ref().map(|_| Effects::default()),
         };
+        let (max_batch, tick_interval) = (config.max_batch, config.tick_interval);
         let mut replica = Replica::new(
-            config.clone(),
+            config,
             store,
             sm,
             applied,
@@ -232,8 +236,9 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             req_rx,
             shared,
             logger,
-            next_tick: now + config.tick_interval,
-            config,
+            max_batch,
+            tick_interval,
+            next_tick: now + tick_interval,
         })
     }
 
@@ -332,7 +337,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             self.on_request(request);
             taken = 1;
         }
-        for _ in taken..self.config.max_batch {
+        for _ in taken..self.max_batch {
             if self.killed() {
                 // Nothing more: no Ready, no message (`Node::kill`).
                 return Ok(());
@@ -349,7 +354,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         let now = Instant::now();
         if was_quiet && !self.replica.is_quiet() {
             // Woken: tick again from now on.
-            self.next_tick = now + self.config.tick_interval;
+            self.next_tick = now + self.tick_interval;
         }
         if now >= self.next_tick {
             // Missed ticks are not caught up: a slow fsync delays ticks, it never fires a
@@ -357,7 +362,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             self.begin(Some(now), || Input::Tick);
             self.replica.tick(now);
             self.end(None);
-            self.next_tick = now + self.config.tick_interval;
+            self.next_tick = now + self.tick_interval;
         }
         self.begin(Some(now), || Input::Drive);
         let driven = self.replica.drive(now);
