@@ -489,7 +489,7 @@ impl<M: StateMachine> Node<M> {
         let (handle, done) = slot::<ConfState, MembershipError>();
         let deadline = Instant::now() + timeout;
         self.submit(Request::ConfChange {
-            change: membership::build(changes, context),
+            change: Box::new(membership::build(changes, context)),
             joining: membership::joining(changes),
             deadline,
             done,
@@ -937,7 +937,7 @@ fn peer_push<M: StateMachine>(
             dropped();
             return Err(DeliverError::Full);
         }
-        match tx.try_send(Request::Peer(input)) {
+        match tx.try_send(Request::Peer(Box::new(input))) {
             Ok(()) => {
                 if let Some(wake) = &wake {
                     wake.wake();

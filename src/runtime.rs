@@ -33,9 +33,14 @@ use crate::transport::Transport;
 pub(crate) type Query<M> = Box<dyn FnOnce(Result<&M, ReadError>) + Send>;
 
 /// What a `Node` handle asks of its driver.
+///
+/// Kept small (64 bytes): the request queue is a crossbeam list channel, which keeps a
+/// block of 31 slots of this size alive per group from the first send on, so every byte
+/// here costs 31 in every replica. The big payloads (a raft `Message`, a
+/// `ConfChangeV2`) are boxed for that.
 pub(crate) enum Request<M: StateMachine> {
     /// From the transport, through the `Mailbox`.
-    Peer(PeerInput),
+    Peer(Box<PeerInput>),
     /// A command, and when `Node::propose` was called (`None` with timing off).
     Propose(
         Bytes,
@@ -45,7 +50,7 @@ pub(crate) enum Request<M: StateMachine> {
     /// A membership change; the voters it adds in `joining` catch up first, before
     /// `deadline`.
     ConfChange {
-        change: ConfChangeV2,
+        change: Box<ConfChangeV2>,
         joining: Vec<u64>,
         deadline: Instant,
         done: Completer<ConfState, MembershipError>,
@@ -154,7 +159,10 @@ pub(crate) struct Runtime<S: LogStore, M: StateMachine> {
     req_rx: Receiver<Request<M>>,
     shared: Arc<Shared>,
     logger: Logger,
-    config: Config,
+    /// The two knobs of `Config` the loop reads (`Config::max_batch`,
+    /// `Config::tick_interval`); the replica holds the one full copy.
+    max_batch: usize,
+    tick_interval: Duration,
     next_tick: Instant,
 }
 
@@ -206,8 +214,9 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             transport,
             effects: recorder.as_ref().map(|_| Effects::default()),
         };
+        let (max_batch, tick_interval) = (config.max_batch, config.tick_interval);
         let mut replica = Replica::new(
-            config.clone(),
+            config,
             store,
             sm,
             applied,
@@ -227,8 +236,9 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             req_rx,
             shared,
             logger,
-            next_tick: now + config.tick_interval,
-            config,
+            max_batch,
+            tick_interval,
+            next_tick: now + tick_interval,
         })
     }
 
@@ -327,7 +337,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             self.on_request(request);
             taken = 1;
         }
-        for _ in taken..self.config.max_batch {
+        for _ in taken..self.max_batch {
             if self.killed() {
                 // Nothing more: no Ready, no message (`Node::kill`).
                 return Ok(());
@@ -344,7 +354,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         let now = Instant::now();
         if was_quiet && !self.replica.is_quiet() {
             // Woken: tick again from now on.
-            self.next_tick = now + self.config.tick_interval;
+            self.next_tick = now + self.tick_interval;
         }
         if now >= self.next_tick {
             // Missed ticks are not caught up: a slow fsync delays ticks, it never fires a
@@ -352,7 +362,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
             self.begin(Some(now), || Input::Tick);
             self.replica.tick(now);
             self.end(None);
-            self.next_tick = now + self.config.tick_interval;
+            self.next_tick = now + self.tick_interval;
         }
         self.begin(Some(now), || Input::Drive);
         let driven = self.replica.drive(now);
@@ -369,7 +379,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
         let now = Instant::now();
         if let Request::Peer(input) = request {
             self.shared.peers_queued.fetch_sub(1, Ordering::AcqRel);
-            match input {
+            match *input {
                 PeerInput::Message(m) => {
                     self.begin(Some(now), || Input::Step(Cow::Borrowed(&m)));
                     self.replica.step(m, now);
@@ -404,7 +414,7 @@ impl<S: LogStore, M: StateMachine> Runtime<S, M> {
                     deadline,
                 });
                 self.replica
-                    .propose_conf_change(change, joining, deadline, done);
+                    .propose_conf_change(*change, joining, deadline, done);
             }
             Request::Read {
                 consistency,
@@ -500,5 +510,39 @@ impl<S: LogStore, M: StateMachine> Drop for Runtime<S, M> {
         // Under the lock `Node::wait_stopped` waits with, so no waiter misses it.
         let _reason = self.shared.stop_reason.lock();
         self.shared.stopped.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Unit;
+
+    impl StateMachine for Unit {
+        type Response = ();
+        fn apply(&mut self, _: u64, _: &[u8]) {}
+        fn apply_noop(&mut self, _: u64) {}
+        fn applied_index(&self) -> u64 {
+            0
+        }
+        fn snapshot(&self) -> Result<Bytes, crate::error::StateMachineError> {
+            Ok(Bytes::new())
+        }
+        fn restore(&mut self, _: u64, _: &[u8]) -> Result<(), crate::error::StateMachineError> {
+            Ok(())
+        }
+    }
+
+    /// A request stays at 64 bytes: the queue keeps 31 slots of it per group
+    /// (docs/multi-raft.md, "Capacity"), so an unboxed `Message` (192 bytes) in a variant
+    /// would cost every replica about 4 KiB.
+    #[test]
+    fn request_stays_small() {
+        assert!(
+            std::mem::size_of::<Request<Unit>>() <= 64,
+            "Request is {} bytes",
+            std::mem::size_of::<Request<Unit>>()
+        );
     }
 }
