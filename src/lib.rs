@@ -72,6 +72,7 @@
 
 mod config;
 mod diagnose;
+mod digest;
 mod driver;
 mod error;
 pub mod export;

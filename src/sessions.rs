@@ -668,13 +668,10 @@ where
     fn digest(&self) -> Option<u64> {
         let inner = self.inner.digest()?;
         // FNV-1a over the table's numbers: deterministic, no randomized hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ inner;
+        let mut h = crate::digest::FNV_START ^ inner;
         for r in self.table.values() {
             for n in [r.id, r.last_seq, r.last_index] {
-                for b in n.to_le_bytes() {
-                    h ^= u64::from(b);
-                    h = h.wrapping_mul(0x0100_0000_01b3);
-                }
+                h = crate::digest::fnv1a(h, &n.to_le_bytes());
             }
         }
         Some(h)

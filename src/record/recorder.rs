@@ -16,6 +16,7 @@ use super::codec::{self, Enc, Input};
 use super::store::{StoreFailure, StoreTap};
 use super::RecordTo;
 use crate::config::Config;
+use crate::digest::fnv1a;
 use crate::error::{MembershipError, ProposeError, ReadError, StateMachineError};
 use crate::log_store::LogStore;
 use crate::proposals::WriteToken;
@@ -36,7 +37,7 @@ pub(crate) struct Effects {
 impl Default for Effects {
     fn default() -> Self {
         Effects {
-            hash: 0xcbf2_9ce4_8422_2325,
+            hash: crate::digest::FNV_START,
             messages: 0,
             applied: 0,
         }
@@ -45,13 +46,9 @@ impl Default for Effects {
 
 impl Effects {
     fn fold(&mut self, tag: u8, bytes: &[u8]) {
-        for b in [tag]
-            .iter()
-            .chain(&(bytes.len() as u64).to_le_bytes())
-            .chain(bytes)
-        {
-            self.hash = (self.hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
+        let h = fnv1a(self.hash, &[tag]);
+        let h = fnv1a(h, &(bytes.len() as u64).to_le_bytes());
+        self.hash = fnv1a(h, bytes);
     }
 
     fn outcome(&mut self, tag: u8, result: Result<&[u8], String>) {

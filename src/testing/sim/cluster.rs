@@ -16,10 +16,11 @@ use slog::Logger;
 use super::disk::SimStore;
 use super::hostile::{Hostile, HostileTarget, Mutation};
 use super::network::{Delivery, Network};
-use super::node::{fnv, NodeSettings, Refused, SimNode};
+use super::node::{NodeSettings, Refused, SimNode};
 use super::{
     ClientOp, History, OpId, ReadMode, SimConfig, SimFailure, SimReport, SimRng, Workload,
 };
+use crate::digest::fnv;
 use crate::state_machine::StateMachine;
 use crate::testing::linearizability::{self, Model};
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::{ClientOp, ReadMode, SimRng, Workload};
+use crate::digest::fnv1a;
 use crate::error::StateMachineError;
 use crate::sessions::SessionMachine;
 use crate::state_machine::StateMachine;
@@ -217,12 +218,9 @@ impl StateMachine for KvMachine {
     /// FNV-1a of the map, for the checkpoints' divergence check
     /// ([`crate::Config::checkpoint_every`]).
     fn digest(&self) -> Option<u64> {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut h = crate::digest::FNV_START;
         for (k, v) in &self.map {
-            for b in std::iter::once(*k).chain(v.to_le_bytes()) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
+            h = fnv1a(fnv1a(h, &[*k]), &v.to_le_bytes());
         }
         Some(h)
     }

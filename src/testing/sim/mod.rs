@@ -186,7 +186,7 @@ pub trait Workload {
     /// A digest of the whole state, compared across nodes at equal applied index.
     /// The default hashes [`StateMachine::snapshot`]'s bytes; `None` skips the check.
     fn digest(&self, machine: &Self::Machine) -> Option<u64> {
-        machine.snapshot().ok().map(|b| node::fnv(&b))
+        machine.snapshot().ok().map(|b| crate::digest::fnv(&b))
     }
 
     /// With client sessions ([`crate::Sessions`]; see [`SessionWorkload`]): the command

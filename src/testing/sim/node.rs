@@ -14,22 +14,13 @@ use slog::Logger;
 use super::disk::SimStore;
 use super::{Bugs, OpId, ReadMode, SimRng, Workload};
 use crate::config::Config;
+use crate::digest::fnv;
 use crate::driver::DriverError;
 use crate::error::{MembershipError, ProposeError, ReadError, StateMachineError};
 use crate::node::{ReadConsistency, Shared};
 use crate::proposals::WriteToken;
 use crate::replica::{self, Host, Replica};
 use crate::state_machine::StateMachine;
-
-/// FNV-1a, for hashing commands and states without `std`'s randomized hasher.
-pub(crate) fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
 
 /// Which (session, sequence number) an application ran: [`Workload::fresh_apply`].
 pub(crate) type Audit<R> = fn(&[u8], &R) -> Option<(u64, u64)>;
