@@ -124,12 +124,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         leaders.push(leader);
     }
     let all_elected = started.elapsed();
-    let handles: Vec<_> = leaders
-        .iter()
-        .map(|l| l.propose(b"x".to_vec()))
-        .collect::<Result<_, _>>()?;
-    for handle in handles {
-        handle.wait()?;
+    // One write per group, all in flight at once. An election can still be settling,
+    // so a group whose leader changed since is written again through its new one.
+    let handles: Vec<_> = leaders.iter().map(|l| l.propose(b"x".to_vec())).collect();
+    for (nodes, handle) in members.iter().zip(handles) {
+        let mut written = handle.and_then(|h| h.wait()).map_err(|e| e.to_string());
+        while let Err(why) = written {
+            if Instant::now() > deadline {
+                return Err(format!("a group committed no write within 600 s: {why}").into());
+            }
+            // Retry pause; bounded by the deadline above.
+            std::thread::sleep(Duration::from_millis(5));
+            written = match nodes.iter().find(|n| n.leader() == Some(n.id())) {
+                Some(leader) => leader
+                    .propose(b"x".to_vec())
+                    .and_then(|h| h.wait())
+                    .map_err(|e| e.to_string()),
+                None => Err("no leader".into()),
+            };
+        }
     }
     let all_committed = started.elapsed();
     let rss_after = rss_kib();
