@@ -143,7 +143,8 @@ pub struct Config {
     /// per proposal and a few times per Ready (docs/benchmarks.md measures what that
     /// costs); [`Node::set_proposal_timing`](crate::Node::set_proposal_timing) switches
     /// it at run time. A replica keeps about 1.3 KiB for it once it has timed a
-    /// proposal (up to about 4.5 KiB when its stages' times spread widely).
+    /// proposal (up to about 4.5 KiB, by the sizes of its parts, when its stages' times
+    /// spread widely).
     pub proposal_timing: bool,
     /// With `proposal_timing`, a proposal that takes longer than this from `propose` to
     /// returned is counted in [`ProposalTiming::slow_proposals`](crate::ProposalTiming::slow_proposals)

@@ -965,6 +965,25 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_proposed_again_at_the_same_index_replaces_the_old_one() {
+        // Entries 5 and 6 of term 1 were overwritten before this replica saw its
+        // leadership end; it leads again in term 2 and proposes at 5.
+        let (mut t, _clock) = mocked(None);
+        t.queued(Some(t.now()));
+        t.queued(Some(t.now()));
+        t.proposed(5, 1);
+        t.queued(Some(t.now()));
+        t.proposed(5, 2);
+        t.stamp(Stamp::Appended { last: 5 }, &logger());
+        t.stamp(Stamp::Synced, &logger());
+        t.stamp(Stamp::Applying { first: 5, last: 5 }, &logger());
+        assert!(t.applied(5, 2).is_none(), "stamped with the batch");
+        t.stamp(Stamp::Applied, &logger());
+        assert_eq!(t.summary().total.count, 1, "term 2's entry 5 is timed");
+        assert!(!t.wanted(), "term 1's entry 6 is gone with it");
+    }
+
+    #[test]
     fn an_entry_replaced_by_another_term_is_not_timed() {
         let (mut t, _clock) = mocked(None);
         t.queued(Some(t.now()));
